@@ -1,0 +1,76 @@
+"""Command line of `supervisor.py`: options, and their overrides applied onto the loaded config.
+
+Kept apart from the supervisor so that the rules (which option overrides which key, what is
+checked) are testable without starting a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import msgspec
+
+from . import config as cfg
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.toml"
+SIM_CONFIG = PROJECT_ROOT / "conf" / "sim.toml"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="supervisor.py",
+        description="Keep a SQLite database of Binance USDT-M perpetual klines complete and current.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config (default conf/default.toml; with --sim conf/sim.toml)")
+    p.add_argument("--db", metavar="PATH", help="SQLite database file")
+    p.add_argument("--rest-url", metavar="URL", help="exchange REST base URL")
+    p.add_argument("--ws-url", metavar="URL", help="exchange WebSocket base URL")
+    p.add_argument("--feed", metavar="ENDPOINT", help="consumer feed endpoint, e.g. tcp://127.0.0.1:7755")
+    p.add_argument("--downloaders", metavar="N", type=int, help="number of downloader processes")
+    p.add_argument("--intervals", metavar="LIST", help="comma-separated intervals, e.g. 1m,5m,1h")
+    p.add_argument("--symbols", metavar="LIST", help="comma-separated symbols to restrict to, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--runtime-dir", metavar="DIR", help="directory for ipc:// endpoints (mode 0700)")
+    p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
+    p.add_argument("--sim-symbols", metavar="N", type=int, default=20, help="trading symbols of the simulator (with --sim)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stream-only", action="store_true", help="no backfill: only keep tables current")
+    mode.add_argument("--once", action="store_true", help="backfill to now, print a summary and exit")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as TOML-like JSON and exit")
+    return p
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def effective_config(args: argparse.Namespace) -> cfg.Config:
+    """Load the config file, apply command-line overrides, check the result; raises ConfigError."""
+    path = args.config or (SIM_CONFIG if args.sim else DEFAULT_CONFIG)
+    config = cfg.load(path)
+    replace = msgspec.structs.replace
+    exchange, klines, symbols = config.exchange, config.klines, config.symbols
+    if args.rest_url:
+        exchange = replace(exchange, rest_url=args.rest_url)
+    if args.ws_url:
+        exchange = replace(exchange, ws_url=args.ws_url)
+    if args.intervals:
+        klines = replace(klines, intervals=_split(args.intervals))
+    if args.symbols:
+        symbols = replace(symbols, include=_split(args.symbols))
+    database = replace(config.database, path=args.db) if args.db else config.database
+    endpoints = config.endpoints
+    if args.feed:
+        endpoints = replace(endpoints, feed=args.feed)
+    if args.runtime_dir:
+        endpoints = replace(endpoints, runtime_dir=args.runtime_dir)
+    downloader = config.downloader
+    if args.downloaders is not None:
+        downloader = replace(downloader, processes=args.downloaders)
+    mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
+    config = replace(
+        config, exchange=exchange, klines=klines, symbols=symbols, database=database,
+        endpoints=endpoints, downloader=downloader, mode=mode,
+    )
+    return cfg.check(config, f"{path} + command line")

@@ -1,0 +1,142 @@
+"""Parsing and validation of candles from the exchange (pure: bytes in, Candles or errors out).
+
+Values stay the exchange's decimal strings; they are compared as `Decimal` for validation only.
+A page is accepted whole or rejected whole: a bad page becomes a failed task, never stored rows.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import msgspec
+
+from . import intervals
+from .messages import Candle
+
+_DECIMAL_RE = re.compile(r"\d{1,20}(\.\d{1,20})?")
+
+
+class PageError(ValueError):
+    """A page or event that must not be stored; the message says why."""
+
+
+_page_decoder = msgspec.json.Decoder(list[Candle])
+
+
+class _WsKline(msgspec.Struct):
+    t: int
+    T: int
+    i: str
+    o: str
+    c: str
+    h: str
+    l: str  # noqa: E741 - the exchange's own key
+    v: str
+    n: int
+    x: bool
+    q: str
+    V: str
+    Q: str
+    B: str = "0"
+    s: str = ""
+
+
+class _WsEvent(msgspec.Struct):
+    e: str
+    E: int
+    k: _WsKline
+    s: str = ""
+    ps: str = ""
+
+
+class _Envelope(msgspec.Struct):
+    """A raw event, a combined-stream wrapper around one, or a control reply (no `k`)."""
+
+    e: str = ""
+    E: int = 0
+    k: _WsKline | None = None
+    s: str = ""
+    ps: str = ""
+    stream: str = ""
+    data: _WsEvent | None = None
+
+
+_event_decoder = msgspec.json.Decoder(_Envelope)
+
+
+class WsKline(msgspec.Struct, frozen=True):
+    symbol: str
+    interval: str
+    event_time_ms: int
+    closed: bool
+    candle: Candle
+
+
+def decode_page(body: bytes) -> list[Candle]:
+    """REST klines body -> candles, with JSON types checked; raises PageError."""
+    try:
+        return _page_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PageError(f"malformed klines body: {exc}") from None
+
+
+def decode_ws_event(raw: bytes | str) -> WsKline | None:
+    """A kline or continuous-kline event (raw or combined) -> WsKline; None for control replies.
+
+    Raises PageError for a message that claims to be a kline but is malformed.
+    """
+    try:
+        msg = _event_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        if b'"k"' in (raw if isinstance(raw, bytes) else raw.encode()):
+            raise PageError(f"malformed kline event: {exc}") from None
+        return None
+    except msgspec.DecodeError as exc:
+        raise PageError(f"undecodable websocket message: {exc}") from None
+    event = msg.data if msg.data is not None else msg
+    if event.e not in ("kline", "continuous_kline") or event.k is None:
+        return None
+    k = event.k
+    symbol = event.s or event.ps or k.s
+    candle = Candle(k.t, k.o, k.h, k.l, k.c, k.v, k.T, k.q, k.n, k.V, k.Q, k.B)
+    return WsKline(symbol=symbol, interval=k.i, event_time_ms=event.E, closed=k.x, candle=candle)
+
+
+def check_candle(interval: str, c: Candle) -> None:
+    """One candle's own consistency; raises PageError."""
+    if not intervals.is_aligned(interval, c.open_time_ms):
+        raise PageError(f"open time {c.open_time_ms} not aligned to {interval}")
+    if c.close_time_ms != intervals.close_time(interval, c.open_time_ms):
+        raise PageError(f"close time {c.close_time_ms} does not match open {c.open_time_ms}")
+    values = (c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.taker_buy_volume,
+              c.taker_buy_quote_volume)
+    for value in values:
+        if not _DECIMAL_RE.fullmatch(value):
+            raise PageError(f"candle {c.open_time_ms}: {value[:30]!r} is not a non-negative decimal")
+    o, h, low, close = (Decimal(v) for v in (c.open, c.high, c.low, c.close))
+    if not (h >= max(o, close) and min(o, close) >= low):
+        raise PageError(f"candle {c.open_time_ms}: high/low do not bound open/close")
+    if c.trades < 0:
+        raise PageError(f"candle {c.open_time_ms}: negative trade count")
+
+
+def validate_page(
+    interval: str, candles: list[Candle], start_ms: int, end_ms: int, now_ms: int
+) -> list[Candle]:
+    """Check a page asked for open times in [start_ms, end_ms]: sorted, in range, closed.
+
+    Returns the candles sorted by open time; raises PageError if any candle is wrong.
+    """
+    page = sorted(candles, key=lambda c: c.open_time_ms)
+    previous = None
+    for c in page:
+        check_candle(interval, c)
+        if previous is not None and c.open_time_ms <= previous:
+            raise PageError(f"duplicate open time {c.open_time_ms}")
+        if not start_ms <= c.open_time_ms <= end_ms:
+            raise PageError(f"open time {c.open_time_ms} outside asked range [{start_ms}, {end_ms}]")
+        if c.close_time_ms >= now_ms:
+            raise PageError(f"candle {c.open_time_ms} is not closed yet (close {c.close_time_ms})")
+        previous = c.open_time_ms
+    return page

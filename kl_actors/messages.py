@@ -1,0 +1,203 @@
+"""Every message that crosses a socket: the single source of truth for the wire.
+
+Messages are msgspec Structs in one tagged union, MessagePack-encoded. Units are in field names
+(`_ms`, `_s`). Every receive decodes with `decode()`, which returns a `DecodeError` value for
+anything malformed instead of raising, so one bad frame can never kill an actor.
+
+Candles keep the exchange's decimal strings untouched: a value is stored and published exactly
+as the exchange sent it. `Candle` is array-like so that one candle is the exchange's own 12-element
+row, both in REST JSON and on our wire.
+
+Feed messages (`FeedKline`) go to outside consumers as two frames: the topic
+`kline.<SYMBOL>.<interval>` in ASCII, then the MessagePack body; see README "Consumer feed".
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+
+class Candle(msgspec.Struct, array_like=True, frozen=True):
+    """One kline, in the exchange's REST array order."""
+
+    open_time_ms: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    close_time_ms: int
+    quote_volume: str
+    trades: int
+    taker_buy_volume: str
+    taker_buy_quote_volume: str
+    ignore: str = "0"
+
+
+Source = Literal["rest", "ws"]
+
+
+class _Msg(msgspec.Struct, tag=True, tag_field="kind", forbid_unknown_fields=True):
+    pass
+
+
+class KlineBatch(_Msg, tag="batch"):
+    """Candles of one symbol and interval for the writer. `task_id` is empty for WebSocket candles."""
+
+    symbol: str
+    interval: str
+    source: Source
+    candles: list[Candle]
+    task_id: str = ""
+
+
+class TableCommit(msgspec.Struct, array_like=True, frozen=True):
+    symbol: str
+    interval: str
+    rows: int
+    first_open_ms: int
+    last_open_ms: int
+
+
+class Committed(_Msg, tag="committed"):
+    """Announced by the writer after COMMIT, before anything reaches the feed."""
+
+    task_ids: list[str]
+    tables: list[TableCommit]
+    committed_at_ms: int
+
+
+class WriteFailed(_Msg, tag="write_failed"):
+    """The writer rolled a transaction back; none of these tasks' rows are stored."""
+
+    task_ids: list[str]
+    error: str
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    actor: str
+    pid: int
+    sent_at_ms: int
+    handled: int = 0
+    dropped_malformed: int = 0
+
+
+class DownloadTask(_Msg, tag="task"):
+    """Fetch candles with open time in [start_ms, end_ms] of one symbol and interval."""
+
+    task_id: str
+    symbol: str
+    interval: str
+    start_ms: int
+    end_ms: int
+    limit: int
+    priority: Literal["boundary", "backfill"] = "backfill"
+    attempt: int = 1
+
+
+ResultStatus = Literal["ok", "rate_limited", "banned", "http_error", "network", "invalid", "not_final"]
+
+
+class TaskResult(_Msg, tag="result"):
+    """A downloader's report on one task; `weight_used_1m` is the exchange's header value."""
+
+    task_id: str
+    status: ResultStatus
+    candles: int = 0
+    first_open_ms: int = 0
+    last_open_ms: int = 0
+    weight_used_1m: int = -1
+    retry_after_s: float = 0.0
+    http_status: int = 0
+    detail: str = ""
+
+
+class ClockSync(_Msg, tag="clock"):
+    """Server time = local time + offset_ms; measured with the round trip rtt_ms."""
+
+    offset_ms: float
+    rtt_ms: float
+    measured_at_ms: int
+
+
+class SymbolInfo(msgspec.Struct, array_like=True, frozen=True):
+    symbol: str
+    status: str
+    onboard_ms: int
+
+
+class SymbolsUpdate(_Msg, tag="symbols"):
+    """The scheduler's view of the exchange's symbols, for the writer's meta table."""
+
+    symbols: list[SymbolInfo]
+    seen_at_ms: int
+
+
+class ExchangeHole(_Msg, tag="hole"):
+    """A range the exchange confirmed has no candles (maintenance); recorded, never re-fetched."""
+
+    symbol: str
+    interval: str
+    start_ms: int
+    end_ms: int
+
+
+class FeedKline(msgspec.Struct, array_like=False, forbid_unknown_fields=False):
+    """Body of a consumer feed message; `seq` counts per topic from 1 so gaps are visible."""
+
+    symbol: str
+    interval: str
+    seq: int
+    closed: bool
+    source: Source
+    stored: bool
+    candle: Candle
+
+
+Message = Union[
+    KlineBatch,
+    Committed,
+    WriteFailed,
+    Heartbeat,
+    DownloadTask,
+    TaskResult,
+    ClockSync,
+    SymbolsUpdate,
+    ExchangeHole,
+]
+
+
+class DecodeError(msgspec.Struct, frozen=True):
+    """What `decode` returns for a frame it cannot accept."""
+
+    reason: str
+    size: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+_feed_decoder = msgspec.msgpack.Decoder(FeedKline)
+
+
+def encode(message: Message | FeedKline) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(frame: bytes) -> Message | DecodeError:
+    try:
+        return _decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return DecodeError(reason=str(exc)[:200], size=len(frame))
+
+
+def decode_feed(frame: bytes) -> FeedKline | DecodeError:
+    try:
+        return _feed_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return DecodeError(reason=str(exc)[:200], size=len(frame))
+
+
+def feed_topic(symbol: str, interval: str) -> bytes:
+    return f"kline.{symbol}.{interval}".encode("ascii")
