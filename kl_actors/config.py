@@ -77,13 +77,18 @@ class WeightConfig(_Section):
     usable_fraction: float = 0.9
 
 
+ENDPOINT_KEYS = ("tasks", "results", "writer", "bus_pub", "bus_sub", "control", "feed_in", "feed")
+
+
 class EndpointsConfig(_Section):
     # Empty: $XDG_RUNTIME_DIR/kl-actors, else /tmp/kl-actors-<uid>; created mode 0700.
     runtime_dir: str = ""
     tasks: str = "ipc://{runtime_dir}/tasks"
     results: str = "ipc://{runtime_dir}/results"
     writer: str = "ipc://{runtime_dir}/writer"
-    bus: str = "ipc://{runtime_dir}/bus"
+    # The internal bus: publishers connect to bus_pub, subscribers to bus_sub (broker in between).
+    bus_pub: str = "ipc://{runtime_dir}/bus-pub"
+    bus_sub: str = "ipc://{runtime_dir}/bus-sub"
     control: str = "ipc://{runtime_dir}/control"
     feed_in: str = "ipc://{runtime_dir}/feed-in"
     # The one socket outside programs connect to: loopback unless configured otherwise.
@@ -233,7 +238,7 @@ def check(config: Config, source: str) -> Config:
     if not 0 < config.weight.usable_fraction <= 1:
         fail("weight.usable_fraction", "must be in (0, 1]")
     e = config.endpoints
-    for key in ("tasks", "results", "writer", "bus", "control", "feed_in", "feed"):
+    for key in ENDPOINT_KEYS:
         value = getattr(e, key)
         if not value.startswith(("ipc://", "tcp://", "inproc://")):
             fail(f"endpoints.{key}", f"{value!r} must be an ipc:// or tcp:// endpoint")
@@ -261,7 +266,7 @@ def resolve_endpoints(config: Config) -> Config:
     runtime_dir = config.endpoints.runtime_dir or default_runtime_dir()
     fields = {
         f: getattr(config.endpoints, f).replace("{runtime_dir}", runtime_dir)
-        for f in ("tasks", "results", "writer", "bus", "control", "feed_in", "feed")
+        for f in ENDPOINT_KEYS
     }
     endpoints = msgspec.structs.replace(config.endpoints, runtime_dir=runtime_dir, **fields)
     return msgspec.structs.replace(config, endpoints=endpoints)

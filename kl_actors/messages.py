@@ -44,13 +44,18 @@ class _Msg(msgspec.Struct, tag=True, tag_field="kind", forbid_unknown_fields=Tru
 
 
 class KlineBatch(_Msg, tag="batch"):
-    """Candles of one symbol and interval for the writer. `task_id` is empty for WebSocket candles."""
+    """Candles of one symbol and interval for the writer. `task_id` is empty for WebSocket candles.
+
+    `live` marks candles at the live edge (WebSocket closes, boundary fetches): once stored they
+    are published on the feed. Backfill pages are history and are not published.
+    """
 
     symbol: str
     interval: str
     source: Source
     candles: list[Candle]
     task_id: str = ""
+    live: bool = False
 
 
 class TableCommit(msgspec.Struct, array_like=True, frozen=True):

@@ -1,14 +1,211 @@
-"""The supervisor: loads the config and (from issue 3 on) starts and watches every actor."""
+"""The supervisor: starts every actor as its own OS process, watches, restarts, stops.
+
+It owns the runtime directory (mode 0700: the ipc endpoints in it are reachable by this user
+only), writes the effective config there for the actors, and keeps each actor's state (pid,
+restarts, last heartbeat) in `status.json` beside it. An actor that exits or goes silent for
+`supervisor.heartbeat_timeout_s` is restarted after an exponential backoff; an actor restarted more
+than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
+and one line naming the actor and its last exit. SIGTERM/SIGINT stop every actor (SIGTERM, then
+SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actor.py).
+
+The supervisor never touches the database or the exchange itself; with `--sim` it only starts the
+bundled simulator and points the exchange URLs at it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import stat
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import msgspec
+import zmq
 
-from . import cli
+from . import cli, messages
 from . import config as cfg
+from .log import Logger
+from .restarts import RestartPolicy
+
+
+def actor_names(config: cfg.Config) -> list[str]:
+    """The actors of this configuration, in start order."""
+    return ["broker", "writer"]
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class Watched:
+    """One supervised actor: its current process and its restart bookkeeping."""
+
+    def __init__(self, name: str, policy: RestartPolicy) -> None:
+        self.name = name
+        self.policy = policy
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.last_heartbeat = 0.0
+        self.restart_at: float | None = None
+        self.last_exit = ""
+
+
+class Supervisor:
+    def __init__(self, config: cfg.Config, names: list[str]) -> None:
+        self.config = config
+        self.log = Logger("supervisor", config.log.level)
+        s = config.supervisor
+        self.watched = {
+            n: Watched(n, RestartPolicy(s.restart_backoff_initial_s, s.restart_backoff_max_s,
+                                        s.max_restarts, s.restart_window_s))
+            for n in names
+        }
+        self.runtime_dir = Path(config.endpoints.runtime_dir)
+        self.config_file = self.runtime_dir / "config.json"
+        self.status_file = self.runtime_dir / "status.json"
+        self._stopping = False
+        self.exit_code = 0
+
+    # -- runtime directory ---------------------------------------------------------------------
+    def prepare_runtime_dir(self) -> None:
+        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.runtime_dir.stat()
+        if info.st_uid != os.getuid():
+            raise cfg.ConfigError(f"runtime directory {self.runtime_dir} belongs to another user")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(self.runtime_dir, 0o700)
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(self.config))
+
+    # -- processes -----------------------------------------------------------------------------
+    def spawn(self, w: Watched) -> None:
+        argv = [sys.executable, "-m", "kl_actors.run", w.name, "--config-file", str(self.config_file),
+                "--parent-pid", str(os.getpid())]
+        w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        w.started_at = w.last_heartbeat = time.monotonic()
+        w.restart_at = None
+        self.log.info("actor_started", name=w.name, pid=w.proc.pid, restarts=w.policy.total_restarts)
+
+    def _on_exit(self, w: Watched, now: float, why: str) -> None:
+        uptime = now - w.started_at
+        w.last_exit = why
+        w.proc = None
+        delay = w.policy.record_exit(now, uptime)
+        if delay is None:
+            self.log.error("giving_up", name=w.name, restarts=w.policy.recent(),
+                           window_s=self.config.supervisor.restart_window_s, last_exit=why,
+                           action="stopping all actors")
+            print(f"kl-actors: actor {w.name} failed {w.policy.recent()} times within "
+                  f"{self.config.supervisor.restart_window_s:g}s (last: {why}); stopping the service",
+                  file=sys.stderr, flush=True)
+            self.exit_code = 1
+            self._stopping = True
+            return
+        w.restart_at = now + delay
+        self.log.warning("actor_exited", name=w.name, why=why, uptime_s=round(uptime, 2),
+                         action=f"restart in {delay:.2f}s")
+
+    def check(self, now: float) -> None:
+        timeout = self.config.supervisor.heartbeat_timeout_s
+        for w in self.watched.values():
+            if w.proc is not None:
+                code = w.proc.poll()
+                if code is not None:
+                    self._on_exit(w, now, describe_exit(code))
+                elif now - w.last_heartbeat > timeout:
+                    self.log.warning("actor_silent", name=w.name, silent_s=round(now - w.last_heartbeat, 1),
+                                     action="killing")
+                    w.proc.kill()
+                    w.proc.wait()
+                    self._on_exit(w, now, f"silent for {now - w.last_heartbeat:.1f}s")
+            elif w.restart_at is not None and now >= w.restart_at and not self._stopping:
+                self.spawn(w)
+            if self._stopping:
+                return
+
+    def heartbeat(self, beat: messages.Heartbeat) -> None:
+        w = self.watched.get(beat.actor)
+        if w is not None and w.proc is not None and w.proc.pid == beat.pid:
+            w.last_heartbeat = time.monotonic()
+
+    def write_status(self, now: float) -> None:
+        status = {
+            name: {"pid": w.proc.pid if w.proc else None, "restarts": w.policy.total_restarts,
+                   "heartbeat_age_s": round(now - w.last_heartbeat, 2) if w.proc else None,
+                   "last_exit": w.last_exit}
+            for name, w in self.watched.items()
+        }
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status}))
+        os.replace(tmp, self.status_file)
+
+    def stop_all(self) -> None:
+        running = [w for w in self.watched.values() if w.proc is not None]
+        for w in running:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.terminate()
+        deadline = time.monotonic() + self.config.supervisor.stop_timeout_s
+        for w in running:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.warning("actor_stop_timeout", name=w.name, action="killing")
+                w.proc.kill()
+                w.proc.wait()
+            self.log.info("actor_stopped", name=w.name, how=describe_exit(w.proc.returncode))
+            w.proc = None
+
+    def request_stop(self, *_args: object) -> None:
+        self._stopping = True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.prepare_runtime_dir()
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        context = zmq.Context()
+        control = context.socket(zmq.PULL)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self.config.endpoints.control)
+        try:
+            for w in self.watched.values():
+                self.spawn(w)
+            next_status = 0.0
+            while not self._stopping:
+                if control.poll(100):
+                    for _ in range(1000):
+                        try:
+                            frame = control.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        beat = messages.decode(frame)
+                        if isinstance(beat, messages.Heartbeat):
+                            self.heartbeat(beat)
+                now = time.monotonic()
+                self.check(now)
+                if now >= next_status:
+                    self.write_status(now)
+                    next_status = now + self.config.supervisor.heartbeat_s
+        finally:
+            self.stop_all()
+            self.write_status(time.monotonic())
+            control.close()
+            context.term()
+        self.log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,5 +215,26 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"kl-actors: config error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(msgspec.to_builtins(config), indent=2))
+    if args.print_config:
+        print(json.dumps(msgspec.to_builtins(config), indent=2))
+        return 0
+    with contextlib.ExitStack() as stack:
+        if args.sim:
+            config = stack.enter_context(_with_simulator(config, args.sim_symbols))
+        try:
+            return Supervisor(config, actor_names(config)).run()
+        except cfg.ConfigError as exc:
+            print(f"kl-actors: {exc}", file=sys.stderr)
+            return 2
     return 0
+
+
+@contextlib.contextmanager
+def _with_simulator(config: cfg.Config, n_symbols: int):
+    """Start the bundled simulator on loopback and point the exchange URLs at it."""
+    from .sim.process import SimProcess
+
+    with SimProcess(symbols=n_symbols) as sim:
+        exchange = msgspec.structs.replace(config.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url)
+        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url)
+        yield msgspec.structs.replace(config, exchange=exchange)

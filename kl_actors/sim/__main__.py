@@ -1,0 +1,81 @@
+"""Command line of the exchange simulator: `python -m kl_actors.sim --port 0 ...`.
+
+Prints exactly two lines when ready (REST base URL, then WebSocket base URL) and serves until
+SIGTERM/SIGINT. Refuses (exit 2) a host outside 127.0.0.0/8 and ::1 unless
+`--allow-non-loopback`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import sys
+
+from .app import serve
+from .state import Options
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
+    p = argparse.ArgumentParser(prog="python -m kl_actors.sim",
+                                description="Binance USDT-M futures market-data simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--allow-non-loopback", action="store_true")
+    p.add_argument("--symbols", type=int, default=20, help="TRADING USDT perpetuals")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--anchor-ms", type=int, default=None,
+                   help="time the universe's listing dates are relative to (default: today "
+                        "00:00 UTC)")
+    p.add_argument("--weight-limit", type=int, default=2400)
+    p.add_argument("--ban-base-s", type=float, default=120.0)
+    p.add_argument("--abuse-after", type=int, default=5,
+                   help="rejected requests after the first 429 before a 418 ban")
+    p.add_argument("--ws-push-ms", type=int, default=250)
+    p.add_argument("--ws-ping-s", type=float, default=180.0)
+    p.add_argument("--ws-pong-timeout-s", type=float, default=600.0)
+    p.add_argument("--ws-close-delay-ms", type=int, default=200)
+    p.add_argument("--ws-lifetime-s", type=float, default=86400.0)
+    p.add_argument("--ws-max-msgs-per-s", type=int, default=10)
+    p.add_argument("--ws-max-conns-per-5min", type=int, default=300)
+    p.add_argument("--max-streams-per-conn", type=int, default=200)
+    p.add_argument("--clock-offset-ms", type=int, default=0)
+    p.add_argument("--final-delay-ms", type=int, default=0)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--row-cache", type=int, default=400_000)
+    a = p.parse_args(argv)
+    if not a.allow_non_loopback and not _is_loopback(a.host):
+        sys.stderr.write(f"refusing to listen on non-loopback host {a.host!r} "
+                         "(use --allow-non-loopback)\n")
+        raise SystemExit(2)
+    options = Options(
+        host=a.host, port=a.port, symbols=a.symbols, seed=a.seed, anchor_ms=a.anchor_ms,
+        weight_limit=a.weight_limit, ban_base_s=a.ban_base_s, abuse_after=a.abuse_after,
+        ws_push_ms=a.ws_push_ms, ws_ping_s=a.ws_ping_s, ws_pong_timeout_s=a.ws_pong_timeout_s,
+        ws_close_delay_ms=a.ws_close_delay_ms, max_streams_per_conn=a.max_streams_per_conn,
+        ws_max_msgs_per_s=a.ws_max_msgs_per_s,
+        ws_max_conns_per_5min=a.ws_max_conns_per_5min, row_cache=a.row_cache)
+    faults = {"ws_lifetime_s": a.ws_lifetime_s, "clock_offset_ms": a.clock_offset_ms,
+              "final_delay_ms": a.final_delay_ms, "latency_ms": a.latency_ms}
+    return options, faults
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    options, faults = parse_args(argv)
+    try:
+        asyncio.run(serve(options, faults))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

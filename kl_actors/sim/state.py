@@ -1,0 +1,82 @@
+"""Everything one simulator process holds at run time, shared by the REST, admin and WS layers.
+
+Owns: the server clock (wall clock + fault clock offset), the market, the page renderer, the
+weight limiter, the faults and their dice, the statistics and the set of open WebSocket
+connections. No I/O here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .faults import FaultDice, Faults
+from .market import Market
+from .pages import PageRenderer
+from .weights import WeightLimiter
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 0
+    symbols: int = 20
+    seed: int = 1
+    weight_limit: int = 2400
+    ban_base_s: float = 120.0
+    abuse_after: int = 5
+    anchor_ms: int | None = None
+    ws_push_ms: int = 250
+    ws_ping_s: float = 180.0
+    ws_pong_timeout_s: float = 600.0
+    ws_close_delay_ms: int = 200  # x:true event goes out 200-400 ms after the close
+    max_streams_per_conn: int = 200
+    ws_max_msgs_per_s: int = 10
+    ws_max_conns_per_5min: int = 300
+    row_cache: int = 400_000
+
+
+class Stats:
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.by_path: Counter = Counter()
+        self.by_stream: Counter = Counter()  # "BTCUSDT 1m" → klines requests
+        self.by_status: Counter = Counter({k: 0 for k in ("200", "4xx", "429", "418", "5xx")})
+        self.ws: Counter = Counter({"opened": 0, "closed": 0, "dropped_by_server": 0})
+        self.ws_drop_reasons: Counter = Counter()
+
+    def count_status(self, status: int) -> None:
+        if status in (429, 418):
+            key = str(status)
+        elif status >= 500:
+            key = "5xx"
+        elif status >= 400:
+            key = "4xx"
+        else:
+            key = "200"
+        self.by_status[key] += 1
+
+
+@dataclass
+class SimState:
+    options: Options
+    market: Market = field(init=False)
+    renderer: PageRenderer = field(init=False)
+    limiter: WeightLimiter = field(init=False)
+    faults: Faults = field(default_factory=Faults)
+    dice: FaultDice = field(init=False)
+    stats: Stats = field(default_factory=Stats)
+    connections: set = field(default_factory=set)
+
+    def __post_init__(self):
+        o = self.options
+        self.market = Market(seed=o.seed, n_symbols=o.symbols, anchor_ms=o.anchor_ms)
+        self.renderer = PageRenderer(self.market, max_rows=o.row_cache)
+        self.limiter = WeightLimiter(o.weight_limit, o.ban_base_s, o.abuse_after)
+        self.dice = FaultDice(self.faults, o.seed)
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.faults.clock_offset_ms

@@ -1,0 +1,394 @@
+"""The SQLite database: kline tables, meta tables, the upsert, and the read-only inventory.
+
+Owns every SQL statement of the project. Only the writer opens the file read-write
+(`Store.open_writer`); every other process (scheduler, status command, users' tools) opens it with
+`Store.open_readonly`, which SQLite itself enforces.
+
+Kline tables are `k_<base>_<interval>` (see `symbols.table_name`, the only place a table name is
+built; nothing from outside is ever quoted into SQL). Values stay TEXT exactly as the exchange
+sent them. A REST candle is authoritative: the upsert never lets a WebSocket candle overwrite it,
+REST overwrites anything, and the same batch applied twice leaves the table unchanged.
+
+Meta tables are prefixed `meta_` so they never parse as kline tables:
+- `meta_schema(version)`: the schema version (1);
+- `meta_symbols`: symbols with their exchange status, listing time and when we saw them;
+- `meta_holes`: ranges the exchange confirmed it has no candles for (maintenance), so the hole
+  finder does not report them forever.
+
+No zmq, no clocks: callers pass `now` in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import apsw
+from msgspec.structs import astuple
+
+from . import intervals
+from .config import DatabaseConfig
+from .messages import Candle, SymbolInfo
+from .symbols import parse_table_name, table_name
+
+SCHEMA_VERSION = 1
+SOURCES = ("rest", "ws")
+STATEMENT_CACHE_SIZE = 512
+
+VALUE_COLUMNS = (
+    "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+    "taker_buy_volume", "taker_buy_quote_volume",
+)
+COLUMNS = ("open_time", *VALUE_COLUMNS, "source")
+
+_KLINE_TABLE_SQL = """CREATE TABLE IF NOT EXISTS {table} (
+    open_time INTEGER PRIMARY KEY,
+    open TEXT NOT NULL,
+    high TEXT NOT NULL,
+    low TEXT NOT NULL,
+    close TEXT NOT NULL,
+    volume TEXT NOT NULL,
+    close_time INTEGER NOT NULL,
+    quote_volume TEXT NOT NULL,
+    trades INTEGER NOT NULL,
+    taker_buy_volume TEXT NOT NULL,
+    taker_buy_quote_volume TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('rest','ws'))
+)"""
+
+_META_SQL = """
+CREATE TABLE IF NOT EXISTS meta_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta_symbols (
+    symbol TEXT PRIMARY KEY,
+    status TEXT,
+    onboard_ms INTEGER,
+    first_seen_ms INTEGER,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta_holes (
+    symbol TEXT,
+    interval TEXT,
+    start_ms INTEGER,
+    end_ms INTEGER,
+    confirmed_at_ms INTEGER,
+    PRIMARY KEY (symbol, interval, start_ms)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or used as asked; the message says which file and why."""
+
+
+class TableCoverage(NamedTuple):
+    symbol: str
+    interval: str
+    table: str
+    first_open_ms: int | None
+    last_open_ms: int | None
+    rows: int
+
+
+class SymbolRecord(NamedTuple):
+    symbol: str
+    status: str
+    onboard_ms: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+
+def _upsert_sql(table: str, source: str) -> str:
+    """The upsert for one table; the source is a literal ('rest'/'ws', checked by the caller).
+
+    Parameters are a candle's 12 fields as they are (`msgspec.structs.astuple`), so no per-row
+    Python work is needed to drop the exchange's unused `ignore` field: it is bound as ?12 and
+    only appears in a `coalesce` that always yields the source literal.
+    """
+    placeholders = ", ".join(f"?{i}" for i in range(1, 12))
+    updates = ", ".join(f"{c}=excluded.{c}" for c in (*VALUE_COLUMNS, "source"))
+    return (
+        f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders}, coalesce('{source}', ?12)) "
+        f"ON CONFLICT(open_time) DO UPDATE SET {updates} "
+        f"WHERE excluded.source = 'rest' OR {table}.source = 'ws'"
+    )
+
+
+def candle_rows(candles: Iterable[Candle]) -> list[tuple]:
+    """Candles -> upsert parameter tuples: the exchange's 12-element rows."""
+    return list(map(astuple, candles))
+
+
+def _connect(path: str, config: DatabaseConfig, readonly: bool) -> apsw.Connection:
+    if readonly:
+        if not os.path.exists(path):
+            raise StoreError(f"database {path!r} does not exist (nothing stored yet?)")
+        flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+        uri = f"file:{os.path.abspath(path)}?mode=ro"
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        uri = path
+    try:
+        conn = apsw.Connection(uri, flags=flags, statementcachesize=STATEMENT_CACHE_SIZE)
+    except apsw.Error as exc:
+        raise StoreError(f"cannot open database {path!r}: {exc}") from exc
+    conn.setbusytimeout(config.busy_timeout_ms)
+    cursor = conn.cursor()
+    if not readonly:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={config.synchronous}")
+    # cache_size negative = KiB; these values are ints from the checked config.
+    cursor.execute(f"PRAGMA cache_size=-{int(config.cache_size_kib)}")
+    cursor.execute(f"PRAGMA mmap_size={int(config.mmap_size_mib) * 1024 * 1024}")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+class Store:
+    """One connection to the kline database, read-write (the writer) or read-only (all others)."""
+
+    def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
+        self.conn = conn
+        self.readonly = readonly
+        self._cursor = conn.cursor()
+        self._known_tables: set[str] = set()
+        self._created_in_txn: set[str] = set()
+        self._sql: dict[tuple[str, str], str] = {}
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open_writer(cls, config: DatabaseConfig, path: str | None = None) -> Store:
+        store = cls(_connect(path or config.path, config, readonly=False), readonly=False)
+        store._init_schema()
+        return store
+
+    @classmethod
+    def open_readonly(cls, config: DatabaseConfig | None = None, path: str | None = None) -> Store:
+        config = config or DatabaseConfig()
+        return cls(_connect(path or config.path, config, readonly=True), readonly=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _init_schema(self) -> None:
+        with self.transaction():
+            self._cursor.execute(_META_SQL)
+            if self._scalar("SELECT count(*) FROM meta_schema") == 0:
+                self._cursor.execute("INSERT INTO meta_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        self._known_tables = set(self._table_names())
+
+    # -- writing --------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """`BEGIN IMMEDIATE` .. `COMMIT`; `ROLLBACK` on any exception (also a failed COMMIT)."""
+        self._cursor.execute("BEGIN IMMEDIATE")
+        self._created_in_txn.clear()
+        try:
+            yield
+            self._cursor.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._created_in_txn.clear()
+
+    def _rollback(self) -> None:
+        # A table created in the rolled-back transaction no longer exists.
+        self._known_tables -= self._created_in_txn
+        self._sql = {k: v for k, v in self._sql.items() if k[0] not in self._created_in_txn}
+        if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+            try:
+                self._cursor.execute("ROLLBACK")
+            except apsw.Error:
+                pass  # The original error is what the caller must see.
+
+    def ensure_table(self, symbol: str, interval: str) -> str:
+        """Create the kline table of (symbol, interval) if needed; returns its name."""
+        table = table_name(symbol, interval)
+        if table not in self._known_tables:
+            self._cursor.execute(_KLINE_TABLE_SQL.format(table=table))
+            self._known_tables.add(table)
+            if self.conn.in_transaction:
+                self._created_in_txn.add(table)
+        return table
+
+    def _statement(self, symbol: str, interval: str, source: str) -> str:
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        table = self.ensure_table(symbol, interval)
+        key = (table, source)
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = self._sql[key] = _upsert_sql(table, source)
+        return sql
+
+    def upsert_rows(self, symbol: str, interval: str, source: str, rows: Sequence[tuple]) -> int:
+        """Upsert parameter tuples (see `candle_rows`); returns the number of rows written."""
+        sql = self._statement(symbol, interval, source)
+        before = self.conn.total_changes()
+        self._cursor.executemany(sql, rows)
+        return self.conn.total_changes() - before
+
+    def upsert(self, symbol: str, interval: str, source: str, candles: Iterable[Candle]) -> int:
+        """Insert or update candles; returns how many rows were written (inserted or replaced).
+
+        A WebSocket candle whose open time already holds a REST candle is not written and not
+        counted.
+        """
+        return self.upsert_rows(symbol, interval, source, candle_rows(candles))
+
+    def upsert_stored(self, symbol: str, interval: str, source: str,
+                      candles: Iterable[Candle]) -> set[int]:
+        """Like `upsert`, but returns the open times actually written (via RETURNING)."""
+        sql = self._statement(symbol, interval, source) + " RETURNING open_time"
+        rows = candle_rows(candles)
+        if not rows:
+            return set()
+        return {row[0] for row in self._cursor.executemany(sql, rows)}
+
+    def record_symbols(self, symbols: Iterable[SymbolInfo], seen_at_ms: int) -> None:
+        self._cursor.executemany(
+            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms) "
+            "VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
+            "onboard_ms=excluded.onboard_ms, last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
+            [(s.symbol, s.status, s.onboard_ms, seen_at_ms) for s in symbols])
+
+    def record_hole(self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int) -> None:
+        """Record a confirmed exchange hole [start_ms, end_ms] (open times, both inclusive)."""
+        table_name(symbol, interval)  # validates both
+        if end_ms < start_ms:
+            raise ValueError(f"hole end {end_ms} before start {start_ms}")
+        self._cursor.execute(
+            "INSERT INTO meta_holes (symbol, interval, start_ms, end_ms, confirmed_at_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(symbol, interval, start_ms) DO UPDATE SET "
+            "end_ms=excluded.end_ms, confirmed_at_ms=excluded.confirmed_at_ms",
+            (symbol, interval, start_ms, end_ms, now_ms))
+
+    # -- reading --------------------------------------------------------------------------------
+    def _scalar(self, sql: str, bindings: tuple = ()) -> object:
+        for row in self._cursor.execute(sql, bindings):
+            return row[0]
+        return None
+
+    def _table_names(self) -> list[str]:
+        return [r[0] for r in self._cursor.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'")]
+
+    def kline_tables(self) -> dict[str, dict[str, str]]:
+        """symbol -> interval -> table, for every table whose name parses as a kline table."""
+        found: dict[str, dict[str, str]] = {}
+        for name in self._table_names():
+            parsed = parse_table_name(name)
+            if parsed is not None:
+                symbol, interval = parsed
+                found.setdefault(symbol, {})[interval] = name
+        return found
+
+    def _existing(self, symbol: str, interval: str) -> str | None:
+        table = table_name(symbol, interval)
+        if table in self._known_tables:
+            return table
+        exists = self._scalar(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,))
+        return table if exists else None
+
+    def last_open_ms(self, symbol: str, interval: str) -> int | None:
+        table = self._existing(symbol, interval)
+        return None if table is None else self._scalar(f"SELECT max(open_time) FROM {table}")
+
+    def first_open_ms(self, symbol: str, interval: str) -> int | None:
+        table = self._existing(symbol, interval)
+        return None if table is None else self._scalar(f"SELECT min(open_time) FROM {table}")
+
+    def count(self, symbol: str, interval: str) -> int:
+        table = self._existing(symbol, interval)
+        return 0 if table is None else self._scalar(f"SELECT count(*) FROM {table}")
+
+    def candles(self, symbol: str, interval: str, start_ms: int | None = None,
+                end_ms: int | None = None) -> list[tuple]:
+        """Stored rows (all 12 columns, `source` last) with open time in [start_ms, end_ms]."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return []
+        lo = start_ms if start_ms is not None else -(2 ** 62)
+        hi = end_ms if end_ms is not None else 2 ** 62
+        return list(self._cursor.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {table} WHERE open_time BETWEEN ? AND ? "
+            "ORDER BY open_time", (lo, hi)))
+
+    def coverage(self) -> list[TableCoverage]:
+        """First, last open time and row count of every kline table, by symbol then interval."""
+        result = []
+        for symbol, by_interval in sorted(self.kline_tables().items()):
+            for interval, table in sorted(by_interval.items(),
+                                          key=lambda kv: intervals.INTERVALS.index(kv[0])):
+                first, last, rows = next(self._cursor.execute(
+                    f"SELECT min(open_time), max(open_time), count(*) FROM {table}"))
+                result.append(TableCoverage(symbol, interval, table, first, last, rows))
+        return result
+
+    def exchange_holes(self, symbol: str, interval: str) -> list[tuple[int, int]]:
+        """Confirmed exchange holes of (symbol, interval), [start_ms, end_ms], by start."""
+        return [(s, e) for s, e in self._cursor.execute(
+            "SELECT start_ms, end_ms FROM meta_holes WHERE symbol = ? AND interval = ? "
+            "ORDER BY start_ms", (symbol, interval))]
+
+    def _gaps(self, table: str, interval: str) -> list[tuple[int, int]]:
+        """Missing open times strictly between stored ones, as [first_missing, last_missing]."""
+        if interval == intervals.MONTH:
+            gaps = []
+            previous = None
+            for (open_ms,) in self._cursor.execute(f"SELECT open_time FROM {table} ORDER BY open_time"):
+                if previous is not None:
+                    expected = intervals.next_open(interval, previous)
+                    if open_ms > expected:
+                        gaps.append((expected, intervals.prev_open(interval, open_ms)))
+                previous = open_ms
+            return gaps
+        step_ms = intervals.nominal_ms(interval)
+        return [(a + step_ms, b - step_ms) for a, b in self._cursor.execute(
+            f"SELECT open_time, next_open FROM (SELECT open_time, LEAD(open_time) OVER "
+            f"(ORDER BY open_time) AS next_open FROM {table}) WHERE next_open - open_time > ?",
+            (step_ms,))]
+
+    def holes(self, symbol: str, interval: str) -> list[tuple[int, int]]:
+        """Ranges [first_missing, last_missing] of open times missing inside stored history,
+        minus the exchange holes recorded in `meta_holes`."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return []
+        known = self.exchange_holes(symbol, interval)
+        result = []
+        for gap in self._gaps(table, interval):
+            pieces = [gap]
+            for hole_start, hole_end in known:
+                pieces = [p for piece in pieces
+                          for p in _subtract(interval, piece, hole_start, hole_end)]
+            result.extend(pieces)
+        return result
+
+    def symbols(self) -> list[SymbolRecord]:
+        return [SymbolRecord(*row) for row in self._cursor.execute(
+            "SELECT symbol, status, onboard_ms, first_seen_ms, last_seen_ms FROM meta_symbols "
+            "ORDER BY symbol")]
+
+    def schema_version(self) -> int | None:
+        return self._scalar("SELECT max(version) FROM meta_schema")
+
+
+def _subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """Open-time range `piece` minus [start_ms, end_ms], as aligned ranges."""
+    a, b = piece
+    if end_ms < a or start_ms > b:
+        return [piece]
+    left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
+    right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
+    out = []
+    if left_end >= a:
+        out.append((a, left_end))
+    if right_start <= b:
+        out.append((right_start, b))
+    return out

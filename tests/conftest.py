@@ -1,0 +1,49 @@
+"""Shared pytest fixtures.
+
+- `sim`: one simulator subprocess for the whole session (weight limit lifted, fast WS pushes).
+  Tests using it must leave faults/holes as they found them; tests that need special options or
+  change global state use `sim_factory` instead.
+- `sim_factory(**options)`: starts a dedicated simulator (options as for `SimProcess`); every
+  process it started is stopped at the end of the test, also on failure.
+- `fixtures_dir`: `tests/fixtures/` (recorded real responses, see its README).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kl_actors.sim.process import SimProcess  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def sim():
+    with SimProcess(symbols=20, seed=1, weight_limit=1_000_000, ws_push_ms=100) as process:
+        yield process
+
+
+@pytest.fixture
+def sim_factory():
+    started: list[SimProcess] = []
+
+    def start(**options) -> SimProcess:
+        process = SimProcess(**options)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,124 @@
+"""Helpers for tests that run real actor processes: configs in temp dirs, a running supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from kl_actors import config as cfg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+
+def make_config(workdir: Path, **sections) -> cfg.Config:
+    """A config whose endpoints, runtime dir and database live in `workdir`, fast timers."""
+    base = cfg.Config()
+    endpoints = msgspec.structs.replace(
+        base.endpoints, runtime_dir=str(workdir / "rt"), feed=f"tcp://127.0.0.1:{free_port()}")
+    database = msgspec.structs.replace(base.database, path=str(workdir / "db.sqlite"))
+    supervisor = msgspec.structs.replace(
+        base.supervisor, heartbeat_s=0.2, heartbeat_timeout_s=5.0, restart_backoff_initial_s=0.05,
+        restart_backoff_max_s=0.5, stop_timeout_s=5.0)
+    config = msgspec.structs.replace(base, endpoints=endpoints, database=database, supervisor=supervisor)
+    for name, changes in sections.items():
+        config = msgspec.structs.replace(config, **{name: msgspec.structs.replace(getattr(config, name), **changes)})
+    return cfg.resolve_endpoints(cfg.check(config, "test"))
+
+
+def write_toml(config: cfg.Config, path: Path) -> Path:
+    path.write_bytes(msgspec.toml.encode(config))
+    return path
+
+
+class RunningService:
+    """A real `supervisor.py` process with the given config, stopped (and its actors) on exit."""
+
+    def __init__(self, config: cfg.Config, workdir: Path, extra_args: list[str] | None = None) -> None:
+        self.config = config
+        self.status_file = Path(config.endpoints.runtime_dir) / "status.json"
+        toml = write_toml(config, workdir / "service.toml")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "supervisor.py"), "--config", str(toml), *(extra_args or [])],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.seen_pids: set[int] = set()
+
+    def status(self) -> dict:
+        try:
+            data = json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        if data.get("supervisor_pid") != self.proc.pid:
+            return {}
+        for actor in data["actors"].values():
+            if actor["pid"]:
+                self.seen_pids.add(actor["pid"])
+        return data["actors"]
+
+    def pid(self, name: str) -> int | None:
+        return self.status().get(name, {}).get("pid")
+
+    def wait_running(self, names, timeout: float = 15.0) -> dict:
+        def ready():
+            st = self.status()
+            ok = all(st.get(n, {}).get("pid") and st[n]["heartbeat_age_s"] is not None
+                     and st[n]["heartbeat_age_s"] < 1.0 for n in names)
+            return st if ok else None
+        return wait_for(ready, timeout, what=f"actors {names} running")
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        self.status()
+        for pid in self.seen_pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+

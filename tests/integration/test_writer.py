@@ -1,0 +1,417 @@
+"""The writer as a real process with real sockets and a real SQLite file.
+
+The test plays the other actors: it binds a PULL on `control` (heartbeats), a SUB on `bus_pub`
+and one on `feed_in` (where the broker's XSUBs would be), and connects a PUSH to `writer`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from kl_actors import intervals, messages
+from kl_actors.klines import PageError, check_candle
+from kl_actors.messages import Candle, KlineBatch
+from kl_actors.store import Store
+from kl_actors.writer import check_batch
+from procs import ROOT, make_config, wait_for
+
+T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
+
+
+def candle(open_ms: int, interval: str = "1m", close: str = "100.5", trades: int = 42) -> Candle:
+    return Candle(open_ms, "100.10", "101.000", "99.9", close, "12.3400",
+                  intervals.close_time(interval, open_ms), "1234.56789012345678", trades,
+                  "6.00000001", "617.2")
+
+
+def minutes(first: int, count: int, **kw) -> list[Candle]:
+    return [candle(T0 + (first + i) * 60_000, **kw) for i in range(count)]
+
+
+def row(c: Candle, source: str) -> tuple:
+    return (*msgspec.structs.astuple(c)[:11], source)
+
+
+class WriterProcess:
+    """A writer process plus the sockets of its peers, all owned by the test."""
+
+    def __init__(self, workdir: Path, **writer_settings) -> None:
+        settings = {"max_rows_per_txn": 50_000, "max_delay_ms": 20, **writer_settings}
+        self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"})
+        Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
+        self.db_path = self.config.database.path
+        e = self.config.endpoints
+        self.ctx = zmq.Context()
+        self.control = self._sock(zmq.PULL, e.control, bind=True)
+        self.bus = self._sock(zmq.SUB, e.bus_pub, bind=True)
+        self.feed = self._sock(zmq.SUB, e.feed_in, bind=True)
+        self.push = self._sock(zmq.PUSH, e.writer, bind=False)
+        config_file = workdir / "writer.json"
+        config_file.write_bytes(msgspec.json.encode(self.config))
+        self.stderr_path = workdir / "writer.stderr"
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
+            cwd=ROOT, stderr=self._stderr)
+        self.bus_messages: list = []
+        self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
+        self.heartbeats: list[messages.Heartbeat] = []
+        self.events: list[tuple[str, object]] = []  # ("bus"|"feed", message) in arrival order
+        self._wait_connected()
+
+    def _sock(self, kind: int, endpoint: str, bind: bool) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        (sock.bind if bind else sock.connect)(endpoint)
+        return sock
+
+    def _wait_connected(self) -> None:
+        # An empty batch with a task id is answered at once: proves PUSH -> writer -> bus works.
+        deadline = time.monotonic() + 10
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            probe = f"probe-{n}"
+            self.send(KlineBatch("BTCUSDT", "1m", "rest", [], task_id=probe))
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                self.pump(0.05)
+                if any(isinstance(m, messages.Committed) and probe in m.task_ids for m in self.bus_messages):
+                    self.bus_messages.clear()
+                    self.events.clear()
+                    return
+            assert self.proc.poll() is None, self.stderr()
+        raise AssertionError(f"writer never answered a probe\n{self.stderr()}")
+
+    def send(self, message) -> None:
+        self.push.send(message if isinstance(message, bytes) else messages.encode(message))
+
+    def pump(self, timeout_s: float) -> None:
+        """Receive whatever arrives within timeout_s on bus, feed and control."""
+        poller = zmq.Poller()
+        for s in (self.bus, self.feed, self.control):
+            poller.register(s, zmq.POLLIN)
+        end = time.monotonic() + timeout_s
+        while True:
+            events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
+            if not events:
+                return
+            if self.bus in events:
+                m = messages.decode(self.bus.recv())
+                self.bus_messages.append(m)
+                self.events.append(("bus", m))
+            if self.feed in events:
+                topic, body = self.feed.recv_multipart()
+                f = messages.decode_feed(body)
+                self.feed_messages.append((topic, f))
+                self.events.append(("feed", f))
+            if self.control in events:
+                self.heartbeats.append(messages.decode(self.control.recv()))
+
+    def wait_bus(self, predicate, timeout: float = 5.0, what: str = "bus message"):
+        def found():
+            self.pump(0.05)
+            return next((m for m in self.bus_messages if predicate(m)), None)
+        try:
+            return wait_for(found, timeout, interval=0, what=what)
+        except AssertionError:
+            raise AssertionError(f"{what} not seen; bus={self.bus_messages}\n{self.stderr()}") from None
+
+    def wait_committed(self, task_id: str, timeout: float = 5.0) -> messages.Committed:
+        return self.wait_bus(lambda m: isinstance(m, messages.Committed) and task_id in m.task_ids,
+                             timeout, what=f"Committed for {task_id}")
+
+    def wait_failed(self, task_id: str, timeout: float = 5.0) -> messages.WriteFailed:
+        return self.wait_bus(lambda m: isinstance(m, messages.WriteFailed) and task_id in m.task_ids,
+                             timeout, what=f"WriteFailed for {task_id}")
+
+    def reader(self) -> Store:
+        return Store.open_readonly(path=self.db_path)
+
+    def rows(self, symbol: str, interval: str) -> list[tuple]:
+        store = self.reader()
+        try:
+            return store.candles(symbol, interval)
+        finally:
+            store.close()
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")[-6000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._stderr.close()
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def writer_factory(workdir):
+    started: list[WriterProcess] = []
+
+    def start(**settings) -> WriterProcess:
+        w = WriterProcess(workdir, **settings)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.close()
+
+
+@pytest.fixture
+def writer(writer_factory):
+    return writer_factory()
+
+
+def month(y: int, mo: int) -> int:
+    return calendar.timegm((y, mo, 1, 0, 0, 0)) * 1000
+
+
+def test_batches_end_up_exactly_in_the_file(writer):
+    btc = minutes(0, 500)
+    t5 = T0 - T0 % 300_000
+    eth = [Candle(t5 + i * 300_000, "0.000000010", "0.000000020", "0.000000001", "0.000000015",
+                  "123456789012345678.12345678901234567890", t5 + i * 300_000 + 299_999, "0", 0,
+                  "0.0", "00.10") for i in range(3)]
+    pepe_month = [candle(month(2024, m), "1M") for m in (1, 2, 3)]
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", btc, task_id="t-btc"))
+    writer.send(KlineBatch("ETHUSDT", "5m", "rest", eth, task_id="t-eth"))
+    writer.send(KlineBatch("1000PEPEUSDT", "1M", "rest", pepe_month, task_id="t-pepe"))
+    committed = {}
+    for task in ("t-btc", "t-eth", "t-pepe"):
+        committed.update({(t.symbol, t.interval): t for t in writer.wait_committed(task).tables})
+    assert committed[("BTCUSDT", "1m")] == messages.TableCommit("BTCUSDT", "1m", 500, T0, T0 + 499 * 60_000)
+    assert committed[("1000PEPEUSDT", "1M")].rows == 3
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in btc]
+    assert writer.rows("ETHUSDT", "5m") == [row(c, "rest") for c in eth]
+    assert writer.rows("1000PEPEUSDT", "1M") == [row(c, "rest") for c in pepe_month]
+    store = writer.reader()
+    try:
+        assert store.kline_tables() == {"BTCUSDT": {"1m": "k_btc_1m"}, "ETHUSDT": {"5m": "k_eth_5m"},
+                                        "1000PEPEUSDT": {"1M": "k_1000pepe_1mo"}}
+    finally:
+        store.close()
+    assert writer.feed_messages == []  # backfill (live=False) is never published
+
+
+def test_same_batch_twice_leaves_file_unchanged(writer):
+    batch = minutes(10, 50)
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", batch, task_id="a"))
+    writer.wait_committed("a")
+    before = writer.rows("BTCUSDT", "1m")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", batch, task_id="b"))
+    writer.wait_committed("b")
+    assert writer.rows("BTCUSDT", "1m") == before == [row(c, "rest") for c in batch]
+
+
+def test_ws_candle_never_overwrites_rest_and_is_not_published_as_stored(writer):
+    rest = minutes(0, 2, close="100.5")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", rest, task_id="rest", live=True))
+    writer.wait_committed("rest")
+    ws = minutes(1, 2, close="100.9")  # open times 1 (held by REST) and 2 (new)
+    writer.send(KlineBatch("BTCUSDT", "1m", "ws", ws, live=True))
+    committed = writer.wait_bus(lambda m: isinstance(m, messages.Committed) and not m.task_ids,
+                                what="Committed for the ws batch")
+    assert committed.tables == [messages.TableCommit("BTCUSDT", "1m", 1, ws[1].open_time_ms, ws[1].open_time_ms)]
+    assert writer.rows("BTCUSDT", "1m") == [row(rest[0], "rest"), row(rest[1], "rest"), row(ws[1], "ws")]
+    wait_for(lambda: writer.pump(0.05) or len(writer.feed_messages) >= 3, 5, interval=0, what="feed")
+    writer.pump(0.3)
+    published = [(t, f.source, f.candle) for t, f in writer.feed_messages]
+    assert published == [(b"kline.BTCUSDT.1m", "rest", rest[0]), (b"kline.BTCUSDT.1m", "rest", rest[1]),
+                         (b"kline.BTCUSDT.1m", "ws", ws[1])]
+    assert all(f.stored and f.closed and f.seq == 0 for _, f in writer.feed_messages)
+    # REST overwrites the ws candle.
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", [ws[0]], task_id="rest2"))
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(2, 1, close="100.7"), task_id="rest3"))
+    writer.wait_committed("rest3")
+    writer.wait_committed("rest2")
+    assert [r[4] for r in writer.rows("BTCUSDT", "1m")] == ["100.5", "100.9", "100.7"]
+    assert {r[-1] for r in writer.rows("BTCUSDT", "1m")} == {"rest"}
+
+
+def test_invalid_batches_fail_alone_and_store_nothing(writer):
+    misaligned = minutes(0, 3)
+    misaligned[1] = Candle(misaligned[1].open_time_ms + 1, *msgspec.structs.astuple(misaligned[1])[1:])
+    bad_decimal = minutes(0, 3)
+    bad_decimal[2] = msgspec.structs.replace(bad_decimal[2], volume="1e5")
+    bad_bounds = minutes(0, 2)
+    bad_bounds[0] = msgspec.structs.replace(bad_bounds[0], high="100.2")  # below the close
+    good = minutes(0, 3)
+    writer.send(KlineBatch("ETHUSDT", "1m", "rest", misaligned, task_id="bad-align"))
+    writer.send(KlineBatch("ETHUSDT", "1m", "rest", bad_decimal, task_id="bad-decimal"))
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", good, task_id="good"))
+    writer.send(KlineBatch("BTC;DROP", "1m", "rest", good, task_id="bad-symbol"))
+    writer.send(KlineBatch("ETHUSDT", "7m", "rest", good, task_id="bad-interval"))
+    writer.send(KlineBatch("SOLUSDT", "1m", "rest", bad_bounds, task_id="bad-bounds"))
+    errors = {t: writer.wait_failed(t).error for t in
+              ("bad-align", "bad-decimal", "bad-symbol", "bad-interval", "bad-bounds")}
+    assert "not aligned" in errors["bad-align"]
+    assert "'1e5' is not a non-negative decimal" in errors["bad-decimal"]
+    assert "invalid symbol" in errors["bad-symbol"]
+    assert "unknown interval" in errors["bad-interval"]
+    assert "high/low" in errors["bad-bounds"]
+    writer.wait_committed("good")
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in good]
+    store = writer.reader()
+    try:
+        assert store.kline_tables() == {"BTCUSDT": {"1m": "k_btc_1m"}}
+    finally:
+        store.close()
+    assert not any(isinstance(m, messages.Committed) and set(m.task_ids) - {"good"}
+                   for m in writer.bus_messages)
+    log = writer.stderr()
+    assert log.count("event=write_failed") == 5
+
+
+def test_database_error_in_a_group_fails_only_the_culprit(writer_factory):
+    writer = writer_factory(max_delay_ms=300)  # long enough that the three share a transaction
+    # trades beyond SQLite's 64-bit integer: valid on the wire, refused by the database.
+    culprit = minutes(5, 2)
+    culprit[1] = msgspec.structs.replace(culprit[1], trades=2 ** 64 - 1)
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(0, 5), task_id="g1"))
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", culprit, task_id="culprit"))
+    writer.send(KlineBatch("ETHUSDT", "1m", "rest", minutes(0, 2), task_id="g2"))
+    writer.wait_failed("culprit")
+    writer.wait_committed("g1")
+    writer.wait_committed("g2")
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in minutes(0, 5)]
+    assert writer.rows("ETHUSDT", "1m") == [row(c, "rest") for c in minutes(0, 2)]
+    log = writer.stderr()
+    assert "event=transaction_failed" in log and "retrying each batch alone" in log
+    assert log.count("event=write_failed") == 1
+    assert writer.proc.poll() is None
+
+
+def test_malformed_frames_are_dropped_and_counted(writer):
+    writer.send(os.urandom(64))
+    writer.send(msgspec.msgpack.encode({"kind": "batch", "symbol": 5}))
+    writer.send(msgspec.msgpack.encode([1, 2, 3]))
+    writer.send(messages.DownloadTask("t", "BTCUSDT", "1m", T0, T0 + 60_000, 499))
+    good = minutes(0, 4)
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", good, task_id="after"))
+    writer.wait_committed("after")
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in good]
+    beat = wait_for(lambda: writer.pump(0.05) or next(
+        (h for h in reversed(writer.heartbeats) if h.dropped_malformed >= 4), None), 5, interval=0,
+        what="heartbeat counting the drops")
+    assert beat.actor == "writer" and beat.dropped_malformed == 4
+    assert writer.proc.poll() is None
+    log = writer.stderr()
+    assert log.count("event=malformed_message") == 3 and "event=unexpected_message kind=DownloadTask" in log
+
+
+def test_announce_after_commit_and_feed_after_announce(writer):
+    store = writer.reader()
+    try:
+        for n in range(5):
+            batch = minutes(n * 2, 2)
+            writer.send(KlineBatch("BTCUSDT", "1m", "rest", batch, task_id=f"live-{n}", live=True))
+        seen_feed = 0
+        deadline = time.monotonic() + 5
+        checked = 0
+        while seen_feed < 10 and time.monotonic() < deadline:
+            writer.pump(0.02)
+            for kind, m in writer.events[checked:]:
+                if kind == "bus":
+                    # Committed only once its rows are in the file.
+                    for t in m.tables:
+                        assert store.count(t.symbol, t.interval) >= t.rows
+                        rows = store.candles(t.symbol, t.interval, t.first_open_ms, t.last_open_ms)
+                        assert len(rows) == t.rows
+                else:
+                    seen_feed += 1
+                    assert store.candles("BTCUSDT", "1m", m.candle.open_time_ms, m.candle.open_time_ms)
+                    task = f"live-{(m.candle.open_time_ms - T0) // 120_000}"
+                    # The Committed of its batch was published first (on the other socket, so
+                    # allow it a moment in flight).
+                    writer.wait_committed(task, timeout=1.0)
+            checked = len(writer.events)
+        assert seen_feed == 10
+    finally:
+        store.close()
+    announced = sorted(t for m in writer.bus_messages if isinstance(m, messages.Committed) for t in m.task_ids)
+    assert announced == [f"live-{n}" for n in range(5)]
+    assert [f.candle.open_time_ms for _, f in writer.feed_messages] == [c.open_time_ms for c in minutes(0, 10)]
+
+
+def test_sigterm_commits_pending_batches_before_exit(writer_factory):
+    writer = writer_factory(max_delay_ms=60_000, max_rows_per_txn=1_000_000)
+    batches = [KlineBatch("BTCUSDT", "1m", "rest", minutes(i * 100, 100), task_id=f"p{i}") for i in range(5)]
+    for b in batches:
+        writer.send(b)
+    handled_before = max((h.handled for h in writer.heartbeats), default=0)
+    wait_for(lambda: writer.pump(0.05) or any(h.handled >= handled_before + 5 for h in writer.heartbeats),
+             5, interval=0, what="writer to receive the batches")
+    store = writer.reader()
+    try:
+        assert store.count("BTCUSDT", "1m") == 0  # still pending: the delay is a minute
+    finally:
+        store.close()
+    writer.proc.send_signal(signal.SIGTERM)
+    assert writer.proc.wait(timeout=10) == 0, writer.stderr()
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for b in batches for c in b.candles]
+    assert "event=closed rows=500" in writer.stderr()
+
+
+@pytest.mark.parametrize("interval", ["1m", "1h", "3d", "1w", "1M"])
+def test_check_batch_agrees_with_check_candle(interval):
+    start = intervals.align(interval, T0)
+    good = [candle(intervals.step(interval, start, i), interval) for i in range(5)]
+    assert check_batch(interval, good) == [msgspec.structs.astuple(c) for c in good]
+    variants = [
+        {"open_time_ms": good[2].open_time_ms + 60_000},
+        {"close_time_ms": good[2].close_time_ms + 1},
+        {"low": "101.5"},
+        {"high": "100.2"},
+        {"open": "-1"},
+        {"volume": "1\n2"},
+        {"close": "١٠٠.5"},  # Unicode digits: whatever check_candle says, check_batch says too
+        {"trades": -1},
+        {"high": "101.0000000000000000001", "open": "101.0000000000000000002"},
+    ]
+    for change in variants:
+        bad = list(good)
+        bad[2] = msgspec.structs.replace(good[2], **change)
+        try:
+            check_candle(interval, bad[2])
+            expected = None
+        except PageError as exc:
+            expected = str(exc)
+        if expected is None:
+            check_batch(interval, bad)
+        else:
+            with pytest.raises(PageError) as info:
+                check_batch(interval, bad)
+            assert str(info.value) == expected
+
+
+def test_symbols_and_exchange_holes_are_recorded(writer):
+    writer.send(messages.SymbolsUpdate([messages.SymbolInfo("BTCUSDT", "TRADING", 123)], seen_at_ms=1000))
+    writer.send(messages.ExchangeHole("BTCUSDT", "1m", T0 + 60_000, T0 + 120_000))
+    writer.send(messages.ExchangeHole("BTC;DROP", "1m", T0, T0))  # dropped, logged
+    batch = [c for i, c in enumerate(minutes(0, 6)) if i not in (1, 2, 4)]
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", batch, task_id="h"))
+    writer.wait_committed("h")
+    store = writer.reader()
+    try:
+        assert [tuple(s) for s in store.symbols()] == [("BTCUSDT", "TRADING", 123, 1000, 1000)]
+        assert store.exchange_holes("BTCUSDT", "1m") == [(T0 + 60_000, T0 + 120_000)]
+        assert store.holes("BTCUSDT", "1m") == [(T0 + 240_000, T0 + 240_000)]
+    finally:
+        store.close()
+    assert "event=invalid_hole" in writer.stderr()
