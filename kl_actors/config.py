@@ -125,7 +125,17 @@ class LiveConfig(_Section):
     # Margin after a boundary before the just-closed candle is asked over REST.
     boundary_margin_ms: int = 300
     not_final_retry_ms: int = 500
-    clock_sync_s: float = 60.0
+    # The exchange gives no finality flag and may serve a just-closed candle with provisional
+    # values for a moment: each boundary candle is fetched again this long after its close
+    # (REST overwrites REST). 0 disables the re-fetch.
+    final_recheck_ms: int = 5000
+    clock_samples: int = 5
+    ws_streams_per_connection: int = 200
+    # The exchange closes a connection after 24 h; a replacement is opened this long before.
+    ws_lifetime_s: float = 86400.0
+    ws_renew_before_s: float = 600.0
+    ws_reconnect_initial_s: float = 0.5
+    ws_reconnect_max_s: float = 30.0
 
 
 class LogConfig(_Section):
