@@ -67,6 +67,7 @@ class Actor:
         self._next_heartbeat = 0.0
         self.handled = 0
         self.dropped_malformed = 0
+        self.exit_code = 0
 
     # -- sockets --------------------------------------------------------------------------------
     def socket(self, kind: int, endpoint: str, bind: bool = False, hwm: int | None = None,
@@ -149,7 +150,7 @@ class Actor:
                     break
             self.teardown()
             self.log.info("stopped", handled=self.handled, dropped_malformed=self.dropped_malformed)
-            return 0
+            return self.exit_code
         finally:
             for sock in self._sockets:
                 sock.close(linger=LINGER_MS)

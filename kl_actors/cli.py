@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", metavar="LIST", help="comma-separated intervals, e.g. 1m,5m,1h")
     p.add_argument("--symbols", metavar="LIST", help="comma-separated symbols to restrict to, e.g. BTCUSDT,ETHUSDT")
     p.add_argument("--runtime-dir", metavar="DIR", help="directory for ipc:// endpoints (mode 0700)")
+    p.add_argument("--actors", metavar="LIST",
+                   help="run only these actors, e.g. downloader-1,downloader-2 on a second host (default: all)")
     p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
     p.add_argument("--sim-symbols", metavar="N", type=int, default=20, help="trading symbols of the simulator (with --sim)")
     mode = p.add_mutually_exclusive_group()

@@ -34,8 +34,16 @@ from .restarts import RestartPolicy
 
 
 def actor_names(config: cfg.Config) -> list[str]:
-    """The actors of this configuration, in start order."""
-    return ["broker", "writer"]
+    """The actors of this configuration, in start order (`--once` needs no WebSocket)."""
+    names = ["broker", "writer", "timesync", "scheduler"]
+    names += [f"downloader-{i}" for i in range(1, config.downloader.processes + 1)]
+    if config.mode != "once":
+        names.append("websocket")
+    return names
+
+
+# In --once mode the scheduler ends the run: 0 when everything was fetched, 3 when not.
+ONCE_EXIT = {0: 0, 3: 1}
 
 
 def describe_exit(code: int | None) -> str:
@@ -123,6 +131,12 @@ class Supervisor:
         for w in self.watched.values():
             if w.proc is not None:
                 code = w.proc.poll()
+                if code is not None and w.name == "scheduler" and self.config.mode == "once" and code in ONCE_EXIT:
+                    self.log.info("once_finished", scheduler_exit=code, action="stopping all actors")
+                    w.proc = None
+                    self.exit_code = ONCE_EXIT[code]
+                    self._stopping = True
+                    return
                 if code is not None:
                     self._on_exit(w, now, describe_exit(code))
                 elif now - w.last_heartbeat > timeout:
@@ -221,8 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if args.sim:
             config = stack.enter_context(_with_simulator(config, args.sim_symbols))
+        names = actor_names(config)
+        if args.actors:
+            wanted = [n.strip() for n in args.actors.split(",") if n.strip()]
+            unknown = [n for n in wanted if n not in names]
+            if unknown:
+                print(f"kl-actors: --actors: unknown actor(s) {', '.join(unknown)}; this config has "
+                      f"{', '.join(names)}", file=sys.stderr)
+                return 2
+            names = wanted
         try:
-            return Supervisor(config, actor_names(config)).run()
+            return Supervisor(config, names).run()
         except cfg.ConfigError as exc:
             print(f"kl-actors: {exc}", file=sys.stderr)
             return 2

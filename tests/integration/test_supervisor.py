@@ -14,7 +14,7 @@ ACTORS = ["broker", "writer"]
 
 
 def test_actors_start_are_named_and_runtime_dir_private(workdir, service_factory):
-    service = service_factory(make_config(workdir))
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
     status = service.wait_running(ACTORS)
     for name in ACTORS:
         cmdline = Path(f"/proc/{status[name]['pid']}/cmdline").read_bytes().split(b"\0")
@@ -27,7 +27,7 @@ def test_actors_start_are_named_and_runtime_dir_private(workdir, service_factory
 
 
 def test_sigterm_stops_every_actor_and_exits_zero(workdir, service_factory):
-    service = service_factory(make_config(workdir))
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
     status = service.wait_running(ACTORS)
     pids = [status[n]["pid"] for n in ACTORS]
     started = time.monotonic()
@@ -39,7 +39,7 @@ def test_sigterm_stops_every_actor_and_exits_zero(workdir, service_factory):
 
 
 def test_sigkill_of_supervisor_leaves_no_orphans(workdir, service_factory):
-    service = service_factory(make_config(workdir))
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
     status = service.wait_running(ACTORS)
     pids = [status[n]["pid"] for n in ACTORS]
     os.kill(service.proc.pid, signal.SIGKILL)
@@ -48,7 +48,7 @@ def test_sigkill_of_supervisor_leaves_no_orphans(workdir, service_factory):
 
 
 def test_kill9_of_any_actor_restarts_it_and_counts(workdir, service_factory):
-    service = service_factory(make_config(workdir))
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
     status = service.wait_running(ACTORS)
     for name in ACTORS:
         old = status[name]["pid"]
@@ -68,7 +68,7 @@ def test_crash_loop_backs_off_then_stops_cleanly(workdir, service_factory):
     config = make_config(workdir, supervisor={"max_restarts": 3, "restart_window_s": 30.0,
                                               "restart_backoff_initial_s": 0.2,
                                               "restart_backoff_max_s": 2.0})
-    service = service_factory(config)
+    service = service_factory(config, ["--actors", "broker,writer"])
     status = service.wait_running(ACTORS)
     broker_pid = status["broker"]["pid"]
     kill_times = []

@@ -1,0 +1,367 @@
+"""The scheduler actor: what to fetch and when, within the shared weight budget.
+
+It discovers the trading USDT perpetuals, compares them with the database (read-only), plans
+backfill (new symbols, tails, holes), and at every interval boundary (server time) plans the
+fetch of each just-closed candle, then once more after the finality window. It hands page tasks to
+the downloader pool, holds a lease on each, and counts a task done only when the writer announces
+its rows committed. It owns the request-weight budget. Its state can always be rebuilt from the
+database and the exchange: a restarted scheduler simply plans again.
+
+It never writes the database and never fetches klines itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict, defaultdict
+
+import requests
+import zmq
+
+from . import intervals, planner
+from .actor import Actor
+from .budget import WeightBudget, weight_for_limit
+from .clock import ServerClock
+from .discovery import DiscoveryError, parse_exchange_info
+from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
+                       TaskResult, WriteFailed)
+from .store import Store, StoreError
+from .tasks import TaskBook, TaskState
+
+CLOCK_WAIT_S = 3.0
+PROGRESS_EVERY_S = 5.0
+EXIT_INCOMPLETE = 3
+
+
+class Scheduler(Actor):
+    kind = "scheduler"
+    poll_ms = 20
+
+    # -- sockets and state ---------------------------------------------------------------------
+    def setup(self) -> None:
+        e = self.config.endpoints
+        self.tasks_out = self.socket(zmq.PUSH, e.tasks, bind=True, hwm=1)
+        self.results_in = self.socket(zmq.PULL, e.results, bind=True)
+        self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
+        self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
+        self.on(self.results_in, self._on_result)
+        self.on(self.bus, self._on_bus)
+
+        c = self.config
+        self.mode = c.mode
+        self.clock = ServerClock()
+        self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction)
+        self.book = TaskBook(lease_ms=int(c.downloader.lease_s * 1000), max_attempts=c.downloader.max_attempts)
+        self.http = requests.Session()
+        if c.exchange.proxy:
+            self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
+        self.trading: dict[str, SymbolInfo] = {}
+        self.known_symbols = False
+        self.started = time.monotonic()
+        self.next_discovery = 0.0
+        self.next_plan = 0.0
+        self.next_progress = 0.0
+        self.next_boundary_ms: int | None = None
+        self.open_backfill: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.recently_done: OrderedDict[str, TaskState] = OrderedDict()
+        self.boundary_open: dict[int, list] = {}  # boundary -> [open tasks, lags]
+        self.backfill_total = 0
+        self.backfill_done = 0
+        self.candles_done = 0
+        self.backfill_started = 0.0
+        self.planned_once = False
+        self.generation = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if not self.clock.synced and now - self.started < CLOCK_WAIT_S and self.mode != "once":
+            return  # boundaries need the server clock; backfill can wait a moment for it too
+        if now >= self.next_discovery:
+            self._discover(now)
+        if self.known_symbols and now >= self.next_plan and self.mode != "stream-only":
+            self._plan()
+            self.next_plan = now + self.config.symbols.rediscover_s
+        if self.known_symbols and self.mode != "once":
+            self._plan_boundaries()
+        self._expire_leases()
+        self._dispatch()
+        if now >= self.next_progress:
+            self._progress(now)
+        if self.mode == "once" and self.planned_once and self.book.open_count() == 0:
+            self._finish_once()
+
+    def poll_timeout_ms(self) -> int:
+        return self.poll_ms
+
+    # -- discovery -----------------------------------------------------------------------------
+    def _discover(self, now: float) -> None:
+        server_now = self.clock.now_ms()
+        if not self.budget.try_spend(1, server_now):
+            self.next_discovery = now + 1.0
+            return
+        url = self.config.exchange.rest_url + "/fapi/v1/exchangeInfo"
+        try:
+            response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
+            used = response.headers.get("X-MBX-USED-WEIGHT-1M")
+            if used and used.isdigit():
+                self.budget.observe(int(used), self.clock.now_ms())
+            if response.status_code != 200:
+                raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
+            found = parse_exchange_info(response.content, self.config.symbols)
+        except (requests.RequestException, DiscoveryError) as exc:
+            self.next_discovery = now + 5.0
+            self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
+                             action="keeping last list, retry in 5.0s")
+            return
+        self.next_discovery = now + self.config.symbols.rediscover_s
+        if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
+            self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
+        new = {s.symbol: s for s in found.trading}
+        listed = sorted(set(new) - set(self.trading))
+        delisted = sorted(set(self.trading) - set(new)) if self.known_symbols else []
+        for symbol in delisted:
+            dropped = self.book.drop_symbol(symbol)
+            self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
+        self.trading = new
+        if listed and self.known_symbols:
+            self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
+            self.next_plan = 0.0
+        self.known_symbols = True
+        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.not_trading, seen_at_ms=self.clock.now_ms()),
+                  block=False)
+        if found.rejected:
+            self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
+                             reason="not a valid table-name symbol", action="ignored")
+        self.log.info("discovered", trading=len(new), not_trading=len(found.not_trading),
+                      weight_limit=self.budget.limit)
+
+    # -- backfill planning -------------------------------------------------------------------------
+    def _open_store(self) -> Store | None:
+        path = self.config.database.path
+        if not os.path.exists(path):
+            return None
+        try:
+            return Store.open_readonly(self.config.database, path)
+        except StoreError as exc:
+            self.log.warning("inventory_unreadable", path=path, error=str(exc)[:200], action="planning as empty")
+            return None
+
+    def _plan(self) -> None:
+        server_now = self.clock.now_ms()
+        k = self.config.klines
+        limit = self.config.downloader.page_limit
+        store = self._open_store()
+        self.generation += 1
+        added = 0
+        try:
+            tables = store.kline_tables() if store else {}
+            for symbol, info in self.trading.items():
+                for interval in k.intervals:
+                    if self.open_backfill[(symbol, interval)]:
+                        continue  # still being filled from an earlier plan
+                    exists = interval in tables.get(symbol, {})
+                    last = store.last_open_ms(symbol, interval) if exists else None
+                    holes = store.holes(symbol, interval) if last is not None else []
+                    ranges = planner.plan_table(
+                        symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
+                        depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
+                        last_stored_ms=last, holes=holes)
+                    for r in ranges:
+                        for start, end in planner.split_pages(interval, r.first_open_ms, r.last_open_ms, limit):
+                            self._add_backfill(r.kind, symbol, interval, start, end, limit)
+                            added += 1
+        finally:
+            if store:
+                store.close()
+        self.planned_once = True
+        if added:
+            if not self.backfill_started:
+                self.backfill_started = time.monotonic()
+            self.log.info("planned", tasks=added, symbols=len(self.trading), intervals=",".join(k.intervals))
+
+    def _add_backfill(self, kind: str, symbol: str, interval: str, start: int, end: int, limit: int,
+                      empty_answers: int = 0) -> None:
+        task_id = f"{kind}:{symbol}:{interval}:{start}-{end}:{self.generation}.{empty_answers}"
+        task = DownloadTask(task_id=task_id, symbol=symbol, interval=interval, start_ms=start, end_ms=end,
+                            limit=limit, priority="backfill")
+        self.book.add(TaskState(task=task, kind=kind, empty_answers=empty_answers, created_ms=self.clock.now_ms()))
+        self.open_backfill[(symbol, interval)] += 1
+        self.backfill_total += 1
+
+    # -- boundaries ----------------------------------------------------------------------------
+    def _plan_boundaries(self) -> None:
+        configured = self.config.klines.intervals
+        server_now = self.clock.now_ms()
+        if self.next_boundary_ms is None:
+            self.next_boundary_ms = min(intervals.next_boundary(i, server_now) for i in configured)
+        margin = self.config.live.boundary_margin_ms
+        while server_now >= self.next_boundary_ms + margin:
+            boundary = self.next_boundary_ms
+            closing = intervals.closing_at(boundary, configured)
+            count = 0
+            for interval in closing:
+                open_ms = intervals.prev_open(interval, boundary)
+                for symbol in self.trading:
+                    self._add_boundary(symbol, interval, open_ms, boundary, "boundary", 0)
+                    count += 1
+                    if self.config.live.final_recheck_ms:
+                        self._add_boundary(symbol, interval, open_ms, boundary, "recheck",
+                                           boundary + self.config.live.final_recheck_ms)
+            self.boundary_open[boundary] = [count, []]
+            self.log.info("boundary", boundary_ms=boundary, intervals=",".join(closing), tasks=count,
+                          late_ms=server_now - boundary)
+            self.next_boundary_ms = min(intervals.next_boundary(i, boundary) for i in configured)
+
+    def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
+                      not_before_ms: int) -> None:
+        task = DownloadTask(task_id=f"{kind}:{symbol}:{interval}:{open_ms}", symbol=symbol, interval=interval,
+                            start_ms=open_ms, end_ms=open_ms, limit=1, priority="boundary")
+        self.book.add(TaskState(task=task, kind=kind, boundary_ms=boundary, not_before_ms=not_before_ms,
+                                created_ms=self.clock.now_ms()))
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            server_now = self.clock.now_ms()
+            st = self.book.next_ready(server_now)
+            if st is None:
+                return
+            if not self.budget.try_spend(weight_for_limit(st.task.limit), server_now):
+                return
+            if not self.send(self.tasks_out, st.task, block=False):
+                return
+            self.book.dispatched(st.task.task_id, server_now)
+
+    def _expire_leases(self) -> None:
+        server_now = self.clock.now_ms()
+        for task_id in self.book.expired(server_now):
+            st = self.book.retry(task_id, server_now, 0, "lease expired", count_attempt=True)
+            self.log.warning("lease_expired", task_id=task_id,
+                             action="re-issued" if st else "given up")
+            if st is None:
+                self._closed(self.book.failed[task_id])
+
+    # -- results and announcements ------------------------------------------------------------
+    def _on_result(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            if not sock.poll(0):
+                return
+            msg = self.receive(sock)
+            if isinstance(msg, TaskResult):
+                self._result(msg)
+            elif msg is not None:
+                self.log.warning("unexpected_message", socket="results", kind=type(msg).__name__, action="dropped")
+
+    def _result(self, r: TaskResult) -> None:
+        server_now = self.clock.now_ms()
+        if r.weight_used_1m >= 0:
+            self.budget.observe(r.weight_used_1m, server_now)
+        if r.status == "ok":
+            st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
+            if st is not None and r.candles == 0 and st.kind == "hole":
+                self._empty_hole(st)
+            return
+        if r.status in ("rate_limited", "banned"):
+            self.budget.block(r.retry_after_s, server_now)
+            self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
+                             action=f"all dispatch paused for {max(r.retry_after_s, 1.0):.1f}s")
+            self.book.retry(r.task_id, server_now, int(max(r.retry_after_s, 1.0) * 1000), r.status,
+                            count_attempt=False)
+            return
+        if r.status == "not_final":
+            delay = self.config.live.not_final_retry_ms
+        else:
+            st = self.book.states.get(r.task_id)
+            attempt = st.task.attempt if st else 1
+            delay = min(500 * 2 ** (attempt - 1), 30_000)
+        st = self.book.retry(r.task_id, server_now, delay, f"{r.status}: {r.detail}"[:300])
+        if st is None and r.task_id in self.book.failed:
+            self.log.error("task_given_up", task_id=r.task_id, status=r.status, detail=r.detail[:200],
+                           action="reported in summary")
+            self._closed(self.book.failed[r.task_id])
+        else:
+            self.log.info("task_retry", task_id=r.task_id, status=r.status, detail=r.detail[:160],
+                          action=f"retry in {delay / 1000:.1f}s")
+
+    def _empty_hole(self, st: TaskState) -> None:
+        """The exchange answered nothing for a range inside our history: confirm once, then record."""
+        t = st.task
+        if st.empty_answers >= 1:
+            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
+                                                end_ms=t.end_ms))
+            self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
+                          start_ms=t.start_ms, end_ms=t.end_ms, action="recorded, not requested again")
+        else:
+            self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1)
+
+    def _on_bus(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            if not sock.poll(0):
+                return
+            msg = self.receive(sock)
+            if isinstance(msg, Committed):
+                for task_id in msg.task_ids:
+                    st = self.book.committed(task_id)
+                    if st is not None:
+                        self._done(st, msg.committed_at_ms)
+            elif isinstance(msg, WriteFailed):
+                server_now = self.clock.now_ms()
+                for task_id in msg.task_ids:
+                    self.book.retry(task_id, server_now, 1000, f"write failed: {msg.error}"[:300])
+                self.log.warning("write_failed", tasks=len(msg.task_ids), error=msg.error[:200],
+                                 action="tasks re-issued in 1.0s")
+            elif isinstance(msg, ClockSync):
+                self.clock.update(msg)
+
+    def _done(self, st: TaskState, committed_at_ms: int) -> None:
+        self.recently_done[st.task.task_id] = st
+        while len(self.recently_done) > 20_000:
+            self.recently_done.popitem(last=False)
+        self.candles_done += st.candles
+        self._closed(st)
+        if st.kind == "boundary" and st.boundary_ms in self.boundary_open:
+            entry = self.boundary_open[st.boundary_ms]
+            entry[0] -= 1
+            entry[1].append(self.clock.now_ms(committed_at_ms) - st.boundary_ms)
+            if entry[0] <= 0:
+                lags = sorted(entry[1])
+                self.log.info("boundary_done", boundary_ms=st.boundary_ms, tasks=len(lags),
+                              lag_p50_ms=lags[len(lags) // 2], lag_max_ms=lags[-1])
+                del self.boundary_open[st.boundary_ms]
+
+    def _closed(self, st: TaskState) -> None:
+        if st.task.priority == "backfill":
+            key = (st.task.symbol, st.task.interval)
+            self.open_backfill[key] = max(0, self.open_backfill[key] - 1)
+            self.backfill_done += 1
+
+    # -- reporting -----------------------------------------------------------------------------
+    def _progress(self, now: float) -> None:
+        self.next_progress = now + PROGRESS_EVERY_S
+        open_backfill = sum(self.open_backfill.values())
+        if not self.backfill_started or (open_backfill == 0 and self.mode != "once"):
+            return
+        elapsed = max(now - self.backfill_started, 1e-3)
+        rate = self.candles_done / elapsed
+        done_rate = self.backfill_done / elapsed
+        eta = open_backfill / done_rate if done_rate > 0 else -1
+        self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
+                      candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
+                      weight_used=self.budget.spent, weight_limit=self.budget.limit,
+                      failed=len(self.book.failed))
+
+    def _finish_once(self) -> None:
+        elapsed = time.monotonic() - (self.backfill_started or self.started)
+        failed = self.book.failed
+        self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
+                      seconds=round(elapsed, 2), failed=len(failed))
+        for st in list(failed.values())[:20]:
+            self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
+                           start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
+        self.exit_code = EXIT_INCOMPLETE if failed else 0
+        self.stop()
+
+    def teardown(self) -> None:
+        self.http.close()
+
