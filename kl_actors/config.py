@@ -106,7 +106,7 @@ class DatabaseConfig(_Section):
 
 class WriterConfig(_Section):
     # Batches are grouped into one transaction up to this many rows or this delay.
-    max_rows_per_txn: int = 50_000
+    max_rows_per_txn: int = 10_000
     max_delay_ms: int = 20
 
 

@@ -19,8 +19,8 @@ from typing import Literal, Union
 import msgspec
 
 
-class Candle(msgspec.Struct, array_like=True, frozen=True):
-    """One kline, in the exchange's REST array order."""
+class Candle(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One kline, in the exchange's REST array order (ints and strings only: no GC tracking needed)."""
 
     open_time_ms: int
     open: str

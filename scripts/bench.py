@@ -71,6 +71,15 @@ def bench_sim(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_writer(a: argparse.Namespace) -> int:
+    """Rows/s committed through the socket path versus raw apsw executemany, as a ratio."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import writer_bench
+
+    writer_bench.run(rows_total=a.rows, batch=a.batch)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p_sim.add_argument("--repeat", action="store_true",
                        help="also measure warm (already cached) pages")
     p_sim.set_defaults(func=bench_sim)
+    p_writer = sub.add_parser("writer", help="writer rows/s through sockets vs raw apsw")
+    p_writer.add_argument("--rows", type=int, default=200_000)
+    p_writer.add_argument("--batch", type=int, default=1000)
+    p_writer.set_defaults(func=bench_writer)
     a = parser.parse_args(argv)
     return a.func(a)
 
