@@ -80,6 +80,15 @@ def bench_writer(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_backfill(a: argparse.Namespace) -> int:
+    """Candles/min at the real weight limit vs the ceiling; candles/s with 1-8 downloaders."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import backfill_bench
+
+    backfill_bench.run(real=not a.lifted_only, lift=not a.real_only)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     p_writer.add_argument("--rows", type=int, default=200_000)
     p_writer.add_argument("--batch", type=int, default=1000)
     p_writer.set_defaults(func=bench_writer)
+    p_backfill = sub.add_parser("backfill", help="backfill rate vs the weight ceiling; scaling with downloaders")
+    p_backfill.add_argument("--real-only", action="store_true")
+    p_backfill.add_argument("--lifted-only", action="store_true")
+    p_backfill.set_defaults(func=bench_backfill)
     a = parser.parse_args(argv)
     return a.func(a)
 
