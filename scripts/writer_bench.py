@@ -10,7 +10,6 @@ file with the same pragmas, one transaction per batch, parameter tuples built be
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
