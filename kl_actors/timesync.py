@@ -95,7 +95,7 @@ class TimeSync(Actor):
             response.raise_for_status()
             server = response.json()["serverTime"]
             if not isinstance(server, int):
-                raise ValueError(f"serverTime is not an integer: {server!r}")
+                raise TypeError(f"serverTime is not an integer: {server!r}")
             samples.append((sent, server, received))
         return best_sample(samples)
 

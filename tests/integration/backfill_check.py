@@ -26,6 +26,19 @@ def trading_symbols(sim) -> dict[str, int]:
             if s["contractType"] == "PERPETUAL" and s["quoteAsset"] == "USDT" and s["status"] == "TRADING"}
 
 
+def stored_rows(store, symbol, interval, start_ms=None, end_ms=None):
+    """The 11 value columns as stored (the exchange's always-"0" `ignore` field is not kept)."""
+    rows = store.candles(symbol, interval, start_ms, end_ms)
+    assert all(r[11] in ("rest", "ws") for r in rows)
+    return [list(r[:11]) for r in rows]
+
+
+def truth_rows(sim, symbol, interval, start_ms, end_ms):
+    rows = sim.truth(symbol, interval, start_ms, end_ms)
+    assert all(r[11] == "0" for r in rows)
+    return [r[:11] for r in rows]
+
+
 def assert_exact(db_path, sim, symbols: dict[str, int], depth: dict[str, int], started_ms: int, ended_ms: int,
                  holes_allowed: bool = False):
     """Every table equals the simulator's truth candle by candle: no missing, extra or altered row."""
@@ -37,13 +50,13 @@ def assert_exact(db_path, sim, symbols: dict[str, int], depth: dict[str, int], s
         for symbol, onboard in symbols.items():
             assert set(tables[symbol]) == set(depth)
             for interval, want in depth.items():
-                rows = [list(r[:12]) for r in store.candles(symbol, interval)]
+                rows = stored_rows(store, symbol, interval)
                 assert rows, f"{symbol} {interval} empty"
                 last = rows[-1][0]
                 # The newest stored candle is the last one closed at some moment of the run.
                 assert intervals.last_closed_open(interval, started_ms) <= last <= intervals.last_closed_open(interval, ended_ms)
                 first = max(intervals.step(interval, last, -(want - 1)), intervals.align(interval, onboard))
-                truth = sim.truth(symbol, interval, first, last)
+                truth = truth_rows(sim, symbol, interval, first, last)
                 assert rows[0][0] == truth[0][0], f"{symbol} {interval} starts at {rows[0][0]}, truth {truth[0][0]}"
                 assert len(rows) == len(truth), f"{symbol} {interval}: {len(rows)} rows, truth {len(truth)}"
                 assert rows == truth, f"{symbol} {interval} differs from truth"

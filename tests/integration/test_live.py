@@ -9,7 +9,7 @@ import time
 import msgspec
 import zmq
 
-from backfill_check import trading_symbols
+from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages
 from kl_actors.store import Store
 from procs import make_config, wait_for
@@ -79,12 +79,12 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         for symbol in [*followed, "NEWCOINUSDT"]:
             for interval in ("1m", "3m"):
                 last_closed = intervals.last_closed_open(interval, end_server - 6000)
-                rows = [list(r[:12]) for r in store.candles(symbol, interval)]
+                rows = stored_rows(store, symbol, interval)
                 assert rows and rows[-1][0] >= last_closed, f"{symbol} {interval} not current"
-                truth = sim.truth(symbol, interval, rows[0][0], rows[-1][0])
+                truth = truth_rows(sim, symbol, interval, rows[0][0], rows[-1][0])
                 # The final values, never the provisional ones served during the finality delay.
                 assert rows == truth, f"{symbol} {interval} differs from truth"
-                sources = {r[12] for r in store.candles(symbol, interval, last_closed - 600_000, last_closed)}
+                sources = {r[11] for r in store.candles(symbol, interval, last_closed - 600_000, last_closed)}
                 assert sources == {"rest"}
     finally:
         store.close()

@@ -14,10 +14,10 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+from procs import ROOT, free_port, make_config
 
 from kl_actors import messages
 from kl_actors.timesync import next_measurement_ms
-from procs import ROOT, make_config
 
 
 class ActorProcess:
@@ -27,7 +27,7 @@ class ActorProcess:
         config_file = workdir / f"{name}.json"
         config_file.write_bytes(msgspec.json.encode(config))
         self.stderr_path = workdir / f"{name}.stderr"
-        self._stderr = open(self.stderr_path, "wb")
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kl_actors.run", name, "--config-file", str(config_file)],
             cwd=ROOT, stderr=self._stderr)
@@ -89,5 +89,26 @@ def test_publishes_clock_sync_with_the_simulators_offset(sim_factory, workdir, o
     finally:
         actor.stop()
         bus.close()
+        control.close()
+        ctx.term()
+
+
+def test_unreachable_exchange_is_logged_and_retried(workdir):
+    config = make_config(workdir, exchange={"rest_url": f"http://127.0.0.1:{free_port()}", "request_timeout_s": 1.0})
+    Path(config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
+    ctx = zmq.Context()
+    control = ctx.socket(zmq.PULL)
+    control.setsockopt(zmq.LINGER, 0)
+    control.bind(config.endpoints.control)
+    actor = ActorProcess("timesync", config, workdir)
+    try:
+        deadline = time.monotonic() + 10
+        while "event=clock_failed" not in actor.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert actor.proc.poll() is None
+        log = actor.stderr()
+        assert "event=clock_failed" in log and "retry in 3.0s" in log
+    finally:
+        actor.stop()
         control.close()
         ctx.term()

@@ -6,8 +6,17 @@ from pathlib import Path
 import pytest
 
 from kl_actors import streams
-from kl_actors.streams import (StreamTracker, backoff_s, combined_url, handover_wait_ms, parse_proxy,
-                               plan_groups, renew_due, stream_name, stream_names)
+from kl_actors.streams import (
+    StreamTracker,
+    backoff_s,
+    combined_url,
+    handover_wait_ms,
+    parse_proxy,
+    plan_groups,
+    renew_due,
+    stream_name,
+    stream_names,
+)
 
 
 def test_stream_names():
