@@ -1,20 +1,27 @@
 """The downloader actor: fetches kline pages over REST, `downloader.concurrency` at a time.
 
-Sockets: PULL from the scheduler's `tasks` (HWM 1, read only while a request slot is free, so
-no process hoards work), PUSH of pages to the `writer`, PUSH of one `TaskResult` per task to the
-scheduler's `results`, SUB on the bus for `ClockSync` (a candle counts as closed by the server's
-clock, not ours). Worker threads own one keep-alive `requests.Session` each and hand outcomes back
-through an in-process queue plus an inproc wake-up socket; only the actor thread touches the
-real sockets.
+Sockets (all touched by the actor thread only):
+- `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH. Read only while a request slot is
+            free (unregistered from the poller otherwise), so no process hoards work.
+- `results` PUSH to the scheduler: exactly one `TaskResult` per task taken.
+- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches).
+- `bus_sub` SUB: `ClockSync` feeds the `ServerClock` (a candle is closed by the server's clock,
+            not ours); other bus traffic is ignored.
+
+Worker threads (one keep-alive `requests.Session` each) never touch ZeroMQ: tasks go to them on a
+queue, outcomes come back on another queue and a byte on a pipe whose read end sits in the poller
+wakes the loop. So a worker stuck in a slow request can never block the context from closing.
 
 A good page goes to the writer first and its result second (an empty page too: the writer's
 `Committed` for it is how the scheduler learns the range is done). A failed task sends no page.
-After a 429/418 the downloader starts no request until `Retry-After` has passed; tasks that come
-meanwhile are answered `rate_limited` at once. It never retries on its own.
+After a 429/418 no request starts until `Retry-After` has passed; tasks that come meanwhile are
+answered `rate_limited` at once without touching the exchange. It never retries on its own: the
+scheduler owns retries and the weight budget. What an answer means lives in `fetch.py`.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -25,144 +32,170 @@ import zmq
 from . import fetch
 from .actor import Actor
 from .clock import ServerClock
-from .messages import ClockSync, DownloadTask, KlineBatch, TaskResult
+from .messages import Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
 
-WAKE_ENDPOINT = "inproc://downloader-wake"
+STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
+MAX_READS_PER_WAKE = 256  # bound one handler call so no socket starves the others
 
 
 class Downloader(Actor):
     kind = "downloader"
 
+    # -- sockets and state -------------------------------------------------------------------
     def setup(self) -> None:
         e = self.config.endpoints
         self.tasks_in = self.socket(zmq.PULL, e.tasks, hwm=1)
         self.results_out = self.socket(zmq.PUSH, e.results, hwm=10_000)
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=10_000)
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
-        self.wake = self.socket(zmq.PULL, WAKE_ENDPOINT, bind=True)
         self.on(self.tasks_in, self._on_tasks)
         self.on(self.bus, self._on_bus)
-        self.on(self.wake, self._on_outcomes)
+
         self.clock = ServerClock()
         self.slots = self.config.downloader.concurrency
-        self.busy = 0
-        self.blocked_until = 0.0  # monotonic
-        self.work: queue.Queue = queue.Queue()
-        self.outcomes: queue.Queue = queue.Queue()
+        self.in_flight: dict[str, DownloadTask] = {}
+        self.blocked_until = 0.0  # monotonic; no request starts before it (Retry-After)
+        self.fetched_candles = 0
+        self.stopping = False
+        self.work: queue.Queue[DownloadTask | None] = queue.Queue()
+        self.outcomes: queue.Queue[tuple[DownloadTask, TaskResult, list[Candle] | None]] = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.on(self.wake_r, self._on_outcomes)  # type: ignore[arg-type]  # a raw fd polls too
         self.workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
                         for i in range(self.slots)]
-        for w in self.workers:
-            w.start()
-        self.fetched = 0
+        for worker in self.workers:
+            worker.start()
 
-    # -- the actor thread --------------------------------------------------------------------
+    # -- the actor thread: tasks in ----------------------------------------------------------
     def _on_tasks(self, sock: zmq.Socket) -> None:
-        while self.busy < self.slots:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+        for _ in range(MAX_READS_PER_WAKE):
+            if len(self.in_flight) >= self.slots or not sock.poll(0):
                 break
-            task = self._decode_task(frame)
-            if task is None:
+            msg = self.receive(sock)
+            if msg is None:
+                continue  # malformed: counted and logged by receive()
+            if not isinstance(msg, DownloadTask):
+                self.log.warning("unexpected_message", socket="tasks", kind=type(msg).__name__,
+                                 action="dropped")
                 continue
-            wait = self.blocked_until - time.monotonic()
-            if wait > 0:
-                self.send(self.results_out, TaskResult(task_id=task.task_id, status="rate_limited",
-                                                       retry_after_s=round(wait, 3), detail="held back by Retry-After"))
-                continue
-            self.busy += 1
-            self.work.put(task)
+            self._start(msg)
         self._arm()
 
-    def _decode_task(self, frame: bytes) -> DownloadTask | None:
-        from . import messages
-
-        msg = messages.decode(frame)
-        if isinstance(msg, DownloadTask):
-            self.handled += 1
-            return msg
-        self.dropped_malformed += 1
-        reason = msg.reason if isinstance(msg, messages.DecodeError) else f"unexpected {type(msg).__name__}"
-        self.log.warning("malformed_message", socket="tasks", reason=reason, dropped_total=self.dropped_malformed,
-                         action="dropped")
-        return None
+    def _start(self, task: DownloadTask) -> None:
+        wait_s = self.blocked_until - time.monotonic()
+        if wait_s > 0:
+            self._report(task, fetch.held_back(task, wait_s), None)
+            return
+        if task.task_id in self.in_flight:
+            self.log.warning("duplicate_task", task_id=task.task_id, action="dropped")
+            return
+        self.in_flight[task.task_id] = task
+        self.work.put(task)
 
     def _arm(self) -> None:
-        """Listen for tasks only while a slot is free."""
-        if self.busy < self.slots:
-            if self.tasks_in not in self._registered():
+        """Poll the tasks socket only while a request slot is free, so tasks stay with the scheduler."""
+        registered = any(s is self.tasks_in for s, _ in self.poller.sockets)
+        if len(self.in_flight) < self.slots:
+            if not registered:
                 self.poller.register(self.tasks_in, zmq.POLLIN)
-        elif self.tasks_in in self._registered():
+        elif registered:
             self.poller.unregister(self.tasks_in)
 
-    def _registered(self) -> set:
-        return {s for s, _ in self.poller.sockets}
-
     def _on_bus(self, sock: zmq.Socket) -> None:
-        while sock.poll(0):
+        for _ in range(MAX_READS_PER_WAKE):
+            if not sock.poll(0):
+                return
             msg = self.receive(sock)
             if isinstance(msg, ClockSync):
                 self.clock.update(msg)
 
-    def _on_outcomes(self, sock: zmq.Socket) -> None:
-        while sock.poll(0):
-            sock.recv()
+    # -- the actor thread: outcomes back -----------------------------------------------------
+    def _on_outcomes(self, _fd: int) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
         while True:
             try:
                 task, result, page = self.outcomes.get_nowait()
             except queue.Empty:
                 break
-            self.busy -= 1
+            self.in_flight.pop(task.task_id, None)
+            if result.status in ("rate_limited", "banned"):
+                until = time.monotonic() + max(result.retry_after_s, 1.0)
+                self.blocked_until = max(self.blocked_until, until)
             self._report(task, result, page)
         self._arm()
+        if not self.stopping and len(self.in_flight) < self.slots:
+            self._on_tasks(self.tasks_in)  # take the next task now, not one poll later
 
-    def _report(self, task: DownloadTask, result: TaskResult, page) -> None:
-        if result.status in ("rate_limited", "banned"):
-            self.blocked_until = max(self.blocked_until, time.monotonic() + max(result.retry_after_s, 1.0))
-        if page is not None:
+    def _report(self, task: DownloadTask, result: TaskResult, page: list[Candle] | None) -> None:
+        if result.status == "ok" and page is not None:
+            # The page first: the scheduler may count the task done only after the writer commits.
             self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval, source="rest",
                                               candles=page, task_id=task.task_id,
                                               live=task.priority == "boundary"))
-            self.fetched += len(page)
-            self.log.debug("fetched", task_id=task.task_id, candles=len(page), weight_used=result.weight_used_1m)
+            self.fetched_candles += len(page)
+            self.log.debug("fetched", task_id=task.task_id, symbol=task.symbol, interval=task.interval,
+                           candles=len(page), weight_used=result.weight_used_1m)
         else:
-            self.log.warning("task_failed", task_id=task.task_id, symbol=task.symbol, interval=task.interval,
-                             status=result.status, http=result.http_status, detail=result.detail[:200],
+            self.log.warning("task_failed", task_id=task.task_id, symbol=task.symbol,
+                             interval=task.interval, status=result.status, http=result.http_status,
+                             retry_after_s=result.retry_after_s, detail=result.detail[:200],
                              action="reported")
         self.send(self.results_out, result)
 
+    # -- stop --------------------------------------------------------------------------------
     def teardown(self) -> None:
-        deadline = time.monotonic() + 2.0
-        while self.busy and time.monotonic() < deadline:
-            if self.wake.poll(100):
-                self._on_outcomes(self.wake)
+        self.stopping = True  # tasks not taken yet stay with the scheduler
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.in_flight and time.monotonic() < deadline:
+            if zmq.select([self.wake_r], [], [], 0.05)[0]:
+                self._on_outcomes(self.wake_r)
+        if self.in_flight:
+            self.log.warning("stop_with_requests_in_flight", tasks=sorted(self.in_flight),
+                             action="not reported; the scheduler's lease re-issues them")
         for _ in self.workers:
             self.work.put(None)
-        for w in self.workers:
-            w.join(timeout=1.0)  # a worker's socket must close before the context ends
+        for worker in self.workers:
+            worker.join(timeout=0.2)  # daemon threads: one stuck in a request cannot hold the exit
+        self.log.info("downloader_stopped", fetched_candles=self.fetched_candles)
 
-    # -- worker threads ----------------------------------------------------------------------
-    def _worker(self) -> None:
-        assert self.context is not None
-        wake = self.context.socket(zmq.PUSH)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.connect(WAKE_ENDPOINT)
+    # -- worker threads (no ZeroMQ here) -----------------------------------------------------
+    def _session(self) -> requests.Session:
         session = requests.Session()
+        session.trust_env = True  # HTTP(S)_PROXY / NO_PROXY apply unless a proxy is configured
         if self.config.exchange.proxy:
-            session.proxies = {"http": self.config.exchange.proxy, "https": self.config.exchange.proxy}
-        rest_url, timeout = self.config.exchange.rest_url, self.config.exchange.request_timeout_s
+            session.proxies.update({"http": self.config.exchange.proxy,
+                                    "https": self.config.exchange.proxy})
+        return session
+
+    def _worker(self) -> None:
+        session = self._session()
+        url = fetch.klines_url(self.config.exchange.rest_url)
+        timeout_s = self.config.exchange.request_timeout_s
         try:
             while True:
                 task = self.work.get()
                 if task is None:
                     return
+                page = None
                 try:
-                    response = fetch.request(session, rest_url, task, timeout)
-                    result, page = fetch.classify(task, response, self.clock.now_ms())
+                    response = session.get(url, params=fetch.klines_params(task), timeout=timeout_s)
+                    result, page = fetch.classify(task, response.status_code, response.headers,
+                                                  response.content, self.clock.now_ms())
                 except requests.RequestException as exc:
-                    result, page = fetch.network_failure(task, exc), None
+                    result = fetch.network_failure(task, exc)
+                except Exception as exc:  # noqa: BLE001 - a bug here must still free the slot
+                    result = TaskResult(task_id=task.task_id, status="invalid",
+                                        detail=f"downloader error {type(exc).__name__}: {exc}"[:300])
                 self.outcomes.put((task, result, page))
-                wake.send(b"")
+                try:
+                    os.write(self.wake_w, b"!")
+                except OSError:
+                    pass  # the pipe is full of wake-ups already: the loop will drain the queue
         finally:
             session.close()
-            wake.close()

@@ -2,7 +2,10 @@
 
 - A new symbol or an empty table: the configured depth back from the last closed candle, never
   before the candle that contains the listing time (or from the listing, with since_listing).
-- A known table: from the last stored candle + one interval up to the last closed candle.
+- A known table: from the last stored candle + one interval up to the last closed candle, and
+  its head: from where the configured depth begins up to the first stored candle, if missing
+  (a backfill interrupted after some later pages were committed leaves exactly that), unless the
+  exchange confirmed it has nothing there.
 - Holes inside stored history (already minus confirmed exchange holes) are fetched as well.
 Ranges are inclusive [first_open_ms, last_open_ms] of aligned open times.
 """
@@ -23,18 +26,24 @@ class Range(NamedTuple):
 
 
 def plan_table(symbol: str, interval: str, *, now_ms: int, onboard_ms: int, depth: int,
-               since_listing: bool, last_stored_ms: int | None,
-               holes: list[tuple[int, int]]) -> list[Range]:
+               since_listing: bool, last_stored_ms: int | None, holes: list[tuple[int, int]],
+               first_stored_ms: int | None = None,
+               exchange_holes: list[tuple[int, int]] = ()) -> list[Range]:
     last_closed = intervals.last_closed_open(interval, now_ms)
     listed = intervals.align(interval, onboard_ms) if onboard_ms > 0 else None
+    first = listed if (since_listing and listed is not None) else intervals.step(interval, last_closed, -(depth - 1))
+    if listed is not None:
+        first = max(first, listed)
     ranges: list[Range] = []
     if last_stored_ms is None:
-        first = listed if (since_listing and listed is not None) else intervals.step(interval, last_closed, -(depth - 1))
-        if listed is not None:
-            first = max(first, listed)
         if first <= last_closed:
             ranges.append(Range(symbol, interval, first, last_closed, "new"))
         return ranges
+    if first_stored_ms is not None and first < first_stored_ms:
+        head_last = intervals.prev_open(interval, first_stored_ms)
+        confirmed_empty = any(a <= first and head_last <= b for a, b in exchange_holes)
+        if not confirmed_empty:
+            ranges.append(Range(symbol, interval, first, head_last, "hole"))
     for first, last in holes:
         ranges.append(Range(symbol, interval, first, last, "hole"))
     tail_first = intervals.next_open(interval, last_stored_ms)

@@ -162,11 +162,13 @@ class Scheduler(Actor):
                         continue  # still being filled from an earlier plan
                     exists = interval in tables.get(symbol, {})
                     last = store.last_open_ms(symbol, interval) if exists else None
-                    holes = store.holes(symbol, interval) if last is not None else []
+                    known = last is not None
                     ranges = planner.plan_table(
                         symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
-                        last_stored_ms=last, holes=holes)
+                        last_stored_ms=last, holes=store.holes(symbol, interval) if known else [],
+                        first_stored_ms=store.first_open_ms(symbol, interval) if known else None,
+                        exchange_holes=store.exchange_holes(symbol, interval) if known else [])
                     for r in ranges:
                         for start, end in planner.split_pages(interval, r.first_open_ms, r.last_open_ms, limit):
                             self._add_backfill(r.kind, symbol, interval, start, end, limit)

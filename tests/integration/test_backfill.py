@@ -100,7 +100,7 @@ def test_punched_holes_refilled_and_maintenance_hole_recorded_once(workdir, sim_
 def test_low_weight_limit_four_downloaders_never_throttled(workdir, sim_factory):
     sim = sim_factory(symbols=8, weight_limit=60)
     symbols = trading_symbols(sim)
-    depth = {"1m": 998, "1h": 499}  # 3 pages of weight 2 per symbol: 48 + discovery + clock
+    depth = {"1m": 1497, "1h": 499}  # 4 pages of weight 2 per symbol: 64 > one minute of 60
     config = service_config(workdir, sim, depth, downloader={"processes": 4, "concurrency": 2})
     started = server_ms(sim)
     code, err = run_once(config, workdir, timeout=200)

@@ -116,3 +116,24 @@ def test_book_lease_expiry_commit_and_give_up():
     assert book.retry("b", 0, 0, "network") is None
     assert "b" in book.failed and book.open_count() == 0
     assert book.committed("b") is None  # a late commit of a given-up task changes nothing
+
+
+def test_plan_known_table_missing_head_after_interrupted_backfill():
+    now = ms(2026, 9, 15, 13, 18, 30)
+    last_closed = ms(2026, 9, 15, 13, 17)
+    # Pages 2 and 3 of a new table were committed, page 1 was not (the scheduler died).
+    first_stored = last_closed - 600 * MIN
+    ranges = planner.plan_table("BTCUSDT", "1m", now_ms=now, onboard_ms=0, depth=1000, since_listing=False,
+                                last_stored_ms=last_closed, holes=[], first_stored_ms=first_stored)
+    assert [(r.kind, r.first_open_ms, r.last_open_ms) for r in ranges] == [
+        ("hole", last_closed - 999 * MIN, first_stored - MIN)]
+    # Once the exchange confirmed it has nothing there, the head is not asked again.
+    confirmed = planner.plan_table("BTCUSDT", "1m", now_ms=now, onboard_ms=0, depth=1000, since_listing=False,
+                                   last_stored_ms=last_closed, holes=[], first_stored_ms=first_stored,
+                                   exchange_holes=[(last_closed - 2000 * MIN, first_stored - MIN)])
+    assert confirmed == []
+    # A table that already reaches back to its listing has no head to fetch.
+    listed = planner.plan_table("BTCUSDT", "1m", now_ms=now, onboard_ms=first_stored + 5, depth=1000,
+                                since_listing=False, last_stored_ms=last_closed, holes=[],
+                                first_stored_ms=first_stored)
+    assert listed == []

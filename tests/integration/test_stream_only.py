@@ -1,0 +1,51 @@
+"""--stream-only: no backfill, yet every candle that closes while it runs is stored, final and
+exact, even when the exchange drops every WebSocket connection mid-minute."""
+
+from __future__ import annotations
+
+import time
+
+from backfill_check import stored_rows, trading_symbols, truth_rows
+from kl_actors import intervals
+from kl_actors.store import Store
+from procs import make_config, wait_for
+
+
+def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
+    sim = sim_factory(symbols=4, weight_limit=1_000_000, final_delay_ms=1000, ws_push_ms=200)
+    symbols = trading_symbols(sim)
+    config = make_config(
+        workdir,
+        exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 3.0},
+        klines={"intervals": ["1m"], "depth": {"1m": 500}},
+        downloader={"processes": 1, "lease_s": 5.0},
+        live={"final_recheck_ms": 2500},
+    )
+    service = service_factory(config, ["--stream-only"])
+    try:
+        service.wait_running(["scheduler", "websocket", "downloader-1"], timeout=20)
+        start = sim.info()["server_time_ms"]
+        first_boundary = intervals.next_boundary("1m", start)
+        wait_for(lambda: sim.info()["server_time_ms"] >= first_boundary + 20_000, timeout=90, what="boundary")
+        sim.drop_ws()  # mid-minute: every WebSocket connection is closed by the exchange
+        second = intervals.next_open("1m", first_boundary)
+        wait_for(lambda: sim.info()["server_time_ms"] >= second + 4000, timeout=90, what="second boundary")
+        assert sim.stats()["ws"]["dropped_by_server"] >= 1
+        time.sleep(0.5)
+    finally:
+        code, err = service.stop()
+    assert code == 0, err[-3000:]
+    assert "event=planned" not in err  # no backfill was planned
+    store = Store.open_readonly(path=config.database.path)
+    try:
+        for symbol in symbols:
+            rows = stored_rows(store, symbol, "1m")
+            opens = [r[0] for r in rows]
+            # Exactly the candles that closed while it ran: no history before the start.
+            assert opens[0] >= intervals.last_closed_open("1m", start)
+            expected = [intervals.prev_open("1m", first_boundary), intervals.prev_open("1m", second)]
+            assert all(t in opens for t in expected), (symbol, opens, expected)
+            assert rows == truth_rows(sim, symbol, "1m", opens[0], opens[-1])
+            assert {r[11] for r in store.candles(symbol, "1m", expected[0], expected[1])} == {"rest"}
+    finally:
+        store.close()
