@@ -7,7 +7,9 @@ Feed: the writer and the WebSocket actor connect PUB to `feed_in`; outside consu
 `feed` (loopback unless configured otherwise). The broker subscribes to everything upstream and
 stamps each message with a per-topic sequence number before publishing it, because it is the one
 place that sees every feed message in order: a consumer that sees seq jump knows it lost messages
-(slow consumer, or a restart of the broker, after which seq starts again at 1).
+(slow consumer, or a restart of the broker, after which seq starts again at 1). The WebSocket
+actor also reports losses it knows of upstream (a dropped connection): a `FeedGap` under topic
+`gap` makes the broker skip one seq on each topic it names, so a consumer sees those as jumps too.
 
 The broker must never carry internal control traffic on the feed, and never block on a slow
 consumer: XPUB drops for a subscriber whose queue is full (the gap shows in seq).
@@ -36,6 +38,7 @@ class Broker(Actor):
         self.seq_by_topic: dict[bytes, int] = {}
         self.feed_published = 0
         self.feed_dropped_malformed = 0
+        self.feed_gaps = 0
         self.on(self.bus_in, self._bus_down)
         self.on(self.bus_out, self._bus_up)
         self.on(self.feed_in, self._feed_down)
@@ -77,6 +80,9 @@ class Broker(Actor):
             self._drop_feed(f"expected 2 frames, got {len(frames)}")
             return
         topic, body = frames
+        if topic == messages.FEED_GAP_TOPIC:
+            self._skip_seq(body)
+            return
         kline = messages.decode_feed(body)
         if isinstance(kline, messages.DecodeError):
             self._drop_feed(kline.reason)
@@ -89,6 +95,17 @@ class Broker(Actor):
         kline.seq = seq
         self.feed_out.send_multipart([topic, messages.encode(kline)])
         self.feed_published += 1
+
+    def _skip_seq(self, body: bytes) -> None:
+        gap = messages.decode_feed_gap(body)
+        if isinstance(gap, messages.DecodeError):
+            self._drop_feed(gap.reason)
+            return
+        for name in gap.topics:
+            topic = name.encode("ascii", "replace")
+            self.seq_by_topic[topic] = self.seq_by_topic.get(topic, 0) + 1
+        self.feed_gaps += 1
+        self.log.info("feed_gap", topics=len(gap.topics), reason=gap.reason, gaps_total=self.feed_gaps)
 
     def _drop_feed(self, reason: str) -> None:
         self.feed_dropped_malformed += 1

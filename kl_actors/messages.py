@@ -161,6 +161,18 @@ class FeedKline(msgspec.Struct, array_like=False, forbid_unknown_fields=False):
     candle: Candle
 
 
+class FeedGap(msgspec.Struct, forbid_unknown_fields=True):
+    """Internal, websocket -> broker on `feed_in` under topic `FEED_GAP_TOPIC`, never forwarded:
+    these feed topics lost events (a connection dropped without an overlapping replacement). The
+    broker skips one `seq` for each, so consumers see the loss as a jump instead of nothing."""
+
+    topics: list[str]
+    reason: str
+
+
+FEED_GAP_TOPIC = b"gap"
+
+
 Message = Union[
     KlineBatch,
     Committed,
@@ -184,9 +196,10 @@ class DecodeError(msgspec.Struct, frozen=True):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 _feed_decoder = msgspec.msgpack.Decoder(FeedKline)
+_gap_decoder = msgspec.msgpack.Decoder(FeedGap)
 
 
-def encode(message: Message | FeedKline) -> bytes:
+def encode(message: Message | FeedKline | FeedGap) -> bytes:
     return _encoder.encode(message)
 
 
@@ -200,6 +213,13 @@ def decode(frame: bytes) -> Message | DecodeError:
 def decode_feed(frame: bytes) -> FeedKline | DecodeError:
     try:
         return _feed_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return DecodeError(reason=str(exc)[:200], size=len(frame))
+
+
+def decode_feed_gap(frame: bytes) -> FeedGap | DecodeError:
+    try:
+        return _gap_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return DecodeError(reason=str(exc)[:200], size=len(frame))
 

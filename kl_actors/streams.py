@@ -32,6 +32,13 @@ def stream_name(symbol: str, interval: str, kind: str = "kline") -> str:
     return f"{symbol.lower()}@kline_{interval}"
 
 
+def stream_key(stream: str) -> tuple[str, str]:
+    """(SYMBOL, interval) of a stream name; the inverse of `stream_name` for either kind."""
+    head, _, kind_interval = stream.partition("@")
+    interval = kind_interval.rpartition("_")[2]
+    return head.removesuffix("_perpetual").upper(), interval
+
+
 def stream_names(symbols: list[str], intervals: list[str], kind: str = "kline") -> list[str]:
     """Every symbol x interval, symbol-major, in the given order."""
     return [stream_name(s, i, kind) for s in symbols for i in intervals]

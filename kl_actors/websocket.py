@@ -54,6 +54,7 @@ from .streams import (
     parse_proxy,
     plan_groups,
     renew_due,
+    stream_key,
     stream_names,
 )
 
@@ -193,6 +194,7 @@ class WebSocketActor(Actor):
         self.malformed_total = 0
         self.writer_dropped_total = 0
         self.reconnects_total = 0
+        self.gaps_reported_total = 0
         self._window_events = 0
         self._window_closed = 0
         self._window_latency_ms: list[int] = []
@@ -349,6 +351,8 @@ class WebSocketActor(Actor):
             return
         if slot.active is link and slot.replacement is not None:
             slot.active, slot.replacement = slot.replacement, None
+            if slot.active.opened_at is None:
+                self._report_gap(link, reason)  # no overlap: events until it opens are lost
             self.log.warning("connection_closed", slot=slot.index, link=link.id, streams=len(link.streams),
                              reason=reason, lived_s=lived, action=f"replacement {slot.active.id} takes over")
             return
@@ -360,6 +364,8 @@ class WebSocketActor(Actor):
             self.log.info("connection_closed", slot=slot.index, link=link.id, streams=len(link.streams),
                           reason=reason, lived_s=lived, action="retired")
             return
+        if link.opened_at is not None:
+            self._report_gap(link, reason)
         slot.failures += 1
         self.reconnects_total += 1
         delay = backoff_s(slot.failures, self.config.live.ws_reconnect_initial_s,
@@ -368,6 +374,17 @@ class WebSocketActor(Actor):
         self.log.warning("connection_closed", slot=slot.index, link=link.id, streams=len(link.streams),
                          reason=reason, lived_s=lived, failures=slot.failures,
                          action=f"reconnect in {delay:.2f}s")
+
+    def _report_gap(self, link: Link, reason: str) -> None:
+        """Tell the broker these topics lost events, so consumers see a seq jump, not silence.
+        The closed candles of the gap reach the database (and the feed) by REST regardless."""
+        topics = [messages.feed_topic(*stream_key(s)).decode() for s in link.streams]
+        gap = messages.FeedGap(topics=topics, reason=f"websocket link {link.id} closed: {reason}"[:200])
+        try:
+            self.feed.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(gap)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self.gaps_reported_total += 1
 
     # -- events --------------------------------------------------------------------------------
     def _drain(self, _fd) -> None:
@@ -441,6 +458,7 @@ class WebSocketActor(Actor):
             "streams": sum(len(s.wanted) for s in self.slots), "events_total": self.events_total,
             "closed_total": self.closed_total, "duplicates_total": self.duplicates_total,
             "malformed_total": self.malformed_total, "reconnects_total": self.reconnects_total,
+            "gaps_reported_total": self.gaps_reported_total,
         }
         if latencies:
             fields["close_to_receive_ms_p50"] = latencies[len(latencies) // 2]

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import msgspec
+import zmq
 
 from kl_actors import config as cfg
+from kl_actors import messages
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,3 +124,17 @@ class RunningService:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
+
+def collect_feed(endpoint, stop, out):
+    """Thread body: every feed message as (topic, decoded body) into `out` until `stop` is set."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.connect(endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kline.")
+    try:
+        while not stop.is_set():
+            if sub.poll(100):
+                topic, body = sub.recv_multipart()
+                out.append((topic, messages.decode_feed(body)))
+    finally:
+        ctx.destroy(linger=0)

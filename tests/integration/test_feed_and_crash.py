@@ -59,6 +59,18 @@ def test_consumer_receives_exactly_its_prefix_with_sequence(workdir, service_fac
             opens = [k.candle.open_time_ms for k in got_all if (k.symbol, k.interval) == (symbol, interval)]
             assert opens == [T0 + i * MIN for i in range(20)]
         assert btc.poll(300) == 0  # the malformed message never reached a consumer
+
+        # A reported upstream loss: the named topics skip one seq; the gap message itself and a
+        # malformed one are never forwarded; other topics keep counting without a jump.
+        gap = messages.FeedGap(topics=["kline.BTCUSDT.1m", "kline.ETHUSDT.1m"], reason="test")
+        pub.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(gap)])
+        pub.send_multipart([messages.FEED_GAP_TOPIC, b"\x01\x02"])
+        for symbol, interval in topics:
+            body = FeedKline(symbol, interval, 0, False, "ws", False, candle(T0 + 20 * MIN))
+            pub.send_multipart([messages.feed_topic(symbol, interval), messages.encode(body)])
+        after = {(k.symbol, k.interval): k.seq for k in _drain(everything, 4, 5)}
+        assert after == {("BTCUSDT", "1m"): 22, ("ETHUSDT", "1m"): 22, ("BTCUSDT", "5m"): 21, ("BTCUSDTX", "1m"): 21}
+        assert everything.poll(300) == 0
     finally:
         ctx.destroy(linger=0)
 

@@ -7,26 +7,11 @@ import threading
 import time
 
 import msgspec
-import zmq
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages
 from kl_actors.store import Store
-from procs import make_config, wait_for
-
-
-def _collect_feed(endpoint, stop, out):
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.connect(endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"kline.")
-    try:
-        while not stop.is_set():
-            if sub.poll(100):
-                topic, body = sub.recv_multipart()
-                out.append((topic, messages.decode_feed(body)))
-    finally:
-        ctx.destroy(linger=0)
+from procs import collect_feed, make_config, wait_for
 
 
 def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim_factory, service_factory):
@@ -43,7 +28,7 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
     )
     feed: list = []
     stop = threading.Event()
-    listener = threading.Thread(target=_collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
+    listener = threading.Thread(target=collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
     listener.start()
     service = service_factory(config)
     try:

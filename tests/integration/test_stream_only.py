@@ -1,14 +1,16 @@
 """--stream-only: no backfill, yet every candle that closes while it runs is stored, final and
-exact, even when the exchange drops every WebSocket connection mid-minute."""
+exact, even when the exchange drops every WebSocket connection mid-minute; a feed consumer sees
+that drop as a seq jump on every topic, and still gets every stored closed candle."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
-from kl_actors import intervals
+from kl_actors import intervals, messages
 from kl_actors.store import Store
-from procs import make_config, wait_for
+from procs import collect_feed, make_config, wait_for
 
 
 def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
@@ -21,12 +23,17 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         downloader={"processes": 1, "lease_s": 5.0},
         live={"final_recheck_ms": 2500},
     )
+    feed: list = []
+    stop = threading.Event()
+    listener = threading.Thread(target=collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
+    listener.start()
     service = service_factory(config, ["--stream-only"])
     try:
         service.wait_running(["scheduler", "websocket", "downloader-1"], timeout=20)
         start = sim.info()["server_time_ms"]
         first_boundary = intervals.next_boundary("1m", start)
         wait_for(lambda: sim.info()["server_time_ms"] >= first_boundary + 20_000, timeout=90, what="boundary")
+        before_drop = len(feed)
         sim.drop_ws()  # mid-minute: every WebSocket connection is closed by the exchange
         second = intervals.next_open("1m", first_boundary)
         wait_for(lambda: sim.info()["server_time_ms"] >= second + 4000, timeout=90, what="second boundary")
@@ -34,8 +41,12 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         time.sleep(0.5)
     finally:
         code, err = service.stop()
+        stop.set()
+        listener.join(timeout=5)
     assert code == 0, err[-3000:]
     assert "event=planned" not in err  # no backfill was planned
+    # The candles that closed at the two boundaries the test waited for.
+    expected = [intervals.prev_open("1m", first_boundary), intervals.prev_open("1m", second)]
     store = Store.open_readonly(path=config.database.path)
     try:
         for symbol in symbols:
@@ -43,9 +54,22 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
             opens = [r[0] for r in rows]
             # Exactly the candles that closed while it ran: no history before the start.
             assert opens[0] >= intervals.last_closed_open("1m", start)
-            expected = [intervals.prev_open("1m", first_boundary), intervals.prev_open("1m", second)]
             assert all(t in opens for t in expected), (symbol, opens, expected)
             assert rows == truth_rows(sim, symbol, "1m", opens[0], opens[-1])
             assert {r[11] for r in store.candles(symbol, "1m", expected[0], expected[1])} == {"rest"}
     finally:
         store.close()
+
+    # The feed: per topic, seq counts up by one except for one jump at the drop, which is where a
+    # consumer learns it lost live updates; every stored candle of the run arrived anyway.
+    for symbol in symbols:
+        topic = messages.feed_topic(symbol, "1m")
+        got = [(i, k) for i, (t, k) in enumerate(feed) if t == topic]
+        assert got, topic
+        jumps = [(a, b) for (_, a), (i, b) in zip(got, got[1:]) if b.seq != a.seq + 1]
+        assert jumps, f"{topic}: the drop left no trace in seq"
+        assert all(b.seq > a.seq for a, b in jumps), jumps  # forward jumps, not a restart
+        first_jump_at = next(i for (_, a), (i, b) in zip(got, got[1:]) if b.seq != a.seq + 1)
+        assert first_jump_at >= before_drop, f"{topic}: seq jumped before the drop"
+        stored = {k.candle.open_time_ms for _, k in got if k.stored and k.closed and k.source == "rest"}
+        assert set(expected) <= stored, (topic, sorted(stored), expected)

@@ -27,6 +27,12 @@ def test_stream_names():
         "ausdt@kline_1m", "ausdt@kline_5m", "busdt@kline_1m", "busdt@kline_5m"]
 
 
+def test_stream_key_inverts_stream_name_for_both_kinds():
+    for kind in ("kline", "continuousKline"):
+        for symbol, interval in [("BTCUSDT", "1m"), ("1000PEPEUSDT", "1M"), ("ETHUSDT", "3d")]:
+            assert streams.stream_key(streams.stream_name(symbol, interval, kind)) == (symbol, interval)
+
+
 def test_plan_groups_from_nothing_splits_at_the_limit():
     wanted = [f"s{i}" for i in range(60)]
     groups = plan_groups([], wanted, 25)
