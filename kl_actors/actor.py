@@ -140,7 +140,7 @@ class Actor:
             self._running = True
             while self._running:
                 self._beat()
-                events = dict(self.poller.poll(self.poll_timeout_ms()))
+                events = self._wait(self.poll_timeout_ms())
                 for sock, handler in self._handlers.items():
                     if sock in events:
                         handler(sock)
@@ -155,6 +155,14 @@ class Actor:
             for sock in self._sockets:
                 sock.close(linger=LINGER_MS)
             self.context.term()
+
+    def _wait(self, timeout_ms: int) -> dict:
+        if not self._handlers:
+            # zmq_poll over no sockets returns at once instead of waiting: an actor that only
+            # sends (time-sync) would spin a core.
+            time.sleep(timeout_ms / 1000)
+            return {}
+        return dict(self.poller.poll(timeout_ms))
 
     def _beat(self) -> None:
         now = time.monotonic()

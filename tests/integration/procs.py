@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def write_toml(config: cfg.Config, path: Path) -> Path:
     return path
 
 
+def _pump(pipe, lines: list[str]) -> None:
+    for line in pipe:
+        lines.append(line)
+    pipe.close()
+
+
 class RunningService:
     """A real `supervisor.py` process with the given config, stopped (and its actors) on exit."""
 
@@ -81,6 +88,17 @@ class RunningService:
             [sys.executable, str(ROOT / "supervisor.py"), "--config", str(toml), *(extra_args or [])],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.seen_pids: set[int] = set()
+        # Drain both pipes as the service runs: every actor shares the supervisor's stderr, and a
+        # full pipe would block their log writes (and so the actors) in a long or chatty run.
+        self.err_lines: list[str] = []
+        self.out_lines: list[str] = []
+        self._readers = [threading.Thread(target=_pump, args=(pipe, lines), daemon=True)
+                         for pipe, lines in ((self.proc.stderr, self.err_lines), (self.proc.stdout, self.out_lines))]
+        for reader in self._readers:
+            reader.start()
+
+    def log_text(self) -> str:
+        return "".join(self.err_lines)
 
     def status(self) -> dict:
         try:
@@ -109,16 +127,18 @@ class RunningService:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, err
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return self.proc.returncode, self.log_text()
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
         self.status()
         for pid in self.seen_pids:
             if pid_alive(pid):

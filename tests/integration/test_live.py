@@ -37,7 +37,7 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         # Wait for the first boundary after start, then list one symbol and delist another.
         wait_for(lambda: sim.info()["server_time_ms"] >= intervals.next_boundary("1m", start_server) + 1000,
                  timeout=70, what="first boundary")
-        sim.list_symbol("NEWCOINUSDT")
+        listed_ms = sim.list_symbol("NEWCOINUSDT")["onboardDate"]
         sim.delist("ETHUSDT")
         delisted_at = time.monotonic()
         time.sleep(7)  # one rediscovery
@@ -65,6 +65,10 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
             for interval in ("1m", "3m"):
                 last_closed = intervals.last_closed_open(interval, end_server - 6000)
                 rows = stored_rows(store, symbol, interval)
+                if symbol == "NEWCOINUSDT" and last_closed < intervals.align(interval, listed_ms):
+                    # Listed inside a 3m candle that had not closed by the end: nothing to store yet.
+                    assert rows == [], f"{symbol} {interval} has candles from before its listing"
+                    continue
                 assert rows and rows[-1][0] >= last_closed, f"{symbol} {interval} not current"
                 truth = truth_rows(sim, symbol, interval, rows[0][0], rows[-1][0])
                 # The final values, never the provisional ones served during the finality delay.

@@ -6,6 +6,7 @@ PULL at `control` (heartbeats); time-sync connects its PUB to it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -56,6 +57,11 @@ def test_next_measurement_is_at_second_30_of_server_time():
     assert next_measurement_ms(local, -3000) == local + 23_000
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @pytest.mark.parametrize("offset_ms", [4000, -3000])
 def test_publishes_clock_sync_with_the_simulators_offset(sim_factory, workdir, offset_ms):
     sim = sim_factory(symbols=2, clock_offset_ms=offset_ms)
@@ -86,6 +92,10 @@ def test_publishes_clock_sync_with_the_simulators_offset(sim_factory, workdir, o
             assert sync.rtt_ms >= 0
             assert abs(sync.measured_at_ms - time.time() * 1000) < 20_000
         assert "event=clock_measured" in actor.stderr()
+        # Between measurements it waits, not spins: an idle time-sync burns a sliver of one core.
+        busy_before = _cpu_seconds(actor.proc.pid)
+        time.sleep(3)
+        assert _cpu_seconds(actor.proc.pid) - busy_before < 1.0
     finally:
         actor.stop()
         bus.close()
