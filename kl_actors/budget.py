@@ -11,6 +11,9 @@ same IP). After a 429/418 nothing is released until its `Retry-After` has passed
 from __future__ import annotations
 
 MINUTE_MS = 60_000
+# How long into a minute a request may still count in the previous one: our clock error (half the
+# best round trip, a few ms to the real exchange) with a wide margin for a loaded machine.
+GUARD_MS = 500
 
 
 def weight_for_limit(limit: int) -> int:
@@ -30,42 +33,86 @@ def best_page_limit(max_limit: int = 1500) -> int:
 
 
 class WeightBudget:
-    def __init__(self, limit_per_minute: int, usable_fraction: float = 0.9) -> None:
+    """Weight of the current server minute, as the exchange will count it.
+
+    Three things make the exchange's count differ from "what we released this minute", and each
+    is met here rather than left to the 10% margin:
+    - our idea of server time is off by up to half a round trip, and the exchange counts a request
+      when it arrives: for the first `guard_ms` of a minute a request may still land in the
+      previous one, so what is released then must fit in both;
+    - a task released late in a minute may be sent early in the next (it waits in a socket queue
+      or for a free slot): at each new minute the weight still in flight is counted in it too,
+      and taken back out when its result shows the request went out in the earlier minute;
+    - time-sync and the WebSocket actor's exchangeInfo calls do not ask the budget:
+      `reserved_per_minute` is kept free for them.
+    A header value is dated by when its request was sent, so a slow answer from the last minute
+    never inflates the new one.
+    """
+
+    def __init__(self, limit_per_minute: int, usable_fraction: float = 0.9, guard_ms: int = GUARD_MS,
+                 reserved_per_minute: int = 0) -> None:
+        self.reserved = reserved_per_minute
         self.set_limit(limit_per_minute, usable_fraction)
+        self.guard_ms = guard_ms
         self.window_start_ms = -1
         self.spent = 0
+        self.prev_spent = 0
+        self.in_flight: dict[str, tuple[int, int]] = {}  # task id -> (weight, window released in)
         self.blocked_until_ms = 0
         self.history: dict[int, int] = {}  # window start -> weight we believe was used
 
     def set_limit(self, limit_per_minute: int, usable_fraction: float = 0.9) -> None:
         self.limit = limit_per_minute
-        self.usable = max(1, int(limit_per_minute * usable_fraction))
+        self.usable = max(1, min(int(limit_per_minute * usable_fraction), limit_per_minute - self.reserved))
 
     def _roll(self, now_ms: int) -> None:
         window = now_ms - now_ms % MINUTE_MS
-        if window != self.window_start_ms:
+        if window > self.window_start_ms:
+            self.prev_spent = self.spent if window == self.window_start_ms + MINUTE_MS else 0
             self.window_start_ms = window
-            self.spent = 0
+            self.spent = min(self.usable, sum(w for w, _ in self.in_flight.values()))
+            self.history[window] = self.spent
 
     def available(self, now_ms: int) -> int:
         self._roll(now_ms)
         if now_ms < self.blocked_until_ms:
             return 0
-        return max(0, self.usable - self.spent)
+        left = self.usable - self.spent
+        if now_ms - self.window_start_ms < self.guard_ms:
+            left -= self.prev_spent
+        return max(0, left)
 
-    def try_spend(self, weight: int, now_ms: int) -> bool:
+    def try_spend(self, weight: int, now_ms: int, task_id: str = "") -> bool:
         if self.available(now_ms) < weight:
             return False
         self.spent += weight
         self.history[self.window_start_ms] = self.spent
+        if task_id:
+            self.in_flight[task_id] = (weight, self.window_start_ms)
         return True
 
-    def observe(self, weight_used_1m: int, now_ms: int) -> None:
-        """The exchange said this IP used `weight_used_1m` in the current minute."""
+    def settle(self, task_id: str, requested_at_ms: int, now_ms: int) -> None:
+        """A released task is over (answered, or its lease expired: `requested_at_ms` 0)."""
         self._roll(now_ms)
-        if weight_used_1m > self.spent:
-            self.spent = weight_used_1m
-            self.history[self.window_start_ms] = self.spent
+        entry = self.in_flight.pop(task_id, None)
+        if entry is None or not requested_at_ms:
+            return
+        weight, released_in = entry
+        if released_in < self.window_start_ms and requested_at_ms < self.window_start_ms:
+            self.spent = max(0, self.spent - weight)  # carried into this minute, but it went out before
+
+    def observe(self, weight_used_1m: int, requested_at_ms: int, now_ms: int) -> None:
+        """The exchange said this IP used `weight_used_1m` in the minute of a request sent at
+        `requested_at_ms` (server time); it includes other programs on our IP."""
+        self._roll(now_ms)
+        window = requested_at_ms - requested_at_ms % MINUTE_MS
+        if window == self.window_start_ms:
+            if weight_used_1m > self.spent:
+                self.spent = weight_used_1m
+                self.history[self.window_start_ms] = self.spent
+        elif window == self.window_start_ms - MINUTE_MS:
+            # Only matters while the guard still counts the previous minute.
+            self.prev_spent = max(self.prev_spent, weight_used_1m)
 
     def block(self, retry_after_s: float, now_ms: int) -> None:
         """A 429 or 418: release nothing until Retry-After has passed (at least to the next minute)."""
@@ -78,3 +125,10 @@ class WeightBudget:
             return self.blocked_until_ms
         self._roll(now_ms)
         return self.window_start_ms + MINUTE_MS
+
+
+def reserved_weight(clock_samples: int, rediscover_s: float) -> int:
+    """Weight per minute the service spends outside the budget: time-sync measures at :30 and may
+    retry once within the same minute (`clock_samples` GETs of weight 1 each time), and the
+    WebSocket actor reads exchangeInfo (weight 1) every `rediscover_s`, plus one retry."""
+    return 2 * max(1, clock_samples) + int(-(-60 // max(1.0, rediscover_s))) + 1

@@ -183,12 +183,15 @@ class Downloader(Actor):
                 if task is None:
                     return
                 page = None
+                requested_at_ms = self.clock.now_ms()
                 try:
                     response = session.get(url, params=fetch.klines_params(task), timeout=timeout_s)
                     result, page = fetch.classify(task, response.status_code, response.headers,
                                                   response.content, self.clock.now_ms())
+                    result.requested_at_ms = requested_at_ms
                 except requests.RequestException as exc:
                     result = fetch.network_failure(task, exc)
+                    result.requested_at_ms = requested_at_ms  # it may have reached the exchange
                 except Exception as exc:  # noqa: BLE001 - a bug here must still free the slot
                     result = TaskResult(task_id=task.task_id, status="invalid",
                                         detail=f"downloader error {type(exc).__name__}: {exc}"[:300])

@@ -117,6 +117,7 @@ class TaskResult(_Msg, tag="result"):
     retry_after_s: float = 0.0
     http_status: int = 0
     detail: str = ""
+    requested_at_ms: int = 0  # server time the request was sent (0: none sent); dates weight_used_1m
 
 
 class ClockSync(_Msg, tag="clock"):

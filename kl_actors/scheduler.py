@@ -21,7 +21,7 @@ import zmq
 
 from . import intervals, planner
 from .actor import Actor
-from .budget import WeightBudget, weight_for_limit
+from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock
 from .discovery import DiscoveryError, parse_exchange_info
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
@@ -51,7 +51,8 @@ class Scheduler(Actor):
         c = self.config
         self.mode = c.mode
         self.clock = ServerClock()
-        self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction)
+        self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction,
+                                   reserved_per_minute=reserved_weight(c.live.clock_samples, c.symbols.rediscover_s))
         self.book = TaskBook(lease_ms=int(c.downloader.lease_s * 1000), max_attempts=c.downloader.max_attempts)
         self.http = requests.Session()
         if c.exchange.proxy:
@@ -105,7 +106,7 @@ class Scheduler(Actor):
             response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
             used = response.headers.get("X-MBX-USED-WEIGHT-1M")
             if used and used.isdigit():
-                self.budget.observe(int(used), self.clock.now_ms())
+                self.budget.observe(int(used), server_now, self.clock.now_ms())
             if response.status_code != 200:
                 raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
             found = parse_exchange_info(response.content, self.config.symbols)
@@ -229,15 +230,18 @@ class Scheduler(Actor):
             st = self.book.next_ready(server_now)
             if st is None:
                 return
-            if not self.budget.try_spend(weight_for_limit(st.task.limit), server_now):
+            weight = weight_for_limit(st.task.limit)
+            if self.budget.available(server_now) < weight:
                 return
             if not self.send(self.tasks_out, st.task, block=False):
                 return
+            self.budget.try_spend(weight, server_now, st.task.task_id)
             self.book.dispatched(st.task.task_id, server_now)
 
     def _expire_leases(self) -> None:
         server_now = self.clock.now_ms()
         for task_id in self.book.expired(server_now):
+            self.budget.settle(task_id, 0, server_now)
             st = self.book.retry(task_id, server_now, 0, "lease expired", count_attempt=True)
             self.log.warning("lease_expired", task_id=task_id,
                              action="re-issued" if st else "given up")
@@ -257,8 +261,9 @@ class Scheduler(Actor):
 
     def _result(self, r: TaskResult) -> None:
         server_now = self.clock.now_ms()
+        self.budget.settle(r.task_id, r.requested_at_ms, server_now)
         if r.weight_used_1m >= 0:
-            self.budget.observe(r.weight_used_1m, server_now)
+            self.budget.observe(r.weight_used_1m, r.requested_at_ms or server_now, server_now)
         if r.status == "ok":
             st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
             if st is not None and r.candles == 0 and st.kind == "hole":

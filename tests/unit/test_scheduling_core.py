@@ -4,7 +4,7 @@ import calendar
 import datetime as dt
 
 from kl_actors import intervals, planner
-from kl_actors.budget import WeightBudget, best_page_limit, weight_for_limit
+from kl_actors.budget import WeightBudget, best_page_limit, reserved_weight, weight_for_limit
 from kl_actors.messages import DownloadTask
 from kl_actors.tasks import TaskBook, TaskState
 
@@ -26,20 +26,74 @@ def test_budget_spends_within_usable_share_per_minute():
     spent = sum(2 for _ in range(100) if b.try_spend(2, t))
     assert spent == 90 and b.available(t) == 0
     assert b.next_release_ms(t) == ms(2026, 1, 1, 0, 1)
-    assert b.try_spend(2, ms(2026, 1, 1, 0, 1, 0))  # new minute
+    assert not b.try_spend(2, ms(2026, 1, 1, 0, 1, 0))  # new minute, but inside the edge guard
+    assert b.try_spend(2, ms(2026, 1, 1, 0, 1, 0) + 500)  # new minute
 
 
 def test_budget_corrected_by_exchange_header_and_blocked_by_retry_after():
     b = WeightBudget(100, usable_fraction=1.0)
     t = ms(2026, 1, 1, 0, 0, 10)
     b.try_spend(5, t)
-    b.observe(80, t)  # someone else on our IP used weight too
+    b.observe(80, t, t)  # someone else on our IP used weight too
     assert b.available(t) == 20
-    b.observe(10, t)  # a stale, lower report never lowers our count
+    b.observe(10, t, t)  # a stale, lower report never lowers our count
     assert b.available(t) == 20
     b.block(30, t)
     assert not b.try_spend(1, t + 29_000)
     assert b.try_spend(1, ms(2026, 1, 1, 0, 1, 0) + 1)
+
+
+def test_budget_minute_edge_guard_and_dated_headers():
+    b = WeightBudget(100, usable_fraction=1.0, guard_ms=500)
+    edge = ms(2026, 1, 1, 0, 1)
+    assert b.try_spend(70, edge - 1000)
+    # Just after the edge our clock may be ahead: a request now may still count in the old
+    # minute, so only what fits in both is released.
+    assert b.available(edge + 100) == 30
+    assert b.try_spend(30, edge + 100) and not b.try_spend(1, edge + 200)
+    assert b.available(edge + 500) == 70  # past the guard: the new minute alone, minus those 30
+    # A slow answer to a request sent in the old minute says 95: that is the old minute's count,
+    # not the new one's.
+    b.observe(95, edge - 50, edge + 600)
+    assert b.available(edge + 600) == 70
+    b.observe(40, edge + 550, edge + 700)  # dated in this minute: others used weight too
+    assert b.available(edge + 700) == 60
+    # An old-minute report raises the guard's picture of the old minute.
+    b2 = WeightBudget(100, usable_fraction=1.0, guard_ms=500)
+    b2.try_spend(10, edge - 1000)
+    b2.observe(90, edge - 20, edge + 10)
+    assert b2.available(edge + 20) == 10
+    # After a minute with nothing spent the guard has nothing to hold back.
+    assert WeightBudget(100, usable_fraction=1.0).available(edge + 10) == 100
+
+
+def test_budget_counts_weight_still_in_flight_at_the_minute_edge_in_the_new_minute():
+    b = WeightBudget(100, usable_fraction=1.0, guard_ms=0)
+    edge = ms(2026, 1, 1, 0, 1)
+    assert b.try_spend(10, edge - 2000, "a") and b.try_spend(10, edge - 1000, "b")
+    b.settle("a", edge - 1900, edge - 1500)  # answered before the edge: not carried
+    # "b" was released in the old minute but not yet answered: it may go out in the new one.
+    assert b.available(edge + 10) == 90
+    b.settle("b", edge - 900, edge + 20)  # it went out before the edge after all: taken back
+    assert b.available(edge + 20) == 100
+    assert b.try_spend(5, edge - 10 + 60_000, "c")  # released in the new minute ...
+    b.settle("c", edge + 60_000 + 5, edge + 60_000 + 30)  # ... went out in the next: stays counted there
+    assert b.available(edge + 60_000 + 30) == 95
+    assert b.try_spend(7, edge + 100_000, "d")
+    assert b.available(edge + 100_000) == 100 - 5 - 7
+    # Still in flight at the next edge, then its lease expires, fate unknown: it stays counted.
+    b.settle("d", 0, edge + 125_000)
+    assert b.available(edge + 125_000) == 100 - 7
+
+
+def test_budget_keeps_weight_free_for_requests_outside_it():
+    assert reserved_weight(clock_samples=5, rediscover_s=300) == 12  # 2 x 5 time samples + 1 + 1
+    assert reserved_weight(clock_samples=5, rediscover_s=5) == 23
+    assert WeightBudget(60, 0.9, reserved_per_minute=12).usable == 48  # the margin alone: 54
+    assert WeightBudget(2400, 0.9, reserved_per_minute=12).usable == 2160
+    b = WeightBudget(2400, 0.9, reserved_per_minute=12)
+    b.set_limit(100, 0.9)
+    assert b.usable == 88
 
 
 def test_plan_new_symbol_depth_and_listing_clamp():
