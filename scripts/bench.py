@@ -5,6 +5,9 @@ served for limit=1000 and limit=499 pages of 1m klines, with 1 and with 4 concur
 (separate processes, each a keep-alive requests.Session). Clients walk back through history
 page by page across several symbols, so most pages are cold (never served before) on the first
 pass; `--repeat` re-serves the same pages to measure the warm row cache.
+
+`live`: candle close -> database commit and -> feed consumer, p50/p99, over the WebSocket path
+and the REST boundary path (see scripts/live_bench.py).
 """
 
 from __future__ import annotations
@@ -89,6 +92,15 @@ def bench_backfill(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_live(a: argparse.Namespace) -> int:
+    """Candle close -> commit and -> feed consumer, p50/p99, WebSocket path vs REST boundary path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import live_bench
+
+    live_bench.run(minutes=a.minutes, symbols=a.symbols, weight_limit=a.weight_limit)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p_backfill.add_argument("--real-only", action="store_true")
     p_backfill.add_argument("--lifted-only", action="store_true")
     p_backfill.set_defaults(func=bench_backfill)
+    p_live = sub.add_parser("live", help="close -> commit and close -> feed latency, WebSocket vs REST path")
+    p_live.add_argument("--minutes", type=int, default=3, help="boundaries counted per path (one a minute)")
+    p_live.add_argument("--symbols", type=int, default=200)
+    p_live.add_argument("--weight-limit", type=int, default=2400,
+                        help="simulator weight limit per minute (2400: the exchange's)")
+    p_live.set_defaults(func=bench_live)
     a = parser.parse_args(argv)
     return a.func(a)
 
