@@ -73,8 +73,10 @@ class DownloaderConfig(_Section):
 class WeightConfig(_Section):
     # 0: read the limit from exchangeInfo.rateLimits (never hard-code the exchange's number).
     limit_per_minute: int = 0
-    # Share of the limit the scheduler may spend; the rest is headroom for clock skew.
-    usable_fraction: float = 0.9
+    # Share of the limit the scheduler may spend; the rest is headroom for other programs on the
+    # same IP until their use shows in the exchange's header. (Clock skew, late sends and our own
+    # unbudgeted requests are accounted for separately, see budget.py.)
+    usable_fraction: float = 0.95
 
 
 ENDPOINT_KEYS = ("tasks", "results", "writer", "bus_pub", "bus_sub", "control", "feed_in", "feed")

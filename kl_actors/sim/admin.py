@@ -3,7 +3,8 @@
 Routes:
 - `GET  /_sim/info`          seed, n_symbols, anchor_ms, weight_limit, server_time_ms, options
 - `GET  /_sim/stats`         requests per path and per "SYMBOL interval", statuses, weight per
-                             minute window per IP, WebSocket counters
+                             minute window per IP, kline candles served per minute, WebSocket
+                             counters
 - `POST /_sim/stats/reset`
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py)
 - `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}
@@ -77,6 +78,7 @@ class AdminApi:
             "requests_by_symbol_interval": dict(s.by_stream),
             "responses_by_status": dict(s.by_status),
             "weight_by_ip_minute": weights,
+            "candles_by_minute": {str(m): n for m, n in sorted(s.candles_by_minute.items())},
             "bans": bans,
             "ws": {**s.ws, "active": len(st.connections),
                    "drop_reasons": dict(s.ws_drop_reasons)},

@@ -171,6 +171,7 @@ class RestApi:
         st = self.state
         st.stats.by_stream[f"{symbol} {interval}"] += 1
         opens = st.market.select_opens(symbol, interval, start, end, limit, now)
+        st.stats.candles_by_minute[now - now % 60_000] += len(opens)
         return st.renderer.render(symbol, interval, opens, now, st.faults.final_delay_ms)
 
     def klines(self, query, now: int) -> bytes:

@@ -44,6 +44,7 @@ class Stats:
     def reset(self) -> None:
         self.by_path: Counter = Counter()
         self.by_stream: Counter = Counter()  # "BTCUSDT 1m" → klines requests
+        self.candles_by_minute: Counter = Counter()  # server minute start → kline candles served
         self.by_status: Counter = Counter({k: 0 for k in ("200", "4xx", "429", "418", "5xx")})
         self.ws: Counter = Counter({"opened": 0, "closed": 0, "dropped_by_server": 0})
         self.ws_drop_reasons: Counter = Counter()
