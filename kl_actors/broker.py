@@ -102,6 +102,10 @@ class Broker(Actor):
             self._drop_feed(gap.reason)
             return
         for name in gap.topics:
+            if not name.startswith("kline."):
+                self._drop_feed(f"gap for a topic that is not a kline topic: {name[:60]!r}")
+                return
+        for name in gap.topics:
             topic = name.encode("ascii", "replace")
             self.seq_by_topic[topic] = self.seq_by_topic.get(topic, 0) + 1
         self.feed_gaps += 1

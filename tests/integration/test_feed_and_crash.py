@@ -65,6 +65,8 @@ def test_consumer_receives_exactly_its_prefix_with_sequence(workdir, service_fac
         gap = messages.FeedGap(topics=["kline.BTCUSDT.1m", "kline.ETHUSDT.1m"], reason="test")
         pub.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(gap)])
         pub.send_multipart([messages.FEED_GAP_TOPIC, b"\x01\x02"])
+        bad = messages.FeedGap(topics=["kline.BTCUSDT.5m", "control"], reason="test")  # dropped whole
+        pub.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(bad)])
         for symbol, interval in topics:
             body = FeedKline(symbol, interval, 0, False, "ws", False, candle(T0 + 20 * MIN))
             pub.send_multipart([messages.feed_topic(symbol, interval), messages.encode(body)])
