@@ -356,7 +356,8 @@ class WebSocketActor(Actor):
             self.log.warning("connection_closed", slot=slot.index, link=link.id, streams=len(link.streams),
                              reason=reason, lived_s=lived, action=f"replacement {slot.active.id} takes over")
             return
-        if slot.active is link:
+        was_active = slot.active is link
+        if was_active:
             slot.active = None
         else:
             slot.replacement = None
@@ -364,8 +365,8 @@ class WebSocketActor(Actor):
             self.log.info("connection_closed", slot=slot.index, link=link.id, streams=len(link.streams),
                           reason=reason, lived_s=lived, action="retired")
             return
-        if link.opened_at is not None:
-            self._report_gap(link, reason)
+        if was_active and link.opened_at is not None:
+            self._report_gap(link, reason)  # a failed replacement lost nothing: the active one carries on
         slot.failures += 1
         self.reconnects_total += 1
         delay = backoff_s(slot.failures, self.config.live.ws_reconnect_initial_s,

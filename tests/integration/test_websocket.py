@@ -43,6 +43,7 @@ class Peers:
         self.writer = self._bind(zmq.PULL, e.writer)
         self.control = self._bind(zmq.PULL, e.control)
         self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
+        self.gaps: list[messages.FeedGap] = []  # losses reported to the broker
         self.batches: list[tuple[int, messages.KlineBatch]] = []   # (local receive ms, batch)
         self.heartbeats = 0
 
@@ -65,7 +66,10 @@ class Peers:
                 return
             if self.feed in events:
                 topic, body = self.feed.recv_multipart()
-                self.feed_messages.append((topic, messages.decode_feed(body)))
+                if topic == messages.FEED_GAP_TOPIC:
+                    self.gaps.append(messages.decode_feed_gap(body))
+                else:
+                    self.feed_messages.append((topic, messages.decode_feed(body)))
             if self.writer in events:
                 self.batches.append((int(time.time() * 1000), messages.decode(self.writer.recv())))
             if self.control in events:
@@ -126,8 +130,13 @@ def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir
         # carry them, so the old links must stay open for them (handover wait > 0).
         peers.pump(max(0.0, (boundary_1 + 15_000 - time.time() * 1000) / 1000))
         opened_before = sim.stats()["ws"]["opened"]
+        gaps_before = len(peers.gaps)
         assert sim.drop_ws()
         pump_until(lambda: sim.stats()["ws"]["opened"] >= opened_before + 3, 10, "reconnects after drop")
+        # The drop is reported for every stream (renewals before it, with an overlap, were not).
+        assert gaps_before == 0, peers.gaps
+        reported = {t for g in peers.gaps for t in g.topics}
+        assert reported == {messages.feed_topic(s, i).decode() for s in symbols for i in ("1m", "5m")}
 
         # Phase 4: the next boundary, crossed after the drop and with renewals under way.
         boundary_2 = boundary_1 + MINUTE
