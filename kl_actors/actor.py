@@ -53,10 +53,11 @@ class Actor:
     kind = "actor"
     poll_ms = 100
 
-    def __init__(self, config: Config, name: str, parent_pid: int = 0) -> None:
+    def __init__(self, config: Config, name: str, parent_pid: int = 0, restarts: int = 0) -> None:
         self.config = config
         self.name = name
         self.parent_pid = parent_pid
+        self.restarts = restarts
         self.log = Logger(name, config.log.level)
         self.context: zmq.Context | None = None
         self.poller = zmq.Poller()

@@ -1,4 +1,5 @@
-"""Launcher of one actor process: `python -m kl_actors.run <name> --config-file F --parent-pid P`.
+"""Launcher of one actor process: `python -m kl_actors.run <name> --config-file F --parent-pid P
+[--restarts N]` (N: earlier runs of this actor in this service, so it can tell a restart).
 
 The actor's name is on the command line so `ps` shows which actor a process is (`writer`,
 `downloader-2`, ...). The supervisor writes the effective config as JSON into the runtime
@@ -39,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--config-file", required=True)
     p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--restarts", type=int, default=0, help="how often this actor was restarted before")
     args = p.parse_args(argv)
     with open(args.config_file, "rb") as f:
         config = msgspec.json.decode(f.read(), type=Config)
     module_name, class_name = ACTOR_KINDS[kind_of(args.name)]
     actor_class = getattr(importlib.import_module(module_name), class_name)
-    return actor_class(config, args.name, parent_pid=args.parent_pid).run()
+    return actor_class(config, args.name, parent_pid=args.parent_pid, restarts=args.restarts).run()
 
 
 if __name__ == "__main__":

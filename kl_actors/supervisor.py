@@ -101,7 +101,7 @@ class Supervisor:
     # -- processes -----------------------------------------------------------------------------
     def spawn(self, w: Watched) -> None:
         argv = [sys.executable, "-m", "kl_actors.run", w.name, "--config-file", str(self.config_file),
-                "--parent-pid", str(os.getpid())]
+                "--parent-pid", str(os.getpid()), "--restarts", str(w.policy.total_restarts)]
         w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         w.started_at = w.last_heartbeat = time.monotonic()
         w.restart_at = None

@@ -195,6 +195,7 @@ class WebSocketActor(Actor):
         self.writer_dropped_total = 0
         self.reconnects_total = 0
         self.gaps_reported_total = 0
+        self.restart_gap_reported = False
         self._window_events = 0
         self._window_closed = 0
         self._window_latency_ms: list[int] = []
@@ -323,6 +324,11 @@ class WebSocketActor(Actor):
 
     def _on_first_event(self, link: Link, event_time_ms: int, now: float) -> None:
         link.first_event_at = now
+        if self.restarts and not self.restart_gap_reported:
+            # A restarted actor cannot know what its predecessor missed while it was down:
+            # every topic it serves shows a jump (its closed candles come by REST anyway).
+            self.restart_gap_reported = True
+            self._send_gap([s for slot in self.slots for s in slot.wanted], f"websocket restarted ({self.restarts})")
         slot = self.slots[link.slot]
         if slot.active is link:
             slot.failures = 0
@@ -377,10 +383,13 @@ class WebSocketActor(Actor):
                          action=f"reconnect in {delay:.2f}s")
 
     def _report_gap(self, link: Link, reason: str) -> None:
+        self._send_gap(list(link.streams), f"websocket link {link.id} closed: {reason}")
+
+    def _send_gap(self, streams: list[str], reason: str) -> None:
         """Tell the broker these topics lost events, so consumers see a seq jump, not silence.
         The closed candles of the gap reach the database (and the feed) by REST regardless."""
-        topics = [messages.feed_topic(*stream_key(s)).decode() for s in link.streams]
-        gap = messages.FeedGap(topics=topics, reason=f"websocket link {link.id} closed: {reason}"[:200])
+        topics = [messages.feed_topic(*stream_key(s)).decode() for s in streams]
+        gap = messages.FeedGap(topics=topics, reason=reason[:200])
         try:
             self.feed.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(gap)], zmq.NOBLOCK)
         except zmq.Again:

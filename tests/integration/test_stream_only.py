@@ -4,6 +4,8 @@ that drop as a seq jump on every topic, and still gets every stored closed candl
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -38,7 +40,13 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         second = intervals.next_open("1m", first_boundary)
         wait_for(lambda: sim.info()["server_time_ms"] >= second + 4000, timeout=90, what="second boundary")
         assert sim.stats()["ws"]["dropped_by_server"] >= 1
-        time.sleep(0.5)
+        # kill -9 the WebSocket actor: the restarted one reports the loss for every topic.
+        old = service.pid("websocket")
+        before_kill = len(feed)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: service.pid("websocket") not in (None, old), timeout=10, what="websocket restarted")
+        wait_for(lambda: "websocket restarted" in service.log_text(), timeout=20, what="restart gap reported")
+        time.sleep(1.0)  # live updates after the restart reach the feed
     finally:
         code, err = service.stop()
         stop.set()
@@ -69,7 +77,8 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         jumps = [(a, b) for (_, a), (i, b) in zip(got, got[1:]) if b.seq != a.seq + 1]
         assert jumps, f"{topic}: the drop left no trace in seq"
         assert all(b.seq > a.seq for a, b in jumps), jumps  # forward jumps, not a restart
-        first_jump_at = next(i for (_, a), (i, b) in zip(got, got[1:]) if b.seq != a.seq + 1)
-        assert first_jump_at >= before_drop, f"{topic}: seq jumped before the drop"
+        jump_at = [i for (_, a), (i, b) in zip(got, got[1:]) if b.seq != a.seq + 1]
+        assert jump_at[0] >= before_drop, f"{topic}: seq jumped before the drop"
+        assert any(i >= before_kill for i in jump_at), f"{topic}: the actor's restart left no trace in seq"
         stored = {k.candle.open_time_ms for _, k in got if k.stored and k.closed and k.source == "rest"}
         assert set(expected) <= stored, (topic, sorted(stored), expected)
