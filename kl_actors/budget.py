@@ -14,6 +14,7 @@ MINUTE_MS = 60_000
 # How long into a minute a request may still count in the previous one: our clock error (half the
 # best round trip, a few ms to the real exchange) with a wide margin for a loaded machine.
 GUARD_MS = 500
+STALE_IN_FLIGHT_MS = 10 * MINUTE_MS
 
 
 def weight_for_limit(limit: int) -> int:
@@ -36,7 +37,7 @@ class WeightBudget:
     """Weight of the current server minute, as the exchange will count it.
 
     Three things make the exchange's count differ from "what we released this minute", and each
-    is met here rather than left to the 10% margin:
+    is met here rather than left to the margin:
     - our idea of server time is off by up to half a round trip, and the exchange counts a request
       when it arrives: for the first `guard_ms` of a minute a request may still land in the
       previous one, so what is released then must fit in both;
@@ -70,6 +71,10 @@ class WeightBudget:
         if window > self.window_start_ms:
             self.prev_spent = self.spent if window == self.window_start_ms + MINUTE_MS else 0
             self.window_start_ms = window
+            # A task forgotten by the scheduler (its symbol delisted while a dead downloader held
+            # it) never settles; far longer than any lease, it stops being carried.
+            stale = window - STALE_IN_FLIGHT_MS
+            self.in_flight = {k: v for k, v in self.in_flight.items() if v[1] >= stale}
             self.spent = min(self.usable, sum(w for w, _ in self.in_flight.values()))
             self.history[window] = self.spent
 

@@ -84,6 +84,10 @@ def test_budget_counts_weight_still_in_flight_at_the_minute_edge_in_the_new_minu
     # Still in flight at the next edge, then its lease expires, fate unknown: it stays counted.
     b.settle("d", 0, edge + 125_000)
     assert b.available(edge + 125_000) == 100 - 7
+    # A release that never settles stops being carried after ten minutes.
+    assert b.try_spend(9, edge + 130_000, "lost")
+    assert b.available(edge + 180_000) == 100 - 9
+    assert b.available(edge + 180_000 + 11 * MIN) == 100
 
 
 def test_budget_keeps_weight_free_for_requests_outside_it():
