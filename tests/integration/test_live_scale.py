@@ -1,9 +1,9 @@
 """200 symbols x (1m, 5m) live for several minutes under a tight weight limit: every closed candle
 reaches the database (final, from REST) and the feed, and no minute's weight exceeds the limit.
 
-The simulator's clock is set so that the run starts ~45 s before a 5-minute boundary: at that
+The simulator's clock is set so that the run starts ~30 s before a 5-minute boundary: at that
 boundary 200 1m and 200 5m candles close together, and with the finality re-check that is 800
-weight against a usable 720 of the 800 limit, so the scheduler must spread the fetches into the
+weight against a usable 760 (0.95) of the 800 limit, so the scheduler must spread the fetches into the
 next minute (shortest interval first) while the WebSocket closes stand in.
 """
 
@@ -19,7 +19,7 @@ from procs import collect_feed, make_config, wait_for
 
 SYMBOLS = 200
 WEIGHT_LIMIT = 800
-LEAD_MS = 45_000  # server time from the simulator's start to the 5-minute boundary
+LEAD_MS = 30_000  # server time from the simulator's start to the 5-minute boundary
 
 
 def _offset_before_five_minute_boundary() -> int:
@@ -50,7 +50,7 @@ def test_two_hundred_symbols_two_intervals_live(workdir, sim_factory, service_fa
     try:
         service.wait_running(["broker", "writer", "timesync", "scheduler", "downloader-1", "websocket"], timeout=20)
         assert sim.info()["server_time_ms"] < five - 10_000, "started too late to see the 5m boundary"
-        wait_for(lambda: sim.info()["server_time_ms"] >= end + 20_000, timeout=260, what="last boundary + re-check")
+        wait_for(lambda: sim.info()["server_time_ms"] >= end + 12_000, timeout=260, what="last boundary + re-check")
     finally:
         code, err = service.stop()
         stop.set()
