@@ -39,23 +39,16 @@ class Broker(Actor):
         self.feed_published = 0
         self.feed_dropped_malformed = 0
         self.feed_gaps = 0
-        self.on(self.bus_in, self._bus_down)
-        self.on(self.bus_out, self._bus_up)
+        self.on(self.bus_in, lambda sock: self._forward(sock, self.bus_out))   # messages down
+        self.on(self.bus_out, lambda sock: self._forward(sock, self.bus_in))   # subscriptions up
         self.on(self.feed_in, self._feed_down)
         self.on(self.feed_out, self._feed_subscription)
         self.log.info("bound", bus_pub=e.bus_pub, bus_sub=e.bus_sub, feed_in=e.feed_in, feed=e.feed)
 
-    def _bus_down(self, sock: zmq.Socket) -> None:
+    def _forward(self, sock: zmq.Socket, to: zmq.Socket) -> None:
         for _ in range(1000):
             try:
-                self.bus_out.send_multipart(sock.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-
-    def _bus_up(self, sock: zmq.Socket) -> None:
-        for _ in range(1000):
-            try:
-                self.bus_in.send_multipart(sock.recv_multipart(zmq.NOBLOCK))
+                to.send_multipart(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
 

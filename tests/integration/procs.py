@@ -145,16 +145,29 @@ class RunningService:
                 os.kill(pid, signal.SIGKILL)
 
 
-def collect_feed(endpoint, stop, out):
-    """Thread body: every feed message as (topic, decoded body) into `out` until `stop` is set."""
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.connect(endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"kline.")
-    try:
-        while not stop.is_set():
-            if sub.poll(100):
-                topic, body = sub.recv_multipart()
-                out.append((topic, messages.decode_feed(body)))
-    finally:
-        ctx.destroy(linger=0)
+class FeedCollector:
+    """A consumer of the feed on its own thread: every message as (topic, decoded body), in order,
+    in `messages`; `stop()` ends it."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.messages: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
+        self._thread.start()
+
+    def _run(self, endpoint: str) -> None:
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"kline.")
+        try:
+            while not self._stop.is_set():
+                if sub.poll(100):
+                    topic, body = sub.recv_multipart()
+                    self.messages.append((topic, messages.decode_feed(body)))
+        finally:
+            ctx.destroy(linger=0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

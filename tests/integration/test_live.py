@@ -3,7 +3,6 @@ listing and delisting during the run, and the consumer feed."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import msgspec
@@ -11,7 +10,7 @@ import msgspec
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages
 from kl_actors.store import Store
-from procs import collect_feed, make_config, wait_for
+from procs import FeedCollector, make_config, wait_for
 
 
 def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim_factory, service_factory):
@@ -26,10 +25,8 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         downloader={"processes": 2, "lease_s": 5.0},
         live={"final_recheck_ms": 3000, "boundary_margin_ms": 200},
     )
-    feed: list = []
-    stop = threading.Event()
-    listener = threading.Thread(target=collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
-    listener.start()
+    consumer = FeedCollector(config.endpoints.feed)
+    feed = consumer.messages
     service = service_factory(config)
     try:
         service.wait_running(["broker", "writer", "timesync", "scheduler", "downloader-1", "websocket"], timeout=20)
@@ -52,8 +49,7 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         assert time.monotonic() - delisted_at > 60
     finally:
         code, err = service.stop()
-        stop.set()
-        listener.join(timeout=5)
+        consumer.stop()
     assert code == 0, err[-3000:]
 
     store = Store.open_readonly(path=config.database.path)

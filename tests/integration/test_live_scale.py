@@ -9,13 +9,12 @@ next minute (shortest interval first) while the WebSocket closes stand in.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages
 from kl_actors.store import Store
-from procs import collect_feed, make_config, wait_for
+from procs import FeedCollector, make_config, wait_for
 
 SYMBOLS = 200
 WEIGHT_LIMIT = 800
@@ -41,10 +40,8 @@ def test_two_hundred_symbols_two_intervals_live(workdir, sim_factory, service_fa
         downloader={"processes": 2, "lease_s": 10.0},
         live={"final_recheck_ms": 5000, "boundary_margin_ms": 200},
     )
-    feed: list = []
-    stop = threading.Event()
-    listener = threading.Thread(target=collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
-    listener.start()
+    consumer = FeedCollector(config.endpoints.feed)
+    feed = consumer.messages
     service = service_factory(config)
     end = intervals.step("1m", five, 2)  # three 1m boundaries, one of them also a 5m boundary
     try:
@@ -53,8 +50,7 @@ def test_two_hundred_symbols_two_intervals_live(workdir, sim_factory, service_fa
         wait_for(lambda: sim.info()["server_time_ms"] >= end + 12_000, timeout=260, what="last boundary + re-check")
     finally:
         code, err = service.stop()
-        stop.set()
-        listener.join(timeout=5)
+        consumer.stop()
     assert code == 0, err[-3000:]
 
     stats = sim.stats()

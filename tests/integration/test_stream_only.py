@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages
 from kl_actors.store import Store
-from procs import collect_feed, make_config, wait_for
+from procs import FeedCollector, make_config, wait_for
 
 
 def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
@@ -25,10 +24,8 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         downloader={"processes": 1, "lease_s": 5.0},
         live={"final_recheck_ms": 2500},
     )
-    feed: list = []
-    stop = threading.Event()
-    listener = threading.Thread(target=collect_feed, args=(config.endpoints.feed, stop, feed), daemon=True)
-    listener.start()
+    consumer = FeedCollector(config.endpoints.feed)
+    feed = consumer.messages
     service = service_factory(config, ["--stream-only"])
     try:
         service.wait_running(["scheduler", "websocket", "downloader-1"], timeout=20)
@@ -49,8 +46,7 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         time.sleep(1.0)  # live updates after the restart reach the feed
     finally:
         code, err = service.stop()
-        stop.set()
-        listener.join(timeout=5)
+        consumer.stop()
     assert code == 0, err[-3000:]
     assert "event=planned" not in err  # no backfill was planned
     # The candles that closed at the two boundaries the test waited for.

@@ -76,6 +76,14 @@ class Peers:
                 self.control.recv()
                 self.heartbeats += 1
 
+    def pump_until(self, actor, predicate, timeout: float, what: str):
+        """Pump until `predicate()` is true; the actor must stay alive meanwhile."""
+        def step():
+            self.pump(0.1)
+            assert actor.proc.poll() is None, actor.stderr()
+            return predicate()
+        return wait_for(step, timeout, interval=0, what=what)
+
     def closed(self, interval: str, open_ms: int) -> dict[str, messages.Candle]:
         return {b.symbol: b.candles[0] for _, b in self.batches
                 if b.interval == interval and b.candles[0].open_time_ms == open_ms}
@@ -105,22 +113,15 @@ def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir
     peers = Peers(config)
     actor = ActorProcess("websocket", config, workdir)
     try:
-        def pump_until(predicate, timeout: float, what: str):
-            def step():
-                peers.pump(0.1)
-                assert actor.proc.poll() is None, actor.stderr()
-                return predicate()
-            return wait_for(step, timeout, interval=0, what=what)
-
         # Phase 1: live updates of every symbol and both intervals arrive on the feed.
-        pump_until(lambda: {(f.symbol, f.interval) for _, f in peers.feed_messages} >=
-                   {(s, i) for s in symbols for i in ("1m", "5m")}, 15, "feed for every stream")
+        peers.pump_until(actor, lambda: {(f.symbol, f.interval) for _, f in peers.feed_messages} >=
+                         {(s, i) for s in symbols for i in ("1m", "5m")}, 15, "feed for every stream")
         assert sim.stats()["ws"]["opened"] >= 3
         live_since = int(time.time() * 1000)
         boundary_1 = live_since - live_since % MINUTE + MINUTE
 
         # Phase 2: the first minute boundary: every symbol's closed 1m candle, equal to truth.
-        pump_until(lambda: len(peers.closed("1m", boundary_1 - MINUTE)) == 30, 75, "closes at boundary 1")
+        peers.pump_until(actor, lambda: len(peers.closed("1m", boundary_1 - MINUTE)) == 30, 75, "closes at boundary 1")
         for symbol, candle in peers.closed("1m", boundary_1 - MINUTE).items():
             assert [row(candle)] == sim.truth(symbol, "1m", candle.open_time_ms, candle.open_time_ms)
 
@@ -132,7 +133,7 @@ def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir
         opened_before = sim.stats()["ws"]["opened"]
         gaps_before = len(peers.gaps)
         assert sim.drop_ws()
-        pump_until(lambda: sim.stats()["ws"]["opened"] >= opened_before + 3, 10, "reconnects after drop")
+        peers.pump_until(actor, lambda: sim.stats()["ws"]["opened"] >= opened_before + 3, 10, "reconnects after drop")
         # The drop is reported for every stream (renewals before it, with an overlap, were not).
         assert gaps_before == 0, peers.gaps
         reported = {t for g in peers.gaps for t in g.topics}
@@ -140,7 +141,7 @@ def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir
 
         # Phase 4: the next boundary, crossed after the drop and with renewals under way.
         boundary_2 = boundary_1 + MINUTE
-        pump_until(lambda: len(peers.closed("1m", boundary_2 - MINUTE)) == 30, 75, "closes at boundary 2")
+        peers.pump_until(actor, lambda: len(peers.closed("1m", boundary_2 - MINUTE)) == 30, 75, "closes at boundary 2")
         peers.pump(1.0)
         for symbol, candle in peers.closed("1m", boundary_2 - MINUTE).items():
             assert [row(candle)] == sim.truth(symbol, "1m", candle.open_time_ms, candle.open_time_ms)
@@ -279,26 +280,19 @@ def test_new_and_delisted_symbols_regroup_streams(sim_factory, workdir):
     peers = Peers(config)
     actor = ActorProcess("websocket", config, workdir)
     try:
-        def pump_until(predicate, timeout: float, what: str):
-            def step():
-                peers.pump(0.1)
-                assert actor.proc.poll() is None, actor.stderr()
-                return predicate()
-            return wait_for(step, timeout, interval=0, what=what)
-
         seen = lambda: {f.symbol for _, f in peers.feed_messages}
-        first = pump_until(lambda: len(seen()) == 3 and sorted(seen()), 15, "feed for 3 symbols")
+        first = peers.pump_until(actor, lambda: len(seen()) == 3 and sorted(seen()), 15, "feed for 3 symbols")
         assert sim.stats()["ws"]["opened"] == 2
         sim.list_symbol("NEWCOINUSDT", onboard_ms=int(time.time() * 1000) - 3_600_000)
-        pump_until(lambda: "NEWCOINUSDT" in seen(), 15, "feed for the new symbol")
+        peers.pump_until(actor, lambda: "NEWCOINUSDT" in seen(), 15, "feed for the new symbol")
         # Streams [a, b] [c] -> [a, b] [c, new]: one replacement connection, the full group kept.
-        pump_until(lambda: sim.stats()["ws"]["active"] == 2, 10, "old connection of group 1 closed")
+        peers.pump_until(actor, lambda: sim.stats()["ws"]["active"] == 2, 10, "old connection of group 1 closed")
         assert sim.stats()["ws"]["opened"] == 3
         sim.delist(first[0])
-        pump_until(lambda: sim.stats()["ws"]["opened"] == 4 and sim.stats()["ws"]["active"] == 2, 15,
-                   "group 0 regrouped without the delisted symbol")
+        peers.pump_until(actor, lambda: sim.stats()["ws"]["opened"] == 4 and sim.stats()["ws"]["active"] == 2, 15,
+                         "group 0 regrouped without the delisted symbol")
         peers.feed_messages.clear()
-        pump_until(lambda: seen() >= {first[1], first[2], "NEWCOINUSDT"}, 10, "feed after regroup")
+        peers.pump_until(actor, lambda: seen() >= {first[1], first[2], "NEWCOINUSDT"}, 10, "feed after regroup")
         assert first[0] not in seen()
         log = actor.stderr()
         assert log.count("event=connection_renewed") == 2 and "reason=regroup" in log
