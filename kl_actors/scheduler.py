@@ -22,7 +22,7 @@ import zmq
 from . import intervals, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
-from .clock import ServerClock
+from .clock import ServerClock, local_ms
 from .discovery import DiscoveryError, parse_exchange_info
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
                        TaskResult, WriteFailed)
@@ -60,6 +60,7 @@ class Scheduler(Actor):
         self.trading: dict[str, SymbolInfo] = {}
         self.known_symbols = False
         self.started = time.monotonic()
+        self.started_local_ms = local_ms()
         self.next_discovery = 0.0
         self.next_plan = 0.0
         self.next_progress = 0.0
@@ -197,7 +198,11 @@ class Scheduler(Actor):
         configured = self.config.klines.intervals
         server_now = self.clock.now_ms()
         if self.next_boundary_ms is None:
-            self.next_boundary_ms = min(intervals.next_boundary(i, server_now) for i in configured)
+            # Boundaries start a re-check window before this process did: a candle that closed
+            # while the clock or the symbols were still unknown, or so shortly before that
+            # backfill may have stored a provisional copy, still gets its fetch and re-check.
+            since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
+            self.next_boundary_ms = min(intervals.next_boundary(i, since) for i in configured)
         margin = self.config.live.boundary_margin_ms
         while server_now >= self.next_boundary_ms + margin:
             boundary = self.next_boundary_ms
