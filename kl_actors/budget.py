@@ -87,6 +87,12 @@ class WeightBudget:
             left -= self.prev_spent
         return max(0, left)
 
+    def left_in_minute(self, now_ms: int) -> int:
+        """What the current minute can still pay, ignoring the edge guard and any Retry-After hold:
+        for planning how much of it to ask for, not for releasing."""
+        self._roll(now_ms)
+        return max(0, self.usable - self.spent)
+
     def try_spend(self, weight: int, now_ms: int, task_id: str = "") -> bool:
         if self.available(now_ms) < weight:
             return False

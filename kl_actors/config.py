@@ -131,6 +131,8 @@ class LiveConfig(_Section):
     # values for a moment: each boundary candle is fetched again this long after its close
     # (REST overwrites REST). 0 disables the re-fetch.
     final_recheck_ms: int = 5000
+    # A boundary whose candles are not all REST-confirmed this long after the close is logged late.
+    boundary_deadline_s: float = 60.0
     clock_samples: int = 5
     ws_streams_per_connection: int = 200
     # The exchange closes a connection after 24 h; a replacement is opened this long before.
@@ -261,6 +263,8 @@ def check(config: Config, source: str) -> Config:
         fail("supervisor", "restart and heartbeat settings must be positive")
     if s.heartbeat_timeout_s <= s.heartbeat_s:
         fail("supervisor.heartbeat_timeout_s", "must be longer than supervisor.heartbeat_s")
+    if not config.live.boundary_deadline_s > 0:
+        fail("live.boundary_deadline_s", "must be positive")
     if config.writer.max_rows_per_txn < 1 or config.writer.max_delay_ms < 0:
         fail("writer", "max_rows_per_txn must be >= 1 and max_delay_ms >= 0")
     return config

@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import requests
 import zmq
 
-from . import intervals, planner
+from . import boundaries, intervals, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
@@ -67,7 +67,8 @@ class Scheduler(Actor):
         self.next_boundary_ms: int | None = None
         self.open_backfill: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.recently_done: OrderedDict[str, TaskState] = OrderedDict()
-        self.boundary_open: dict[int, list] = {}  # boundary -> [open tasks, lags]
+        self.tallies: dict[tuple[int, str], boundaries.BoundaryTally] = {}  # (boundary, interval)
+        self.unreleased: defaultdict[int, int] = defaultdict(int)  # boundary -> queued fetch weight
         self.backfill_total = 0
         self.backfill_done = 0
         self.candles_done = 0
@@ -88,6 +89,7 @@ class Scheduler(Actor):
             self._plan_boundaries()
         self._expire_leases()
         self._dispatch()
+        self._check_late()
         if now >= self.next_progress:
             self._progress(now)
         if self.mode == "once" and self.planned_once and self.book.open_count() == 0:
@@ -203,21 +205,24 @@ class Scheduler(Actor):
             # backfill may have stored a provisional copy, still gets its fetch and re-check.
             since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
             self.next_boundary_ms = min(intervals.next_boundary(i, since) for i in configured)
-        margin = self.config.live.boundary_margin_ms
-        while server_now >= self.next_boundary_ms + margin:
+        live = self.config.live
+        while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
             boundary = self.next_boundary_ms
             closing = intervals.closing_at(boundary, configured)
-            count = 0
+            double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
+                                             self.budget.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
                 open_ms = intervals.prev_open(interval, boundary)
                 for symbol in self.trading:
-                    self._add_boundary(symbol, interval, open_ms, boundary, "boundary", 0)
-                    count += 1
-                    if self.config.live.final_recheck_ms:
-                        self._add_boundary(symbol, interval, open_ms, boundary, "recheck",
-                                           boundary + self.config.live.final_recheck_ms)
-            self.boundary_open[boundary] = [count, []]
-            self.log.info("boundary", boundary_ms=boundary, intervals=",".join(closing), tasks=count,
+                    for fetch in boundaries.fetches(double[interval], live.final_recheck_ms):
+                        self._add_boundary(symbol, interval, open_ms, boundary, fetch.kind,
+                                           boundary + fetch.delay_ms if fetch.delay_ms else 0)
+                if self.trading:
+                    self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval,
+                                                                                 len(self.trading))
+            self.log.info("boundary", boundary_ms=boundary, intervals=",".join(closing),
+                          candles=len(closing) * len(self.trading),
+                          refetched=",".join(i for i in closing if double[i]) or "-",
                           late_ms=server_now - boundary)
             self.next_boundary_ms = min(intervals.next_boundary(i, boundary) for i in configured)
 
@@ -227,6 +232,21 @@ class Scheduler(Actor):
                             start_ms=open_ms, end_ms=open_ms, limit=1, priority="boundary")
         self.book.add(TaskState(task=task, kind=kind, boundary_ms=boundary, not_before_ms=not_before_ms,
                                 created_ms=self.clock.now_ms()))
+        self.unreleased[boundary] += weight_for_limit(1)
+
+    def _check_late(self) -> None:
+        """Log a boundary not REST-confirmed within the deadline once; forget it long after."""
+        server_now = self.clock.now_ms()
+        deadline_ms = int(self.config.live.boundary_deadline_s * 1000)
+        for key, tally in list(self.tallies.items()):
+            if tally.is_late(server_now, deadline_ms):
+                tally.late_logged = True
+                self.log.warning("boundary_late", boundary_ms=tally.boundary_ms, interval=tally.interval,
+                                 unconfirmed=tally.open, confirmed=len(tally.lags_ms),
+                                 after_s=round((server_now - tally.boundary_ms) / 1000, 1),
+                                 action="still queued; the WebSocket close stands in")
+            elif server_now - tally.boundary_ms > max(10 * deadline_ms, 3_600_000):
+                del self.tallies[key]  # its tasks were dropped (symbol delisted): stop tracking
 
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -236,22 +256,47 @@ class Scheduler(Actor):
             if st is None:
                 return
             weight = weight_for_limit(st.task.limit)
-            if self.budget.available(server_now) < weight:
+            room = self.budget.available(server_now)
+            window = server_now - server_now % intervals.MINUTE_MS
+            if self.mode != "once" and (st.task.priority != "boundary" or st.boundary_ms < window):
+                # Older work never takes what this minute's own closes will need (the queue
+                # ranks those first, so nothing fresh waits behind a task held back here).
+                room -= boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
+                                           len(self.trading), self.config.klines.intervals)
+            if room < weight:
                 return
             if not self.send(self.tasks_out, st.task, block=False):
                 return
             self.budget.try_spend(weight, server_now, st.task.task_id)
             self.book.dispatched(st.task.task_id, server_now)
+            if st.task.priority == "boundary":
+                self._released(st.boundary_ms, weight)
+
+    def _released(self, boundary_ms: int, weight: int) -> None:
+        left = self.unreleased.get(boundary_ms, 0) - weight
+        if left > 0:
+            self.unreleased[boundary_ms] = left
+        else:
+            self.unreleased.pop(boundary_ms, None)
+
+    def _retry(self, task_id: str, server_now: int, delay_ms: int, error: str,
+               count_attempt: bool = True) -> TaskState | None:
+        """`book.retry`, keeping the count of boundary weight waiting to be released true."""
+        was_out = task_id in self.book.in_flight
+        st = self.book.retry(task_id, server_now, delay_ms, error, count_attempt=count_attempt)
+        if st is not None and was_out and st.task.priority == "boundary":
+            self.unreleased[st.boundary_ms] += weight_for_limit(st.task.limit)
+        return st
 
     def _expire_leases(self) -> None:
         server_now = self.clock.now_ms()
         for task_id in self.book.expired(server_now):
             self.budget.settle(task_id, 0, server_now)
-            st = self.book.retry(task_id, server_now, 0, "lease expired", count_attempt=True)
+            st = self._retry(task_id, server_now, 0, "lease expired", count_attempt=True)
             self.log.warning("lease_expired", task_id=task_id,
                              action="re-issued" if st else "given up")
             if st is None:
-                self._closed(self.book.failed[task_id])
+                self._given_up(self.book.failed[task_id])
 
     # -- results and announcements ------------------------------------------------------------
     def _on_result(self, sock: zmq.Socket) -> None:
@@ -278,7 +323,7 @@ class Scheduler(Actor):
             self.budget.block(r.retry_after_s, server_now)
             self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
                              action=f"all dispatch paused for {max(r.retry_after_s, 1.0):.1f}s")
-            self.book.retry(r.task_id, server_now, int(max(r.retry_after_s, 1.0) * 1000), r.status,
+            self._retry(r.task_id, server_now, int(max(r.retry_after_s, 1.0) * 1000), r.status,
                             count_attempt=False)
             return
         if r.status == "not_final":
@@ -287,11 +332,11 @@ class Scheduler(Actor):
             st = self.book.states.get(r.task_id)
             attempt = st.task.attempt if st else 1
             delay = min(500 * 2 ** (attempt - 1), 30_000)
-        st = self.book.retry(r.task_id, server_now, delay, f"{r.status}: {r.detail}"[:300])
+        st = self._retry(r.task_id, server_now, delay, f"{r.status}: {r.detail}"[:300])
         if st is None and r.task_id in self.book.failed:
             self.log.error("task_given_up", task_id=r.task_id, status=r.status, detail=r.detail[:200],
                            action="reported in summary")
-            self._closed(self.book.failed[r.task_id])
+            self._given_up(self.book.failed[r.task_id])
         else:
             self.log.info("task_retry", task_id=r.task_id, status=r.status, detail=r.detail[:160],
                           action=f"retry in {delay / 1000:.1f}s")
@@ -320,7 +365,7 @@ class Scheduler(Actor):
             elif isinstance(msg, WriteFailed):
                 server_now = self.clock.now_ms()
                 for task_id in msg.task_ids:
-                    self.book.retry(task_id, server_now, 1000, f"write failed: {msg.error}"[:300])
+                    self._retry(task_id, server_now, 1000, f"write failed: {msg.error}"[:300])
                 self.log.warning("write_failed", tasks=len(msg.task_ids), error=msg.error[:200],
                                  action="tasks re-issued in 1.0s")
             elif isinstance(msg, ClockSync):
@@ -332,15 +377,18 @@ class Scheduler(Actor):
             self.recently_done.popitem(last=False)
         self.candles_done += st.candles
         self._closed(st)
-        if st.kind == "boundary" and st.boundary_ms in self.boundary_open:
-            entry = self.boundary_open[st.boundary_ms]
-            entry[0] -= 1
-            entry[1].append(self.clock.now_ms(committed_at_ms) - st.boundary_ms)
-            if entry[0] <= 0:
-                lags = sorted(entry[1])
-                self.log.info("boundary_done", boundary_ms=st.boundary_ms, tasks=len(lags),
-                              lag_p50_ms=lags[len(lags) // 2], lag_max_ms=lags[-1])
-                del self.boundary_open[st.boundary_ms]
+        tally = self.tallies.get((st.boundary_ms, st.task.interval)) if st.kind in boundaries.FINAL_KINDS else None
+        if tally is not None and tally.confirmed(self.clock.now_ms(committed_at_ms)):
+            self.log.info("boundary_done", **tally.summary())
+            del self.tallies[(st.boundary_ms, st.task.interval)]
+
+    def _given_up(self, st: TaskState) -> None:
+        self._closed(st)
+        key = (st.boundary_ms, st.task.interval)
+        tally = self.tallies.get(key) if st.kind in boundaries.FINAL_KINDS else None
+        if tally is not None and tally.given_up():
+            self.log.warning("boundary_done", **tally.summary())
+            del self.tallies[key]
 
     def _closed(self, st: TaskState) -> None:
         if st.task.priority == "backfill":

@@ -4,7 +4,7 @@ A task is done only when the writer has announced its rows committed; the downlo
 only extends the lease while the commit is on its way. A lease that expires puts the task back in
 the queue (a downloader died, a message was lost): upserts are idempotent, so a duplicate is
 harmless. Failed attempts go back with a delay, and after `max_attempts` the task is given up and
-reported. Boundary tasks go ahead of backfill, shortest interval first.
+reported. Boundary tasks go ahead of backfill, in the order `boundaries.rank` gives.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from . import intervals
+from . import boundaries
 from .messages import DownloadTask
 
 
 @dataclass
 class TaskState:
     task: DownloadTask
-    kind: str = "backfill"               # new / tail / hole / boundary / recheck
+    kind: str = "backfill"               # new / tail / hole / boundary / recheck / single
     boundary_ms: int = 0
     not_before_ms: int = 0
     lease_until_ms: int = 0
@@ -48,9 +48,7 @@ class TaskBook:
     @staticmethod
     def _rank(st: TaskState) -> tuple:
         t = st.task
-        if t.priority == "boundary":
-            return (0, st.boundary_ms, intervals.nominal_ms(t.interval), t.symbol)
-        return (1, 0, 0, "")
+        return boundaries.rank(t.priority, st.boundary_ms, t.interval, t.symbol)
 
     def _queue(self, st: TaskState) -> None:
         entry_id = st.task.task_id

@@ -7,7 +7,8 @@ page by page across several symbols, so most pages are cold (never served before
 pass; `--repeat` re-serves the same pages to measure the warm row cache.
 
 `live`: candle close -> database commit and -> feed consumer, p50/p99, over the WebSocket path
-and the REST boundary path (see scripts/live_bench.py).
+and the REST boundary path (see scripts/live_bench.py); `live --universe`: the top of the day with
+550 symbols x 15 intervals, close -> REST confirmation per interval (scripts/universe_live_bench.py).
 """
 
 from __future__ import annotations
@@ -97,7 +98,12 @@ def bench_live(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import live_bench
 
-    live_bench.run(minutes=a.minutes, symbols=a.symbols, weight_limit=a.weight_limit)
+    if a.universe:
+        import universe_live_bench
+
+        universe_live_bench.run(symbols=a.symbols or 550, minutes=a.minutes or 6)
+        return 0
+    live_bench.run(minutes=a.minutes or 3, symbols=a.symbols or 200, weight_limit=a.weight_limit)
     return 0
 
 
@@ -119,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p_backfill.add_argument("--lifted-only", action="store_true")
     p_backfill.set_defaults(func=bench_backfill)
     p_live = sub.add_parser("live", help="close -> commit and close -> feed latency, WebSocket vs REST path")
-    p_live.add_argument("--minutes", type=int, default=3, help="boundaries counted per path (one a minute)")
-    p_live.add_argument("--symbols", type=int, default=200)
+    p_live.add_argument("--minutes", type=int, help="boundaries counted per path (one a minute; default 3)")
+    p_live.add_argument("--symbols", type=int, help="default 200 (550 with --universe)")
     p_live.add_argument("--weight-limit", type=int, default=2400,
                         help="simulator weight limit per minute (2400: the exchange's)")
+    p_live.add_argument("--universe", action="store_true",
+                        help="the top of the day: 550 symbols x 15 intervals, stream-only, real limit "
+                             "(--minutes after 00:00 UTC, default 6 with this flag)")
     p_live.set_defaults(func=bench_live)
     a = parser.parse_args(argv)
     return a.func(a)
