@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line for the operator."""
 
 
+# An actor exits with this status when a restart cannot help (e.g. the database became read-only):
+# the supervisor then stops the service with exit 2 instead of restarting into a crash loop.
+# (78 is EX_CONFIG of sysexits.h; no actor exits with it by accident.)
+EXIT_FATAL = 78
+
+
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 

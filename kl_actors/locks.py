@@ -29,7 +29,9 @@ class PidLock:
 
     def acquire(self) -> "PidLock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # The held descriptor is read-only (flock needs no more): a file open for writing
+            # would pin its file system writable (a remount read-only fails with EBUSY).
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StartError(f"cannot open lock file {self.path}: {exc.strerror}") from None
         try:
@@ -38,9 +40,13 @@ class PidLock:
             holder = _read_pid(fd)
             os.close(fd)
             raise StartError(f"already running (pid {holder}): {self.what} is locked ({self.path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        try:
+            with open(self.path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            self.release()
+            raise StartError(f"cannot write lock file {self.path}: {exc.strerror}") from None
         return self
 
     def release(self) -> None:

@@ -5,7 +5,8 @@ only), writes the effective config there for the actors, and keeps each actor's 
 restarts, last heartbeat) in `status.json` beside it. An actor that exits or goes silent for
 `supervisor.heartbeat_timeout_s` is restarted after an exponential backoff; an actor restarted more
 than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
-and one line naming the actor and its last exit. SIGTERM/SIGINT stop every actor (SIGTERM, then
+and one line naming the actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a
+restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
 SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actor.py).
 
 Before any actor (or the `--sim` simulator) starts, it takes an exclusive lock in the runtime dir
@@ -158,6 +159,15 @@ class Supervisor:
                     self.log.info("once_finished", scheduler_exit=code, action="stopping all actors")
                     w.proc = None
                     self.exit_code = ONCE_EXIT[code]
+                    self._stopping = True
+                    return
+                if code == cfg.EXIT_FATAL:
+                    self.log.error("actor_fatal", name=w.name, action="stopping all actors")
+                    print(f"kl-actors: actor {w.name} cannot run (see its last log line); stopping the service",
+                          file=sys.stderr, flush=True)
+                    w.proc = None
+                    w.last_exit = "fatal"
+                    self.exit_code = 2
                     self._stopping = True
                     return
                 if code is not None:

@@ -168,3 +168,35 @@ def test_sim_simulator_dies_with_a_kill9_supervisor(workdir, service_factory):
     finally:
         if pid_alive(sim):
             os.kill(sim, signal.SIGKILL)
+
+
+def test_database_turning_read_only_stops_the_service_without_crash_loop(workdir, service_factory):
+    """The disk goes read-only under a running service (ext4 errors=remount-ro): the restarted
+    writer exits fatal, and the supervisor stops with exit 2 and one line instead of looping."""
+    mountpoint = workdir / "disk"
+    mountpoint.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        service = service_factory(make_config(workdir, database={"path": str(mountpoint / "db.sqlite")}),
+                                  ["--actors", "broker,writer"])
+        writer = service.wait_running(ACTORS)["writer"]["pid"]
+        # Hold the supervisor still so it cannot restart the writer before the file system is
+        # read-only (a file open for writing makes the remount fail).
+        os.kill(service.proc.pid, signal.SIGSTOP)
+        try:
+            os.kill(writer, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(writer), timeout=10, what="writer to die")
+            subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True, capture_output=True)
+        finally:
+            os.kill(service.proc.pid, signal.SIGCONT)
+        service.proc.wait(timeout=30)
+        code, err = service.stop()
+        assert code == 2, err
+        assert "kl-actors: actor writer cannot run (see its last log line); stopping the service" in err
+        assert "event=database_unwritable" in err
+        assert err.count("event=actor_started name=writer") == 2  # the first start and one restart
+        assert "Traceback" not in err
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
