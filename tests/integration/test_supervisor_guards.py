@@ -13,7 +13,10 @@ from pathlib import Path
 import apsw
 import msgspec
 import pytest
+import zmq
 
+from kl_actors import intervals, messages
+from kl_actors.store import Store, StoreError
 from procs import ROOT, make_config, pid_alive, wait_for, write_toml
 
 ACTORS = ["broker", "writer"]
@@ -26,12 +29,46 @@ def _run_to_exit(config, workdir: Path, *extra: str, name: str = "second.toml") 
     return proc.returncode, proc.stderr
 
 
+T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
+
+
+def _stored_opens(db: str) -> list[int]:
+    try:
+        store = Store.open_readonly(path=db)
+    except StoreError:
+        return []
+    try:
+        return [r[0] for r in store.candles("BTCUSDT", "1m")]
+    except StoreError:
+        return []
+    finally:
+        store.close()
+
+
+def _assert_writes(config) -> None:
+    """A batch pushed to the writer's endpoint lands in the database: the ipc path is still the
+    first service's, and its writer still commits."""
+    open_ms = T0 + len(_stored_opens(config.database.path)) * 60_000
+    candle = messages.Candle(open_ms, "100.1", "101.0", "99.9", "100.5", "12.34",
+                             intervals.close_time("1m", open_ms), "1234.5", 42, "6.0", "617.2")
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(config.endpoints.writer)
+    try:
+        push.send(messages.encode(messages.KlineBatch("BTCUSDT", "1m", "rest", [candle], task_id="probe")))
+        wait_for(lambda: open_ms in _stored_opens(config.database.path), timeout=10, what="the probe row")
+    finally:
+        push.close()
+        context.term()
+
+
 def _assert_undisturbed(service, before: dict) -> None:
     after = service.wait_running(ACTORS, timeout=10)
     assert {n: after[n]["pid"] for n in ACTORS} == {n: before[n]["pid"] for n in ACTORS}
     assert all(after[n]["restarts"] == 0 for n in ACTORS)
-    # Still this supervisor's runtime dir: its config and its status file, its ipc paths served.
     assert service.proc.poll() is None
+    _assert_writes(service.config)
 
 
 def test_second_supervisor_on_same_runtime_dir_exits_2(workdir, service_factory):
