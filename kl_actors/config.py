@@ -8,6 +8,7 @@ Endpoints may contain `{runtime_dir}`, filled in after loading so every actor se
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,12 @@ from .symbols import SymbolError, validate_symbol
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line for the operator."""
+
+
+# An actor exits with this status when a restart cannot help (e.g. the database became read-only):
+# the supervisor then stops the service with exit 2 instead of restarting into a crash loop.
+# (78 is EX_CONFIG of sysexits.h; no actor exits with it by accident.)
+EXIT_FATAL = 78
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -208,18 +215,50 @@ def _endpoint_is_loopback(endpoint: str) -> bool:
         return False
 
 
+# A depth beyond this is a typo, not a plan: 10 M one-minute candles is 19 years.
+MAX_DEPTH = 10_000_000
+
+
+def _floats(node: object, prefix: str = ""):
+    """Every float in the tree as (dotted key, value): NaN and infinity are refused everywhere."""
+    for name in node.__struct_fields__:
+        value = getattr(node, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, msgspec.Struct):
+            yield from _floats(value, key + ".")
+        elif isinstance(value, float):
+            yield key, value
+
+
 def check(config: Config, source: str) -> Config:
-    """Rules that types alone cannot say; raises ConfigError naming the key."""
+    """Rules that types alone cannot say; raises ConfigError naming the key.
+
+    Every key that a harmful value can reach has a rule here (a test walks them all): a value
+    that would crash an actor on every restart, or quietly disable it, is refused at start.
+    """
 
     def fail(key: str, text: str) -> None:
         raise ConfigError(f"{source}: key {key}: {text}")
 
+    def positive(key: str, value: float) -> None:
+        if not value > 0:
+            fail(key, f"must be positive, got {value}")
+
+    def at_least(key: str, value: float, low: float) -> None:
+        if not value >= low:
+            fail(key, f"must be at least {low}, got {value}")
+
+    for key, value in _floats(config):
+        if not math.isfinite(value):
+            fail(key, f"must be a finite number, got {value}")
     for url_key, url, schemes in (
         ("exchange.rest_url", config.exchange.rest_url, ("http://", "https://")),
         ("exchange.ws_url", config.exchange.ws_url, ("ws://", "wss://")),
     ):
         if not url.startswith(schemes):
             fail(url_key, f"{url!r} must start with {' or '.join(schemes)}")
+    positive("exchange.request_timeout_s", config.exchange.request_timeout_s)
+    positive("symbols.rediscover_s", config.symbols.rediscover_s)
     if not config.klines.intervals:
         fail("klines.intervals", "at least one interval is needed")
     for name in config.klines.intervals:
@@ -230,8 +269,8 @@ def check(config: Config, source: str) -> Config:
     for name, depth in config.klines.depth.items():
         if name not in intervals.INTERVALS:
             fail(f"klines.depth.{name}", "not an interval")
-        if depth < 1:
-            fail(f"klines.depth.{name}", f"must be at least 1, got {depth}")
+        if not 1 <= depth <= MAX_DEPTH:
+            fail(f"klines.depth.{name}", f"must be 1..{MAX_DEPTH}, got {depth}")
     for key in ("include", "exclude"):
         for symbol in getattr(config.symbols, key):
             try:
@@ -245,28 +284,61 @@ def check(config: Config, source: str) -> Config:
         fail("downloader.concurrency", f"must be 1..32, got {d.concurrency}")
     if not 1 <= d.page_limit <= 1500:
         fail("downloader.page_limit", f"must be 1..1500 (the exchange's maximum), got {d.page_limit}")
-    if d.lease_s <= 0:
-        fail("downloader.lease_s", "must be positive")
+    positive("downloader.lease_s", d.lease_s)
+    at_least("downloader.max_attempts", d.max_attempts, 1)
     if config.weight.limit_per_minute < 0:
         fail("weight.limit_per_minute", "must be 0 (from exchangeInfo) or positive")
     if not 0 < config.weight.usable_fraction <= 1:
-        fail("weight.usable_fraction", "must be in (0, 1]")
+        fail("weight.usable_fraction", f"must be in (0, 1], got {config.weight.usable_fraction}")
     e = config.endpoints
+    seen: dict[str, str] = {}
     for key in ENDPOINT_KEYS:
         value = getattr(e, key)
         if not value.startswith(("ipc://", "tcp://", "inproc://")):
             fail(f"endpoints.{key}", f"{value!r} must be an ipc:// or tcp:// endpoint")
+        if value in seen:
+            fail(f"endpoints.{key}", f"{value!r} is also endpoints.{seen[value]}; each needs its own")
+        seen[value] = key
+        # Internal sockets carry no authentication (no CURVE yet): a peer that reaches one can push
+        # a KlineBatch that overwrites real rows, so only this host may.
+        if key != "feed" and not _endpoint_is_loopback(value):
+            fail(f"endpoints.{key}", f"{value!r} is not loopback; internal endpoints have no "
+                                     "authentication and must be ipc:// or a loopback tcp:// address")
     if not e.allow_public_feed and not _endpoint_is_loopback(e.feed):
         fail("endpoints.feed", f"{e.feed!r} is not loopback; set endpoints.allow_public_feed = true to expose it")
+    db = config.database
+    if not db.path.strip():
+        fail("database.path", "must not be empty")
+    at_least("database.busy_timeout_ms", db.busy_timeout_ms, 0)
+    at_least("database.cache_size_kib", db.cache_size_kib, 0)
+    at_least("database.mmap_size_mib", db.mmap_size_mib, 0)
+    at_least("writer.max_rows_per_txn", config.writer.max_rows_per_txn, 1)
+    at_least("writer.max_delay_ms", config.writer.max_delay_ms, 0)
     s = config.supervisor
-    if s.max_restarts < 0 or s.restart_window_s <= 0 or s.heartbeat_s <= 0 or s.stop_timeout_s <= 0:
-        fail("supervisor", "restart and heartbeat settings must be positive")
+    positive("supervisor.heartbeat_s", s.heartbeat_s)
     if s.heartbeat_timeout_s <= s.heartbeat_s:
         fail("supervisor.heartbeat_timeout_s", "must be longer than supervisor.heartbeat_s")
-    if not config.live.boundary_deadline_s > 0:
-        fail("live.boundary_deadline_s", "must be positive")
-    if config.writer.max_rows_per_txn < 1 or config.writer.max_delay_ms < 0:
-        fail("writer", "max_rows_per_txn must be >= 1 and max_delay_ms >= 0")
+    positive("supervisor.restart_backoff_initial_s", s.restart_backoff_initial_s)
+    if s.restart_backoff_max_s < s.restart_backoff_initial_s:
+        fail("supervisor.restart_backoff_max_s", "must be at least supervisor.restart_backoff_initial_s")
+    at_least("supervisor.max_restarts", s.max_restarts, 0)
+    positive("supervisor.restart_window_s", s.restart_window_s)
+    positive("supervisor.stop_timeout_s", s.stop_timeout_s)
+    lv = config.live
+    at_least("live.boundary_margin_ms", lv.boundary_margin_ms, 0)
+    positive("live.not_final_retry_ms", lv.not_final_retry_ms)
+    at_least("live.final_recheck_ms", lv.final_recheck_ms, 0)
+    at_least("live.clock_samples", lv.clock_samples, 1)
+    if not 1 <= lv.ws_streams_per_connection <= 1024:
+        fail("live.ws_streams_per_connection", f"must be 1..1024 (the exchange's maximum), got {lv.ws_streams_per_connection}")
+    positive("live.ws_lifetime_s", lv.ws_lifetime_s)
+    at_least("live.ws_renew_before_s", lv.ws_renew_before_s, 0)
+    if lv.ws_renew_before_s >= lv.ws_lifetime_s:
+        fail("live.ws_renew_before_s", "must be shorter than live.ws_lifetime_s")
+    positive("live.ws_reconnect_initial_s", lv.ws_reconnect_initial_s)
+    if lv.ws_reconnect_max_s < lv.ws_reconnect_initial_s:
+        fail("live.ws_reconnect_max_s", "must be at least live.ws_reconnect_initial_s")
+    positive("live.boundary_deadline_s", lv.boundary_deadline_s)
     return config
 
 

@@ -5,11 +5,15 @@ only), writes the effective config there for the actors, and keeps each actor's 
 restarts, last heartbeat) in `status.json` beside it. An actor that exits or goes silent for
 `supervisor.heartbeat_timeout_s` is restarted after an exponential backoff; an actor restarted more
 than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
-and one line naming the actor and its last exit. SIGTERM/SIGINT stop every actor (SIGTERM, then
+and one line naming the actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a
+restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
 SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actor.py).
 
-The supervisor never touches the database or the exchange itself; with `--sim` it only starts the
-bundled simulator and points the exchange URLs at it.
+Before any actor (or the `--sim` simulator) starts, it takes an exclusive lock in the runtime dir
+and one beside the database (`<db>.lock`, see locks.py) and checks the database can be written:
+a second copy (also `--once` from cron beside a running service) or a read-only database ends
+with one line and exit 2. Beyond that check the supervisor never touches the database or the
+exchange; with `--sim` it only starts the bundled simulator and points the exchange URLs at it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import msgspec
 import zmq
 
 from . import cli, messages
+from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
 from .restarts import RestartPolicy
@@ -55,6 +60,30 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+def make_runtime_dir(runtime_dir: Path) -> None:
+    try:
+        runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"runtime directory {runtime_dir}: cannot create: {exc.strerror}") from None
+    info = runtime_dir.stat()
+    if info.st_uid != os.getuid():
+        raise StartError(f"runtime directory {runtime_dir} belongs to another user")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(runtime_dir, 0o700)
+
+
+def take_locks(stack: contextlib.ExitStack, config: cfg.Config, names: list[str]) -> None:
+    """The runtime dir's lock always; the database's lock (and its write check) when this
+    supervisor runs an actor that writes it or spends the weight budget. Raises StartError."""
+    runtime_dir = Path(config.endpoints.runtime_dir)
+    make_runtime_dir(runtime_dir)
+    stack.enter_context(PidLock(str(runtime_dir / "supervisor.lock"), f"runtime directory {runtime_dir}"))
+    if {"writer", "scheduler"} & set(names):
+        db = config.database.path
+        check_database_writable(db)
+        stack.enter_context(PidLock(db + ".lock", f"database {db}"))
 
 
 class Watched:
@@ -88,12 +117,7 @@ class Supervisor:
 
     # -- runtime directory ---------------------------------------------------------------------
     def prepare_runtime_dir(self) -> None:
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = self.runtime_dir.stat()
-        if info.st_uid != os.getuid():
-            raise cfg.ConfigError(f"runtime directory {self.runtime_dir} belongs to another user")
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            os.chmod(self.runtime_dir, 0o700)
+        make_runtime_dir(self.runtime_dir)
         fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(msgspec.json.encode(self.config))
@@ -135,6 +159,15 @@ class Supervisor:
                     self.log.info("once_finished", scheduler_exit=code, action="stopping all actors")
                     w.proc = None
                     self.exit_code = ONCE_EXIT[code]
+                    self._stopping = True
+                    return
+                if code == cfg.EXIT_FATAL:
+                    self.log.error("actor_fatal", name=w.name, action="stopping all actors")
+                    print(f"kl-actors: actor {w.name} cannot run (see its last log line); stopping the service",
+                          file=sys.stderr, flush=True)
+                    w.proc = None
+                    w.last_exit = "fatal"
+                    self.exit_code = 2
                     self._stopping = True
                     return
                 if code is not None:
@@ -232,21 +265,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(msgspec.to_builtins(config), indent=2))
         return 0
+    names = actor_names(config)
+    if args.actors:
+        wanted = [n.strip() for n in args.actors.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            print(f"kl-actors: --actors: unknown actor(s) {', '.join(unknown)}; this config has "
+                  f"{', '.join(names)}", file=sys.stderr)
+            return 2
+        names = wanted
     with contextlib.ExitStack() as stack:
+        try:
+            take_locks(stack, config, names)
+        except StartError as exc:
+            print(f"kl-actors: {exc}", file=sys.stderr, flush=True)
+            return 2
         if args.sim:
             config = stack.enter_context(_with_simulator(config, args.sim_symbols))
-        names = actor_names(config)
-        if args.actors:
-            wanted = [n.strip() for n in args.actors.split(",") if n.strip()]
-            unknown = [n for n in wanted if n not in names]
-            if unknown:
-                print(f"kl-actors: --actors: unknown actor(s) {', '.join(unknown)}; this config has "
-                      f"{', '.join(names)}", file=sys.stderr)
-                return 2
-            names = wanted
         try:
             return Supervisor(config, names).run()
-        except cfg.ConfigError as exc:
+        except (cfg.ConfigError, StartError) as exc:
             print(f"kl-actors: {exc}", file=sys.stderr)
             return 2
     return 0
@@ -257,7 +295,8 @@ def _with_simulator(config: cfg.Config, n_symbols: int):
     """Start the bundled simulator on loopback and point the exchange URLs at it."""
     from .sim.process import SimProcess
 
-    with SimProcess(symbols=n_symbols) as sim:
+    # die_with_parent: a kill -9 of the supervisor must not leave the simulator serving.
+    with SimProcess(symbols=n_symbols, die_with_parent=True) as sim:
         exchange = msgspec.structs.replace(config.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url)
         Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url)
         yield msgspec.structs.replace(config, exchange=exchange)

@@ -26,6 +26,7 @@ import gc
 import itertools
 import operator
 import re
+import sys
 import time
 
 import apsw
@@ -34,6 +35,7 @@ import zmq
 
 from . import intervals, messages
 from .actor import Actor, now_ms
+from .config import EXIT_FATAL
 from .klines import PageError, check_candle
 from .messages import Candle, ExchangeHole, KlineBatch, SymbolsUpdate
 from .store import Store
@@ -117,7 +119,13 @@ class Writer(Actor):
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         e = self.config.endpoints
         self.settings = self.config.writer
-        self.store = Store.open_writer(self.config.database)
+        try:
+            self.store = Store.open_writer(self.config.database)
+        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError) as exc:
+            # A restart cannot make the file writable: exit fatal, the supervisor stops (exit 2).
+            self.log.error("database_unwritable", path=self.config.database.path, error=str(exc),
+                           action="exiting fatal")
+            sys.exit(EXIT_FATAL)
         self.inbox = self.socket(zmq.PULL, e.writer, bind=True, hwm=INBOX_HWM)
         self.bus = self.socket(zmq.PUB, e.bus_pub)
         self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)

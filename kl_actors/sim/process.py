@@ -8,12 +8,15 @@
         sim.truth("BTCUSDT", "1m", start_ms, end_ms)
 
 Keyword options map to CLI flags (`ws_lifetime_s=5` → `--ws-lifetime-s 5`; True → bare flag).
-The process is killed on exit, also when start-up fails. Stdlib only (urllib).
+The process is killed on exit, also when start-up fails. `die_with_parent=True` (used by the
+service's `--sim`) also ends it when the starting process dies, even by kill -9 (Linux
+PR_SET_PDEATHSIG). Stdlib only (urllib, ctypes).
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import json
 import os
 import queue
@@ -24,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import signal
 from pathlib import Path
 
 _PKG_PARENT = str(Path(__file__).resolve().parents[2])
@@ -48,17 +52,33 @@ def _keep_tail(stream, tail: "collections.deque") -> None:
         pass
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal(parent_pid: int):
+    """A preexec_fn: SIGTERM this child when its parent dies (the parent *thread* in Linux terms,
+    so start it from a thread that lives as long as the process, as the supervisor does)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to import in the child
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
+
 class SimStartError(RuntimeError):
     pass
 
 
 class SimProcess:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 15.0,
-                 python: str = sys.executable, **options):
+                 python: str = sys.executable, die_with_parent: bool = False, **options):
         self.host, self.port = host, port
         self.start_timeout_s = start_timeout_s
         self.python = python
         self.options = options
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
         self.rest_url = ""
         self.ws_url = ""
@@ -79,7 +99,8 @@ class SimProcess:
         env["PYTHONPATH"] = _PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, text=True)
+                                     stderr=subprocess.PIPE, env=env, text=True,
+                                     preexec_fn=_parent_death_signal(os.getpid()) if self.die_with_parent else None)
         try:
             lines: queue.Queue = queue.Queue()
             threading.Thread(target=_read_lines, args=(self.proc.stdout, lines),

@@ -1,0 +1,120 @@
+"""Every config key a harmful value can reach is refused at start, with one line naming the key."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pytest
+
+from kl_actors import config as cfg
+
+
+def _with(section: str, **changes) -> cfg.Config:
+    base = cfg.Config()
+    return msgspec.structs.replace(base, **{section: msgspec.structs.replace(getattr(base, section), **changes)})
+
+
+NAN, INF = math.nan, math.inf
+
+BAD = [
+    ("exchange.request_timeout_s", "exchange", {"request_timeout_s": 0.0}),
+    ("exchange.request_timeout_s", "exchange", {"request_timeout_s": -1.0}),
+    ("exchange.request_timeout_s", "exchange", {"request_timeout_s": NAN}),
+    ("exchange.request_timeout_s", "exchange", {"request_timeout_s": INF}),
+    ("symbols.rediscover_s", "symbols", {"rediscover_s": 0.0}),
+    ("symbols.rediscover_s", "symbols", {"rediscover_s": NAN}),
+    ("klines.depth.1m", "klines", {"depth": {"1m": 0}}),
+    ("klines.depth.1m", "klines", {"depth": {"1m": 10_000_001}}),
+    ("downloader.lease_s", "downloader", {"lease_s": 0.0}),
+    ("downloader.lease_s", "downloader", {"lease_s": NAN}),
+    ("downloader.max_attempts", "downloader", {"max_attempts": 0}),
+    ("downloader.max_attempts", "downloader", {"max_attempts": -3}),
+    ("weight.usable_fraction", "weight", {"usable_fraction": NAN}),
+    ("weight.usable_fraction", "weight", {"usable_fraction": 0.0}),
+    ("database.path", "database", {"path": ""}),
+    ("database.busy_timeout_ms", "database", {"busy_timeout_ms": -1}),
+    ("database.cache_size_kib", "database", {"cache_size_kib": -1}),
+    ("database.mmap_size_mib", "database", {"mmap_size_mib": -1}),
+    ("writer.max_rows_per_txn", "writer", {"max_rows_per_txn": 0}),
+    ("writer.max_delay_ms", "writer", {"max_delay_ms": -1}),
+    ("supervisor.heartbeat_s", "supervisor", {"heartbeat_s": NAN}),
+    ("supervisor.heartbeat_s", "supervisor", {"heartbeat_s": 0.0}),
+    ("supervisor.heartbeat_timeout_s", "supervisor", {"heartbeat_timeout_s": NAN}),
+    ("supervisor.heartbeat_timeout_s", "supervisor", {"heartbeat_timeout_s": 0.5}),
+    ("supervisor.restart_backoff_initial_s", "supervisor", {"restart_backoff_initial_s": -0.1}),
+    ("supervisor.restart_backoff_initial_s", "supervisor", {"restart_backoff_initial_s": 0.0}),
+    ("supervisor.restart_backoff_max_s", "supervisor", {"restart_backoff_max_s": -1.0}),
+    ("supervisor.restart_backoff_max_s", "supervisor", {"restart_backoff_max_s": INF}),
+    ("supervisor.max_restarts", "supervisor", {"max_restarts": -1}),
+    ("supervisor.restart_window_s", "supervisor", {"restart_window_s": 0.0}),
+    ("supervisor.stop_timeout_s", "supervisor", {"stop_timeout_s": 0.0}),
+    ("live.boundary_margin_ms", "live", {"boundary_margin_ms": -1}),
+    ("live.not_final_retry_ms", "live", {"not_final_retry_ms": 0}),
+    ("live.final_recheck_ms", "live", {"final_recheck_ms": -1}),
+    ("live.clock_samples", "live", {"clock_samples": 0}),
+    ("live.ws_streams_per_connection", "live", {"ws_streams_per_connection": 0}),
+    ("live.ws_streams_per_connection", "live", {"ws_streams_per_connection": 1025}),
+    ("live.ws_lifetime_s", "live", {"ws_lifetime_s": 0.0}),
+    ("live.ws_lifetime_s", "live", {"ws_lifetime_s": NAN}),
+    ("live.ws_renew_before_s", "live", {"ws_renew_before_s": 86400.0}),
+    ("live.ws_renew_before_s", "live", {"ws_renew_before_s": -1.0}),
+    ("live.ws_reconnect_initial_s", "live", {"ws_reconnect_initial_s": 0.0}),
+    ("live.ws_reconnect_initial_s", "live", {"ws_reconnect_initial_s": -0.5}),
+    ("live.ws_reconnect_max_s", "live", {"ws_reconnect_max_s": 0.1}),
+    # Internal endpoints: no authentication yet, so never reachable from the network.
+    ("endpoints.tasks", "endpoints", {"tasks": "tcp://0.0.0.0:7000"}),
+    ("endpoints.results", "endpoints", {"results": "tcp://*:7001"}),
+    ("endpoints.writer", "endpoints", {"writer": "tcp://192.168.1.5:7002"}),
+    ("endpoints.bus_pub", "endpoints", {"bus_pub": "tcp://[::]:7003"}),
+    ("endpoints.bus_sub", "endpoints", {"bus_sub": "tcp://eth0:7004"}),
+    ("endpoints.control", "endpoints", {"control": "tcp://example.com:7005"}),
+    ("endpoints.feed_in", "endpoints", {"feed_in": "tcp://10.0.0.1:7006"}),
+    ("endpoints.feed", "endpoints", {"feed": "tcp://0.0.0.0:7755"}),
+    # Two keys on one endpoint: the second bind fails, or two roles share a socket.
+    ("endpoints.results", "endpoints", {"results": "ipc://{runtime_dir}/tasks"}),
+    ("endpoints.feed", "endpoints", {"feed_in": "tcp://127.0.0.1:7755"}),
+]
+
+
+@pytest.mark.parametrize("key,section,changes", BAD, ids=[f"{k}={list(c.values())[0]!r}" for k, _, c in BAD])
+def test_harmful_value_is_refused_naming_its_key(key, section, changes):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.check(_with(section, **changes), "bad.toml")
+    message = str(info.value)
+    assert message.startswith(f"bad.toml: key {key}: "), message
+    assert "\n" not in message
+
+
+def test_every_float_key_is_covered_for_nan():
+    """NaN passes every `<` comparison silently; each float key of the tree must refuse it."""
+    base = cfg.Config()
+    keys = list(cfg._floats(base))
+    assert len(keys) >= 14
+    for key, _ in keys:
+        section, name = key.split(".")
+        with pytest.raises(cfg.ConfigError, match=f"key {section}.{name}: must be a finite number"):
+            cfg.check(_with(section, **{name: NAN}), "bad.toml")
+
+
+OK = [
+    ("endpoints", {"tasks": "tcp://127.0.0.1:7000", "results": "tcp://[::1]:7001", "writer": "tcp://localhost:7002"}),
+    ("endpoints", {"feed": "tcp://0.0.0.0:7755", "allow_public_feed": True}),
+    ("live", {"final_recheck_ms": 0, "boundary_margin_ms": 0, "ws_renew_before_s": 0.0}),
+    ("supervisor", {"max_restarts": 0}),
+    ("database", {"cache_size_kib": 0, "busy_timeout_ms": 0, "mmap_size_mib": 0}),
+    ("klines", {"depth": {"1m": 10_000_000}}),
+    ("weight", {"limit_per_minute": 0, "usable_fraction": 1.0}),
+]
+
+
+@pytest.mark.parametrize("section,changes", OK)
+def test_edge_values_that_work_are_accepted(section, changes):
+    cfg.check(_with(section, **changes), "ok.toml")
+
+
+def test_defaults_and_shipped_files_pass():
+    from kl_actors import cli
+    cfg.load(cli.DEFAULT_CONFIG)
+    cfg.load(cli.SIM_CONFIG)
+    cfg.check(cfg.Config(), "<defaults>")
