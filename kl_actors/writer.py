@@ -68,6 +68,7 @@ TEARDOWN_RETRY_S = 3.0     # at stop, how long a blocked database may still be w
 CHECKPOINT_EVERY_S = 5.0
 CHECKPOINT_IDLE_S = 1.0    # no commit for this long: the WAL may be truncated
 CHECKPOINT_BUSY_MS = 50    # how long a truncating checkpoint may wait for readers
+WAL_NOTABLE_BYTES = 4 * 2 ** 20  # SQLite's own checkpoints keep the WAL near this (1000 pages)
 RECENT_MS = 10 * 60_000    # a candle closed this recently when asked may still change
 REMEMBER_MS = 20 * 60_000  # requests older than this (behind the newest) are forgotten
 REMEMBER_MAX = 200_000     # (symbol, interval, open_time) entries at most
@@ -552,7 +553,7 @@ class Writer(Actor):
             self.log.debug("checkpoint_skipped", error=_describe(exc))
             return
         ms = round((time.perf_counter() - started) * 1000, 1)
-        if truncated and wal > self.wal_limit_bytes:
+        if truncated and wal > WAL_NOTABLE_BYTES:
             self.log.info("wal_truncated", from_mib=round(wal / 2 ** 20, 1), ms=ms)
         else:
             self.log.debug("checkpoint", wal_bytes=wal, truncated=truncated, ms=ms)

@@ -533,3 +533,30 @@ def test_later_requested_rest_answer_wins_whatever_commits_last(writer):
     assert [f.candle.close for _, f in writer.feed_messages] == ["100.2", "100.3"]
     assert writer.stderr().count("event=stale_answer_refused") == 2
     assert not any(isinstance(m, messages.WriteFailed) for m in writer.bus_messages)
+
+
+def test_wal_grown_by_a_long_reader_shrinks_back_after_it(writer):
+    wal = Path(writer.db_path + "-wal")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(0, 1), task_id="first"))
+    writer.wait_committed("first")
+    import apsw
+    reader = apsw.Connection(writer.db_path, flags=apsw.SQLITE_OPEN_READONLY)
+    reader.execute("BEGIN")
+    assert list(reader.execute("SELECT count(*) FROM k_btc_1m")) == [(1,)]  # the snapshot is taken
+    try:
+        for i in range(200):
+            writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(1 + i * 1000, 1000), task_id=f"w{i}"))
+        writer.wait_committed("w199", timeout=60)
+        grown = wal.stat().st_size
+        assert grown > 10 * 2 ** 20, grown  # nothing could be checkpointed past the reader
+        assert list(reader.execute("SELECT count(*) FROM k_btc_1m")) == [(1,)]
+    finally:
+        reader.close()
+    wait_for(lambda: writer.pump(0.05) or wal.stat().st_size < 2 ** 20, 30, interval=0.2,
+             what=f"the WAL ({grown} bytes) to shrink below 1 MiB")
+    store = writer.reader()
+    try:
+        assert store.count("BTCUSDT", "1m") == 200_001
+    finally:
+        store.close()
+    assert "event=wal_truncated" in writer.stderr()
