@@ -46,7 +46,7 @@ class WriterProcess:
     """A writer process plus the sockets of its peers, all owned by the test."""
 
     def __init__(self, workdir: Path, wait: bool = True, database: dict | None = None,
-                 **writer_settings) -> None:
+                 wrap: list[str] | None = None, **writer_settings) -> None:
         settings = {"max_rows_per_txn": 50_000, "max_delay_ms": 20, **writer_settings}
         self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"},
                                   database=database or {})
@@ -63,7 +63,7 @@ class WriterProcess:
         self.stderr_path = workdir / "writer.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
+            [*(wrap or []), sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
             cwd=ROOT, stderr=self._stderr)
         self.bus_messages: list = []
         self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
@@ -560,3 +560,61 @@ def test_wal_grown_by_a_long_reader_shrinks_back_after_it(writer):
     finally:
         store.close()
     assert "event=wal_truncated" in writer.stderr()
+
+
+def in_mount_namespace(script: str) -> list[str]:
+    """A command prefix running the writer in its own mount namespace after `script` (sh) has
+    mounted what the test needs there; skips the test where user namespaces are not allowed."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user/mount namespaces here: {probe.stderr.decode(errors='replace')[:200]}")
+    return ["unshare", "-rm", "sh", "-ec", script + '\nexec "$@"', "sh"]
+
+
+def test_read_only_database_is_one_line_and_exit_status_2(workdir, writer_factory):
+    from kl_actors.config import DatabaseConfig
+    data = workdir / "data"
+    Store.open_writer(DatabaseConfig(path=str(data / "db.sqlite"))).close()
+    wrap = in_mount_namespace(f"mount --bind {data} {data}\nmount -o remount,ro,bind {data}")
+    writer = writer_factory(wait=False, wrap=wrap, database={"path": str(data / "db.sqlite")})
+    assert writer.proc.wait(timeout=20) == 2, writer.stderr()
+    log = writer.stderr()
+    assert log.count("event=database_unusable") == 1 and "read-only" in log, log
+    assert "Traceback" not in log
+
+
+def test_full_disk_holds_the_batches_until_space_comes_back(workdir, writer_factory):
+    data = workdir / "data"
+    data.mkdir()
+    # A 2 MiB file system, 1.5 MiB of it taken by a file the test removes later.
+    wrap = in_mount_namespace(f"mount -t tmpfs -o size=2m tmpfs {data}\n"
+                              f"dd if=/dev/zero of={data}/filler bs=1024 count=1536 2>/dev/null")
+    writer = writer_factory(wrap=wrap, database={"path": str(data / "db.sqlite")})
+    seen_from_here = Path(f"/proc/{writer.proc.pid}/root") / str(data).lstrip("/")
+    assert (seen_from_here / "filler").exists()
+    sent = {f"f{i}": minutes(i * 1000, 1000) for i in range(8)}  # ~1 MiB of rows: does not fit
+    for task_id, candles in sent.items():
+        writer.send(KlineBatch("BTCUSDT", "1m", "rest", candles, task_id=task_id))
+    wait_for(lambda: writer.pump(0.05) or "event=database_blocked" in writer.stderr(), 20, interval=0,
+             what="database_blocked logged")
+    blocked_at = time.monotonic()
+    while time.monotonic() < blocked_at + 3:
+        writer.pump(0.1)
+    assert writer.proc.poll() is None, writer.stderr()
+    assert not any(isinstance(m, messages.WriteFailed) for m in writer.bus_messages)
+    log = writer.stderr()
+    assert log.count("event=database_blocked") == 1 and 'reason="disk full"' in log, log
+    (seen_from_here / "filler").unlink()
+    for task_id in sent:
+        writer.wait_committed(task_id, timeout=20)
+    # SQLite resolves /proc/<pid>/root to our own root, so read a copy, taken once the idle
+    # writer has checkpointed everything into the main file (nothing is written after that).
+    wait_for(lambda: (seen_from_here / "db.sqlite-wal").stat().st_size == 0, 20, what="idle checkpoint")
+    copy = workdir / "copy.sqlite"
+    copy.write_bytes((seen_from_here / "db.sqlite").read_bytes())
+    store = Store.open_readonly(path=str(copy))
+    try:
+        assert store.candles("BTCUSDT", "1m") == [row(c, "rest") for c in minutes(0, 8000)]
+    finally:
+        store.close()
+    assert "event=database_resumed" in writer.stderr() and "event=write_failed" not in writer.stderr()
