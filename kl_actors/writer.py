@@ -383,6 +383,8 @@ class Writer(Actor):
         if max(map(_CLOSE_TIME, rows)) < recent_from:
             return rows
         kept = []
+        refused: list[int] = []
+        newest_seen = 0
         for row in rows:
             if row[6] < recent_from:
                 kept.append(row)
@@ -390,14 +392,17 @@ class Writer(Actor):
             key = (batch.symbol, batch.interval, row[0])
             earlier = staged.get(key) or self.requested_at.get(key, 0)
             if earlier > requested:
-                self.stats["stale"] += 1
-                self.log.info("stale_answer_refused", symbol=batch.symbol, interval=batch.interval,
-                              open_time_ms=row[0], requested_at_ms=requested,
-                              stored_requested_at_ms=earlier, task_id=batch.task_id or "-",
-                              action="kept the later-requested copy")
+                refused.append(row[0])
+                newest_seen = max(newest_seen, earlier)
                 continue
             staged[key] = requested
             kept.append(row)
+        if refused:
+            self.stats["stale"] += len(refused)
+            self.log.info("stale_answer_refused", symbol=batch.symbol, interval=batch.interval,
+                          candles=len(refused), first_open_ms=min(refused),
+                          requested_at_ms=requested, stored_requested_at_ms=newest_seen,
+                          task_id=batch.task_id or "-", action="kept the later-requested copy")
         return kept
 
     def _remember(self, staged: dict) -> None:
