@@ -13,16 +13,34 @@ actor also reports losses it knows of upstream (a dropped connection): a `FeedGa
 
 The broker must never carry internal control traffic on the feed, and never block on a slow
 consumer: XPUB drops for a subscriber whose queue is full (the gap shows in seq).
+
+Feed pressure must not reach the bus. Any local user can connect to the feed, so what one
+subscriber may cost is bounded: `FEED_SUBSCRIBER_HWM` queued messages (about a minute of the
+live feed at full size; an idle subscriber then costs under 1 MiB and loses the rest, seen as
+seq jumps), a small kernel send buffer, `MAX_FEED_SUBSCRIBERS` connections (more are cut at
+once, `feed_subscriber_refused`), and subscription frames of at most `MAX_SUBSCRIPTION_BYTES`.
+In the loop the bus is served first, and the feed in slices of `FEED_SLICE` messages, so a
+saturated feed delays a bus message by about one slice (~10 ms).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import messages
 from .actor import Actor
 
-FEED_HWM = 200_000
+FEED_IN_HWM = 10_000            # from our own writer and websocket actor (their PUBs queue more)
+FEED_SUBSCRIBER_HWM = 5_000     # queued messages per consumer; beyond: dropped for it
+FEED_SNDBUF = 128 * 1024        # kernel send buffer per consumer connection
+MAX_FEED_SUBSCRIBERS = 100
+MAX_SUBSCRIPTION_BYTES = 256
+FEED_SLICE = 500                # feed messages per poll round
+BUS_SLICE = 1000
 
 
 class Broker(Actor):
@@ -32,21 +50,65 @@ class Broker(Actor):
         e = self.config.endpoints
         self.bus_in = self.socket(zmq.XSUB, e.bus_pub, bind=True)
         self.bus_out = self.socket(zmq.XPUB, e.bus_sub, bind=True)
-        self.feed_in = self.socket(zmq.XSUB, e.feed_in, bind=True, hwm=FEED_HWM)
-        self.feed_out = self.socket(zmq.XPUB, e.feed, bind=True, hwm=FEED_HWM)
+        self.feed_in = self.socket(zmq.XSUB, e.feed_in, bind=True, hwm=FEED_IN_HWM)
+        self.feed_out = self._feed_socket(e.feed)
         self.feed_in.send(b"\x01")  # subscribe to every feed topic upstream
         self.seq_by_topic: dict[bytes, int] = {}
         self.feed_published = 0
         self.feed_dropped_malformed = 0
         self.feed_gaps = 0
+        self.feed_subscribers: set[int] = set()  # fds of accepted consumer connections
+        self.feed_refused = 0
+        # Registration order is service order in each round: the bus first.
         self.on(self.bus_in, lambda sock: self._forward(sock, self.bus_out))   # messages down
         self.on(self.bus_out, lambda sock: self._forward(sock, self.bus_in))   # subscriptions up
+        self.on(self.feed_monitor, self._feed_connections)
         self.on(self.feed_in, self._feed_down)
         self.on(self.feed_out, self._feed_subscription)
-        self.log.info("bound", bus_pub=e.bus_pub, bus_sub=e.bus_sub, feed_in=e.feed_in, feed=e.feed)
+        self.log.info("bound", bus_pub=e.bus_pub, bus_sub=e.bus_sub, feed_in=e.feed_in, feed=e.feed,
+                      feed_subscriber_hwm=FEED_SUBSCRIBER_HWM, max_feed_subscribers=MAX_FEED_SUBSCRIBERS)
+
+    def _feed_socket(self, endpoint: str) -> zmq.Socket:
+        """The consumers' XPUB, its limits set before bind so every connection gets them."""
+        assert self.context is not None
+        sock = self.context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)  # what a consumer has not taken at our stop is lost anyway
+        sock.setsockopt(zmq.SNDHWM, FEED_SUBSCRIBER_HWM)
+        sock.setsockopt(zmq.SNDBUF, FEED_SNDBUF)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+        sock.setsockopt(zmq.XPUB_NODROP, 0)  # a full consumer loses messages, never blocks us
+        self.feed_monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        sock.bind(endpoint)
+        self._sockets.extend([sock, self.feed_monitor])  # closed by the base at exit
+        return sock
+
+    def _feed_connections(self, sock: zmq.Socket) -> None:
+        """Count consumer connections; cut those beyond MAX_FEED_SUBSCRIBERS at once."""
+        for _ in range(BUS_SLICE):
+            try:
+                event = recv_monitor_message(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            fd = event["value"]
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.feed_subscribers.discard(fd)
+            elif len(self.feed_subscribers) >= MAX_FEED_SUBSCRIBERS:
+                self.feed_refused += 1
+                # Shutting the connection down (not closing libzmq's descriptor) makes libzmq
+                # see an ordinary disconnect and clean up the pipe itself.
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as conn:
+                        conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
+                self.log.warning("feed_subscriber_refused", subscribers=len(self.feed_subscribers),
+                                 refused_total=self.feed_refused, action="connection closed")
+            else:
+                self.feed_subscribers.add(fd)
 
     def _forward(self, sock: zmq.Socket, to: zmq.Socket) -> None:
-        for _ in range(1000):
+        for _ in range(BUS_SLICE):
             try:
                 to.send_multipart(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
@@ -61,7 +123,7 @@ class Broker(Actor):
                 return
 
     def _feed_down(self, sock: zmq.Socket) -> None:
-        for _ in range(5000):
+        for _ in range(FEED_SLICE):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -80,7 +142,12 @@ class Broker(Actor):
         if isinstance(kline, messages.DecodeError):
             self._drop_feed(kline.reason)
             return
-        if topic != messages.feed_topic(kline.symbol, kline.interval):
+        try:
+            expected = messages.feed_topic(kline.symbol, kline.interval)
+        except UnicodeError:
+            self._drop_feed(f"symbol or interval outside ASCII: {kline.symbol[:40]!r} {kline.interval[:10]!r}")
+            return
+        if topic != expected:
             self._drop_feed(f"topic {topic[:60]!r} does not match its body")
             return
         seq = self.seq_by_topic.get(topic, 0) + 1

@@ -111,6 +111,9 @@ class DatabaseConfig(_Section):
     busy_timeout_ms: int = 5000
     cache_size_kib: int = 65536
     mmap_size_mib: int = 256
+    # The WAL file is cut back to this size after a checkpoint; the writer also truncates it when
+    # idle. (It can grow past it only while an outside reader keeps an old snapshot open.)
+    wal_limit_mib: int = 64
 
 
 class WriterConfig(_Section):

@@ -137,7 +137,8 @@ class Downloader(Actor):
             # The page first: the scheduler may count the task done only after the writer commits.
             self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval, source="rest",
                                               candles=page, task_id=task.task_id,
-                                              live=task.priority == "boundary"))
+                                              live=task.priority == "boundary",
+                                              requested_at_ms=result.requested_at_ms))
             self.fetched_candles += len(page)
             self.log.debug("fetched", task_id=task.task_id, symbol=task.symbol, interval=task.interval,
                            candles=len(page), weight_used=result.weight_used_1m)

@@ -48,6 +48,8 @@ class KlineBatch(_Msg, tag="batch"):
 
     `live` marks candles at the live edge (WebSocket closes, boundary fetches): once stored they
     are published on the feed. Backfill pages are history and are not published.
+    `requested_at_ms` is the server time the REST request was sent (0: unknown, WebSocket): of
+    two REST answers for a recent candle the writer keeps the later-requested one.
     """
 
     symbol: str
@@ -56,6 +58,7 @@ class KlineBatch(_Msg, tag="batch"):
     candles: list[Candle]
     task_id: str = ""
     live: bool = False
+    requested_at_ms: int = 0
 
 
 class TableCommit(msgspec.Struct, array_like=True, frozen=True):

@@ -120,7 +120,13 @@ def candle_rows(candles: Iterable[Candle]) -> list[tuple]:
     return list(map(astuple, candles))
 
 
-def _connect(path: str, config: DatabaseConfig, readonly: bool) -> apsw.Connection:
+# SQLite result codes of an open that cannot succeed however long we wait.
+_PERMANENT_OPEN_ERRORS = (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError,
+                          apsw.NotADBError, apsw.CorruptError, apsw.AuthError)
+
+
+def _connect(path: str, config: DatabaseConfig, readonly: bool,
+             busy_timeout_ms: int | None = None) -> apsw.Connection:
     if readonly:
         if not os.path.exists(path):
             raise StoreError(f"database {path!r} does not exist (nothing stored yet?)")
@@ -128,23 +134,46 @@ def _connect(path: str, config: DatabaseConfig, readonly: bool) -> apsw.Connecti
         uri = f"file:{os.path.abspath(path)}?mode=ro"
     else:
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open database {path!r}: {exc.strerror} creating {parent!r}") from exc
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         uri = path
     try:
         conn = apsw.Connection(uri, flags=flags, statementcachesize=STATEMENT_CACHE_SIZE)
     except apsw.Error as exc:
         raise StoreError(f"cannot open database {path!r}: {exc}") from exc
-    conn.setbusytimeout(config.busy_timeout_ms)
+    conn.setbusytimeout(config.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms)
     cursor = conn.cursor()
-    if not readonly:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={config.synchronous}")
-    # cache_size negative = KiB; these values are ints from the checked config.
-    cursor.execute(f"PRAGMA cache_size=-{int(config.cache_size_kib)}")
-    cursor.execute(f"PRAGMA mmap_size={int(config.mmap_size_mib) * 1024 * 1024}")
-    cursor.execute("PRAGMA temp_store=MEMORY")
+    try:
+        if not readonly:
+            # SQLite opens a file it may not write read-only without a word; say so now, not at
+            # the first COMMIT.
+            if conn.readonly("main"):
+                raise apsw.ReadOnlyError("the file is read-only for this process")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={config.synchronous}")
+            # After a checkpoint restarts the WAL, the file is cut back to this size (an outside
+            # reader can make it grow meanwhile; it must not stay that big for ever).
+            cursor.execute(f"PRAGMA journal_size_limit={int(config.wal_limit_mib) * 1024 * 1024}")
+        # cache_size negative = KiB; these values are ints from the checked config.
+        cursor.execute(f"PRAGMA cache_size=-{int(config.cache_size_kib)}")
+        cursor.execute(f"PRAGMA mmap_size={int(config.mmap_size_mib) * 1024 * 1024}")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+    except _PERMANENT_OPEN_ERRORS as exc:
+        conn.close()
+        raise StoreError(f"cannot open database {path!r}: {_open_reason(exc)}") from exc
+    except BaseException:
+        conn.close()  # busy, I/O error: the caller may try again with a fresh connection
+        raise
     return conn
+
+
+def _open_reason(exc: apsw.Error) -> str:
+    if isinstance(exc, apsw.ReadOnlyError):
+        return f"read-only ({exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Store:
@@ -153,6 +182,7 @@ class Store:
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
         self.conn = conn
         self.readonly = readonly
+        self.busy_timeout_ms = 0  # the writer's, restored after a checkpoint's own
         self._cursor = conn.cursor()
         self._known_tables: set[str] = set()
         self._created_in_txn: set[str] = set()
@@ -160,9 +190,26 @@ class Store:
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open_writer(cls, config: DatabaseConfig, path: str | None = None) -> Store:
-        store = cls(_connect(path or config.path, config, readonly=False), readonly=False)
-        store._init_schema()
+    def open_writer(cls, config: DatabaseConfig, path: str | None = None,
+                    busy_timeout_ms: int | None = None) -> Store:
+        """The read-write connection with the schema in place.
+
+        Raises StoreError when the file can never be written as it is (read-only, not a
+        database, cannot be created), and apsw.BusyError when another process holds the write
+        lock for longer than the busy timeout: the caller may try again.
+        """
+        busy_timeout_ms = config.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
+        store = cls(_connect(path or config.path, config, readonly=False,
+                             busy_timeout_ms=busy_timeout_ms), readonly=False)
+        store.busy_timeout_ms = busy_timeout_ms
+        try:
+            store._init_schema()
+        except _PERMANENT_OPEN_ERRORS as exc:
+            store.close()
+            raise StoreError(f"cannot open database {path or config.path!r}: {_open_reason(exc)}") from exc
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
@@ -179,6 +226,33 @@ class Store:
             if self._scalar("SELECT count(*) FROM meta_schema") == 0:
                 self._cursor.execute("INSERT INTO meta_schema (version) VALUES (?)", (SCHEMA_VERSION,))
         self._known_tables = set(self._table_names())
+
+    # -- the WAL --------------------------------------------------------------------------------
+    def wal_bytes(self) -> int:
+        """Size of the `-wal` file now (0 when there is none)."""
+        try:
+            return os.path.getsize(self.conn.filename_wal)
+        except OSError:
+            return 0
+
+    def checkpoint(self, busy_timeout_ms: int) -> bool:
+        """Copy the WAL into the database and, if no reader still uses it, truncate it to zero.
+
+        PASSIVE first: it never waits and copies what every reader allows. Only when that left
+        nothing behind is TRUNCATE tried, waiting at most `busy_timeout_ms` for readers of the
+        WAL to finish. Returns True if the WAL was truncated.
+        """
+        frames, copied = self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        if frames != copied or frames <= 0:
+            return False
+        self.conn.setbusytimeout(busy_timeout_ms)
+        try:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            return True
+        except apsw.BusyError:
+            return False
+        finally:
+            self.conn.setbusytimeout(self.busy_timeout_ms)
 
     # -- writing --------------------------------------------------------------------------------
     @contextmanager
@@ -243,8 +317,12 @@ class Store:
     def upsert_stored(self, symbol: str, interval: str, source: str,
                       candles: Iterable[Candle]) -> set[int]:
         """Like `upsert`, but returns the open times actually written (via RETURNING)."""
+        return self.upsert_rows_stored(symbol, interval, source, candle_rows(candles))
+
+    def upsert_rows_stored(self, symbol: str, interval: str, source: str,
+                           rows: Sequence[tuple]) -> set[int]:
+        """`upsert_rows` returning the open times actually written (via RETURNING)."""
         sql = self._statement(symbol, interval, source) + " RETURNING open_time"
-        rows = candle_rows(candles)
         if not rows:
             return set()
         return {row[0] for row in self._cursor.executemany(sql, rows)}

@@ -11,13 +11,27 @@ only when the scheduler sees its id in a `Committed`, so nothing is announced be
 
 Batches are validated when they arrive; an invalid one is reported (`WriteFailed`) and never
 joins a transaction. Valid ones are grouped into one transaction until `writer.max_rows_per_txn`
-rows or `writer.max_delay_ms` after the first of the group. If the transaction fails, it is rolled
-back and each item is retried alone, so only the culprit fails. A full disk or an I/O error is
-logged and the actor keeps running; later batches are tried again.
+rows or `writer.max_delay_ms` after the first of the group. If the transaction fails because of
+an item, it is rolled back and each item is retried alone, so only the culprit fails.
+
+When the database refuses every write (another process holds the write lock, the disk is full,
+the file turned read-only, an I/O error), no batch is at fault: the group is kept whole, the
+inbox is no longer read (senders' queues fill up, so the pressure reaches them), heartbeats go
+on, and the group is tried again every fraction of a second (busy) or every few seconds (the
+rest). No attempt waits longer than `BUSY_SLICE_MS` for the lock. One line when it starts
+(`database_blocked`), one when it ends (`database_resumed blocked_s=`). Opening the database
+at start is retried the same way; a file that can never be written (read-only, not a database,
+cannot be created) is one `database_unusable` line and exit status `EXIT_FATAL` (78), on which the
+supervisor stops the service with exit 2 instead of restarting the writer.
 
 A WebSocket candle refused by the upsert (its open time already holds a REST candle) is not
 counted in `Committed` rows and not published as stored: live batches are written with RETURNING,
-which yields exactly the rows the upsert wrote.
+which yields exactly the rows the upsert wrote. Of two REST answers for a recent candle, the one
+requested later wins even if it commits first (`KlineBatch.requested_at_ms`, remembered for
+recent candles only; see `_newer_only`).
+
+When idle, the writer checkpoints the WAL and truncates it, so a file an outside reader made
+grow shrinks back; `database.wal_limit_mib` caps what a checkpoint leaves behind otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ import operator
 import re
 import sys
 import time
+from collections.abc import Collection
+from typing import NamedTuple
 
 import apsw
 import msgspec
@@ -38,7 +54,7 @@ from .actor import Actor, now_ms
 from .config import EXIT_FATAL
 from .klines import PageError, check_candle
 from .messages import Candle, ExchangeHole, KlineBatch, SymbolsUpdate
-from .store import Store
+from .store import Store, StoreError
 from .symbols import SymbolError, table_name
 
 FEED_HWM = 100_000
@@ -46,6 +62,22 @@ INBOX_HWM = 1000
 DRAIN_MAX = 500  # messages per poll round, so heartbeats and commits keep their timing
 SUMMARY_EVERY_S = 10.0
 GC_GEN0_THRESHOLD = 50_000
+# The longest one attempt waits for another process's write lock (far below any heartbeat
+# timeout); waits beyond it happen in the loop, with heartbeats.
+BUSY_SLICE_MS = 250
+HOLD_RETRY_S = 0.25        # busy: next attempt
+HOLD_RETRY_SLOW_S = 2.0    # disk full, read-only, I/O error: next attempt
+TEARDOWN_RETRY_S = 3.0     # at stop, how long a blocked database may still be waited for
+CHECKPOINT_EVERY_S = 5.0
+CHECKPOINT_IDLE_S = 1.0    # no commit for this long: the WAL may be truncated
+CHECKPOINT_BUSY_MS = 50    # how long a truncating checkpoint may wait for readers
+WAL_NOTABLE_BYTES = 4 * 2 ** 20  # SQLite's own checkpoints keep the WAL near this (1000 pages)
+RECENT_MS = 10 * 60_000    # a candle closed this recently when asked may still change
+REMEMBER_MS = 20 * 60_000  # requests older than this (behind the newest) are forgotten
+REMEMBER_MAX = 200_000     # (symbol, interval, open_time) entries at most
+_CLOSE_TIME = operator.itemgetter(6)
+_HOLD_ERRORS = (apsw.BusyError, apsw.LockedError, apsw.FullError, apsw.ReadOnlyError,
+                apsw.IOError, apsw.CantOpenError)
 _DECIMAL_COLUMNS = (1, 2, 3, 4, 5, 7, 9, 10)
 _TWO_DOTS_RE = re.compile(rb"\.[0-9]*\.")
 
@@ -109,6 +141,31 @@ class _Pending:
         self.rows = rows
 
 
+class _Hold:
+    """The database refuses writes for now (busy, full, read-only): nothing is read, nothing is
+    dropped, the whole pending group is tried again at `next_try`."""
+
+    __slots__ = ("reason", "error", "since", "next_try", "attempts")
+
+    def __init__(self, reason: str, error: str, now: float, retry_s: float) -> None:
+        self.reason = reason
+        self.error = error
+        self.since = now
+        self.next_try = now + retry_s
+        self.attempts = 1
+
+
+class _Applied(NamedTuple):
+    """What one item did inside its transaction."""
+
+    rows: int                    # rows written
+    opens: Collection[int]       # open times written (for the Committed ranges)
+    stored: set[int] | None      # live batches: open times to publish as stored
+
+
+_NOTHING = _Applied(0, (), None)
+
+
 class Writer(Actor):
     kind = "writer"
 
@@ -119,13 +176,11 @@ class Writer(Actor):
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         e = self.config.endpoints
         self.settings = self.config.writer
-        try:
-            self.store = Store.open_writer(self.config.database)
-        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError) as exc:
-            # A restart cannot make the file writable: exit fatal, the supervisor stops (exit 2).
-            self.log.error("database_unwritable", path=self.config.database.path, error=str(exc),
-                           action="exiting fatal")
-            sys.exit(EXIT_FATAL)
+        # Each attempt waits at most this long for another process's write lock; longer waits
+        # happen in the loop, between heartbeats.
+        self.busy_ms = max(0, min(self.config.database.busy_timeout_ms, BUSY_SLICE_MS))
+        self.store: Store | None = None
+        self.hold: _Hold | None = None
         self.inbox = self.socket(zmq.PULL, e.writer, bind=True, hwm=INBOX_HWM)
         self.bus = self.socket(zmq.PUB, e.bus_pub)
         self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)
@@ -133,32 +188,80 @@ class Writer(Actor):
         self.pending: list[_Pending | SymbolsUpdate | ExchangeHole] = []
         self.pending_rows = 0
         self.group_deadline: float | None = None  # monotonic time the pending group must commit
+        # (symbol, interval, open_time) -> server time the REST request that wrote the stored
+        # copy was sent, for recent candles only (see _newer_only).
+        self.requested_at: dict[tuple[str, str, int], int] = {}
         self.unexpected = 0
-        self.stats = {"rows": 0, "txns": 0, "batches": 0, "failed": 0}
+        self.stats = {"rows": 0, "txns": 0, "batches": 0, "failed": 0, "stale": 0}
         self.summary_at = time.monotonic() + SUMMARY_EVERY_S
         self.summary_rows = 0
+        self.last_commit = time.monotonic()
+        self.next_checkpoint = self.last_commit + CHECKPOINT_EVERY_S
+        self._open_store(time.monotonic())
         self.log.info("ready", database=self.config.database.path, inbox=e.writer,
                       max_rows_per_txn=self.settings.max_rows_per_txn,
-                      max_delay_ms=self.settings.max_delay_ms)
+                      max_delay_ms=self.settings.max_delay_ms, busy_slice_ms=self.busy_ms,
+                      schema="ready" if self.store else "waiting")
+
+    def _open_store(self, now: float) -> bool:
+        try:
+            self.store = Store.open_writer(self.config.database, busy_timeout_ms=self.busy_ms)
+        except StoreError as exc:
+            # The file can never be written as it is: restarting cannot help.
+            self.log.error("database_unusable", error=str(exc)[:300],
+                           action=f"exiting fatal ({EXIT_FATAL}): the supervisor stops the service")
+            raise SystemExit(EXIT_FATAL) from None
+        except _HOLD_ERRORS as exc:
+            self._hold(exc, now, opening=True)
+            return False
+        return True
 
     # -- the loop -------------------------------------------------------------------------------
     def poll_timeout_ms(self) -> int:
+        if self.hold is not None:
+            return max(0, min(self.poll_ms, int((self.hold.next_try - time.monotonic()) * 1000) + 1))
         if self.group_deadline is None:
             return self.poll_ms
         return max(0, min(self.poll_ms, int((self.group_deadline - time.monotonic()) * 1000) + 1))
 
+    def _wait(self, timeout_ms: int) -> dict:
+        if self.hold is not None:
+            # The inbox is not read while the database refuses writes: batches wait in the
+            # senders' queues (bounded by their high-water marks), and the pending group here
+            # stays as it is. Only heartbeats and retries go on.
+            time.sleep(timeout_ms / 1000)
+            return {}
+        return super()._wait(timeout_ms)
+
     def tick(self, now: float) -> None:
-        if self.group_deadline is not None and now >= self.group_deadline:
+        if self.hold is not None:
+            if now >= self.hold.next_try:
+                self._retry(now)
+        elif self.group_deadline is not None and now >= self.group_deadline:
             self._commit()
+        if now >= self.next_checkpoint:
+            self._checkpoint(now)
         if now >= self.summary_at:
             self._summary(now)
 
     def teardown(self) -> None:
         # Accepted means delivered to this process: take what is queued, then commit it all.
         self._drain(self.inbox, limit=None)
+        deadline = time.monotonic() + TEARDOWN_RETRY_S
+        while self.pending:
+            if self.hold is None:
+                self._commit()
+            elif time.monotonic() < deadline:
+                time.sleep(HOLD_RETRY_S)
+                self._retry(time.monotonic())
+            else:
+                break
         if self.pending:
-            self._commit()
-        self.store.close()
+            self.log.error("stopped_blocked", reason=self.hold.reason if self.hold else "-",
+                           batches=len(self.pending), rows=self.pending_rows,
+                           action="not stored; leases and boundary fetches bring them back")
+        if self.store is not None:
+            self.store.close()
         self.log.info("closed", rows=self.stats["rows"], txns=self.stats["txns"],
                       failed_batches=self.stats["failed"])
 
@@ -168,7 +271,8 @@ class Writer(Actor):
 
     def _drain(self, sock: zmq.Socket, limit: int | None) -> None:
         taken = 0
-        while (limit is None or taken < limit) and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while (self.hold is None and (limit is None or taken < limit)
+               and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
             taken += 1
             message = self.receive(sock)
             if message is None:
@@ -219,73 +323,188 @@ class Writer(Actor):
         self.pending.append(item)
         self.pending_rows += rows
 
+    # -- the database refusing writes -----------------------------------------------------------
+    def _hold(self, exc: Exception, now: float, opening: bool = False) -> None:
+        reason = _hold_reason(exc)
+        retry_s = HOLD_RETRY_S if reason == "busy" else HOLD_RETRY_SLOW_S
+        if self.hold is not None:
+            self.hold.attempts += 1
+            self.hold.next_try = now + retry_s
+            return
+        self.hold = _Hold(reason, _describe(exc), now, retry_s)
+        self.log.warning("database_blocked", reason=reason, error=self.hold.error,
+                         phase="opening" if opening else "commit", batches=len(self.pending),
+                         rows=self.pending_rows,
+                         action=f"holding the batches, inbox paused, retry every {retry_s}s")
+
+    def _retry(self, now: float) -> None:
+        if self.store is None and not self._open_store(now):
+            return
+        if self.pending:
+            self._commit()
+        else:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.hold is None:
+            return
+        hold, self.hold = self.hold, None
+        self.log.info("database_resumed", reason=hold.reason,
+                      blocked_s=round(time.monotonic() - hold.since, 1), attempts=hold.attempts,
+                      batches=len(self.pending))
+
     # -- committing -----------------------------------------------------------------------------
-    def _apply(self, item) -> tuple[int, set[int] | None]:
-        """Write one item inside the open transaction: (rows written, stored open times or None)."""
+    def _apply(self, item, staged: dict) -> _Applied:
+        """Write one item inside the open transaction."""
         if isinstance(item, _Pending):
             b = item.batch
+            rows = item.rows
+            if b.source == "rest" and b.requested_at_ms > 0:
+                rows = self._newer_only(b, rows, staged)
             if b.live:
-                stored = self.store.upsert_stored(b.symbol, b.interval, b.source, b.candles)
-                return len(stored), stored
-            return self.store.upsert_rows(b.symbol, b.interval, b.source, item.rows), None
+                stored = self.store.upsert_rows_stored(b.symbol, b.interval, b.source, rows)
+                return _Applied(len(stored), stored, stored)
+            written = self.store.upsert_rows(b.symbol, b.interval, b.source, rows)
+            return _Applied(written, [r[0] for r in rows] if written else (), None)
         if isinstance(item, SymbolsUpdate):
             self.store.record_symbols(item.symbols, item.seen_at_ms)
         else:
             self.store.record_hole(item.symbol, item.interval, item.start_ms, item.end_ms, now_ms())
-        return 0, None
+        return _NOTHING
+
+    def _newer_only(self, batch: KlineBatch, rows: list[tuple], staged: dict) -> list[tuple]:
+        """The rows of a REST batch minus candles whose stored copy came from a later request.
+
+        A candle's values may still change for a moment after its close, so of two REST answers
+        for it the later-requested one must win, whichever commits last. Only candles that were
+        recent when asked (closed less than RECENT_MS before the request) are remembered: an
+        older candle is final, so any answer for it is as good as another, and the memory stays
+        bounded. A candle older than that for this request cannot be in the memory with a later
+        request, so most backfill rows skip the lookup.
+        """
+        requested = batch.requested_at_ms
+        recent_from = requested - RECENT_MS
+        if max(map(_CLOSE_TIME, rows)) < recent_from:
+            return rows
+        kept = []
+        refused: list[int] = []
+        newest_seen = 0
+        for row in rows:
+            if row[6] < recent_from:
+                kept.append(row)
+                continue
+            key = (batch.symbol, batch.interval, row[0])
+            earlier = staged.get(key) or self.requested_at.get(key, 0)
+            if earlier > requested:
+                refused.append(row[0])
+                newest_seen = max(newest_seen, earlier)
+                continue
+            staged[key] = requested
+            kept.append(row)
+        if refused:
+            self.stats["stale"] += len(refused)
+            self.log.info("stale_answer_refused", symbol=batch.symbol, interval=batch.interval,
+                          candles=len(refused), first_open_ms=min(refused),
+                          requested_at_ms=requested, stored_requested_at_ms=newest_seen,
+                          task_id=batch.task_id or "-", action="kept the later-requested copy")
+        return kept
+
+    def _remember(self, staged: dict) -> None:
+        if not staged:
+            return
+        self.requested_at.update(staged)
+        if len(self.requested_at) > REMEMBER_MAX:
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        if not self.requested_at:
+            return
+        newest = max(self.requested_at.values())
+        keep = {k: v for k, v in self.requested_at.items() if v >= newest - REMEMBER_MS}
+        if len(keep) > REMEMBER_MAX:  # a burst of recent candles beyond the cap: keep the newest
+            keep = dict(sorted(keep.items(), key=operator.itemgetter(1))[-REMEMBER_MAX // 2:])
+        self.requested_at = keep
 
     def _commit(self) -> None:
-        group, self.pending = self.pending, []
-        self.pending_rows = 0
-        self.group_deadline = None
+        group = self.pending
         if not group:
+            self.group_deadline = None
             return
+        if self.store is None:
+            return  # still opening: the hold's retry commits
         started = time.perf_counter()
+        staged: dict = {}
         try:
             with self.store.transaction():
-                results = [self._apply(item) for item in group]
+                results = [self._apply(item, staged) for item in group]
+        except _HOLD_ERRORS as exc:
+            self._hold(exc, time.monotonic())
+            return
         except Exception as exc:  # noqa: BLE001 - any failure: roll back, then isolate the culprit
-            if len(group) == 1:
-                self._item_failed(group[0], exc)
-                return
+            self._isolate(group, exc, started)
+            return
+        self._take_all()
+        self._remember(staged)
+        self._announce(group, results, started)
+        self._resume()
+
+    def _isolate(self, group: list, exc: Exception, started: float) -> None:
+        """The group's transaction failed for one of its items: try each alone."""
+        if len(group) > 1:
             self.log.warning("transaction_failed", items=len(group), error=_describe(exc),
                              action="rolled back; retrying each batch alone")
-            for item in group:
-                try:
-                    with self.store.transaction():
-                        result = self._apply(item)
-                except Exception as item_exc:  # noqa: BLE001
-                    self._item_failed(item, item_exc)
-                else:
-                    self._announce([item], [result], started)
-            return
-        self._announce(group, results, started)
+        for done, item in enumerate(group):
+            staged: dict = {}
+            try:
+                if len(group) == 1:
+                    raise exc
+                with self.store.transaction():
+                    result = self._apply(item, staged)
+            except _HOLD_ERRORS as hold_exc:
+                # Not this item's fault: keep it and the rest for the retry.
+                self.pending = group[done:]
+                self.pending_rows = sum(_rows_of(i) for i in self.pending)
+                self._hold(hold_exc, time.monotonic())
+                return
+            except Exception as item_exc:  # noqa: BLE001
+                self._item_failed(item, item_exc)
+            else:
+                self._remember(staged)
+                self._announce([item], [result], started)
+        self._take_all()
+        self._resume()
 
-    def _announce(self, group: list, results: list[tuple[int, set[int] | None]], started: float) -> None:
+    def _take_all(self) -> None:
+        self.pending = []
+        self.pending_rows = 0
+        self.group_deadline = None
+        self.last_commit = time.monotonic()
+
+    def _announce(self, group: list, results: list[_Applied], started: float) -> None:
         """After COMMIT: Committed on the bus, then stored live candles on the feed."""
         task_ids: list[str] = []
         tables: dict[tuple[str, str], list[int]] = {}
         written = 0
-        for item, (rows, stored) in zip(group, results):
+        for item, result in zip(group, results):
             if not isinstance(item, _Pending):
                 continue
             b = item.batch
             if b.task_id:
                 task_ids.append(b.task_id)
-            written += rows
-            if rows:
-                opens = stored if stored is not None else [r[0] for r in item.rows]
-                entry = tables.setdefault((b.symbol, b.interval), [0, min(opens), max(opens)])
-                entry[0] += rows
-                entry[1] = min(entry[1], min(opens))
-                entry[2] = max(entry[2], max(opens))
+            written += result.rows
+            if result.rows and result.opens:
+                lo, hi = min(result.opens), max(result.opens)
+                entry = tables.setdefault((b.symbol, b.interval), [0, lo, hi])
+                entry[0] += result.rows
+                entry[1] = min(entry[1], lo)
+                entry[2] = max(entry[2], hi)
         if task_ids or tables:
             commits = [messages.TableCommit(s, i, n, lo, hi) for (s, i), (n, lo, hi) in tables.items()]
             self.send(self.bus, messages.Committed(task_ids=task_ids, tables=commits,
                                                    committed_at_ms=now_ms()))
-        for item, (_, stored) in zip(group, results):
-            if stored and isinstance(item, _Pending):
-                self._publish_feed(item.batch, stored)
+        for item, result in zip(group, results):
+            if result.stored and isinstance(item, _Pending):
+                self._publish_feed(item.batch, result.stored)
         self.stats["rows"] += written
         self.stats["txns"] += 1
         self.stats["batches"] += sum(isinstance(i, _Pending) for i in group)
@@ -324,20 +543,66 @@ class Writer(Actor):
         if ids:
             self.send(self.bus, messages.WriteFailed(task_ids=ids, error=error))
 
+    # -- housekeeping ---------------------------------------------------------------------------
+    def _checkpoint(self, now: float) -> None:
+        """Between groups, when idle (or the WAL outgrew its limit): copy the WAL back and cut it
+        to zero. Waits for readers at most CHECKPOINT_BUSY_MS; the next round tries again."""
+        self.next_checkpoint = now + CHECKPOINT_EVERY_S
+        if self.store is None or self.hold is not None or self.pending:
+            return
+        wal = self.store.wal_bytes()
+        if wal == 0:
+            return
+        if now - self.last_commit < CHECKPOINT_IDLE_S and wal <= self.wal_limit_bytes:
+            return
+        started = time.perf_counter()
+        try:
+            truncated = self.store.checkpoint(CHECKPOINT_BUSY_MS)
+        except apsw.Error as exc:
+            self.log.debug("checkpoint_skipped", error=_describe(exc))
+            return
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        if truncated and wal > WAL_NOTABLE_BYTES:
+            self.log.info("wal_truncated", from_mib=round(wal / 2 ** 20, 1), ms=ms)
+        else:
+            self.log.debug("checkpoint", wal_bytes=wal, truncated=truncated, ms=ms)
+
+    @property
+    def wal_limit_bytes(self) -> int:
+        return max(0, self.config.database.wal_limit_mib) * 2 ** 20
+
     def _summary(self, now: float) -> None:
         elapsed = now - (self.summary_at - SUMMARY_EVERY_S)
         if self.summary_rows or self.stats["failed"]:
             self.log.info("summary", rows=self.summary_rows,
                           rows_per_s=round(self.summary_rows / max(elapsed, 1e-9)),
                           txns_total=self.stats["txns"], rows_total=self.stats["rows"],
-                          failed_batches_total=self.stats["failed"])
+                          failed_batches_total=self.stats["failed"],
+                          stale_refused_total=self.stats["stale"])
+        self._forget_old()
         self.summary_rows = 0
         self.summary_at = now + SUMMARY_EVERY_S
+
+
+def _rows_of(item) -> int:
+    return len(item.rows) if isinstance(item, _Pending) else 1
+
+
+def _hold_reason(exc: Exception) -> str:
+    if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+        return "busy"
+    if isinstance(exc, apsw.FullError):
+        return "disk full"
+    if isinstance(exc, apsw.ReadOnlyError):
+        return "read-only"
+    return "I/O error"
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, apsw.FullError):
         return f"disk full: {exc}"
+    if isinstance(exc, apsw.ReadOnlyError):
+        return f"read-only: {exc}"
     if isinstance(exc, apsw.IOError):
         return f"I/O error: {exc}"
     return f"{type(exc).__name__}: {exc}"[:300]

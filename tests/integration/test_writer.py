@@ -6,6 +6,8 @@ and one on `feed_in` (where the broker's XSUBs would be), and connects a PUSH to
 
 from __future__ import annotations
 
+from kl_actors.config import EXIT_FATAL
+
 import calendar
 import os
 import signal
@@ -45,9 +47,11 @@ def row(c: Candle, source: str) -> tuple:
 class WriterProcess:
     """A writer process plus the sockets of its peers, all owned by the test."""
 
-    def __init__(self, workdir: Path, **writer_settings) -> None:
+    def __init__(self, workdir: Path, wait: bool = True, database: dict | None = None,
+                 wrap: list[str] | None = None, **writer_settings) -> None:
         settings = {"max_rows_per_txn": 50_000, "max_delay_ms": 20, **writer_settings}
-        self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"})
+        self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"},
+                                  database=database or {})
         Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.config.database.path
         e = self.config.endpoints
@@ -61,13 +65,15 @@ class WriterProcess:
         self.stderr_path = workdir / "writer.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
+            [*(wrap or []), sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
             cwd=ROOT, stderr=self._stderr)
         self.bus_messages: list = []
         self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
         self.heartbeats: list[messages.Heartbeat] = []
+        self.heartbeat_times: list[float] = []  # monotonic arrival time of each heartbeat
         self.events: list[tuple[str, object]] = []  # ("bus"|"feed", message) in arrival order
-        self._wait_connected()
+        if wait:
+            self.wait_connected()
 
     def _sock(self, kind: int, endpoint: str, bind: bool) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -77,7 +83,7 @@ class WriterProcess:
         (sock.bind if bind else sock.connect)(endpoint)
         return sock
 
-    def _wait_connected(self) -> None:
+    def wait_connected(self) -> None:
         # An empty batch with a task id is answered at once: proves PUSH -> writer -> bus works.
         deadline = time.monotonic() + 10
         n = 0
@@ -119,6 +125,7 @@ class WriterProcess:
                 self.events.append(("feed", f))
             if self.control in events:
                 self.heartbeats.append(messages.decode(self.control.recv()))
+                self.heartbeat_times.append(time.monotonic())
 
     def wait_bus(self, predicate, timeout: float = 5.0, what: str = "bus message"):
         def found():
@@ -415,3 +422,201 @@ def test_symbols_and_exchange_holes_are_recorded(writer):
     finally:
         store.close()
     assert "event=invalid_hole" in writer.stderr()
+
+
+class OutsideWriteLock:
+    """Another process's write transaction on the file (here: this test's own connection)."""
+
+    def __init__(self, db_path: str) -> None:
+        import apsw
+        self.conn = apsw.Connection(db_path)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def max_heartbeat_gap(writer: WriterProcess, since: float) -> float:
+    times = [since] + [t for t in writer.heartbeat_times if t >= since] + [time.monotonic()]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
+def test_outside_write_lock_holds_every_batch_with_heartbeats_going_on(writer):
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(0, 10), task_id="before"))
+    writer.wait_committed("before")
+    writer.bus_messages.clear()
+    lock = OutsideWriteLock(writer.db_path)
+    locked_at = time.monotonic()
+    try:
+        # REST tasks, a WebSocket batch (no task id: nothing would ever ask for it again) and
+        # meta rows, all while the file is locked for longer than the old 5 s busy timeout.
+        sent = {f"held-{i}": minutes(10 + i * 20, 20) for i in range(6)}
+        for task_id, candles in sent.items():
+            writer.send(KlineBatch("BTCUSDT", "1m", "rest", candles, task_id=task_id))
+        ws = minutes(200, 3, close="100.9")
+        writer.send(KlineBatch("ETHUSDT", "1m", "ws", ws, live=True))
+        writer.send(messages.SymbolsUpdate([messages.SymbolInfo("ETHUSDT", "TRADING", 7)], seen_at_ms=5))
+        while time.monotonic() < locked_at + 8:
+            writer.pump(0.1)
+            assert writer.proc.poll() is None, writer.stderr()
+        assert not any(isinstance(m, (messages.Committed, messages.WriteFailed)) for m in writer.bus_messages)
+        # Heartbeats every 0.2 s: never a silence near the supervisor's timeout.
+        assert max_heartbeat_gap(writer, locked_at) < 2.0, writer.heartbeat_times
+    finally:
+        lock.release()
+    for task_id in sent:
+        writer.wait_committed(task_id, timeout=10)
+    writer.wait_bus(lambda m: isinstance(m, messages.Committed)
+                    and messages.TableCommit("ETHUSDT", "1m", 3, ws[0].open_time_ms, ws[-1].open_time_ms)
+                    in m.tables, what="the ws batch committed")
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in minutes(0, 130)]
+    assert writer.rows("ETHUSDT", "1m") == [row(c, "ws") for c in ws]
+    store = writer.reader()
+    try:
+        assert [s.symbol for s in store.symbols()] == ["ETHUSDT"]
+    finally:
+        store.close()
+    log = writer.stderr()
+    assert log.count("event=database_blocked") == 1 and "reason=busy" in log
+    assert log.count("event=database_resumed") == 1
+    blocked_s = float(log.split("event=database_resumed")[1].split("blocked_s=")[1].split()[0])
+    assert blocked_s >= 7
+    assert "event=write_failed" not in log and not any(
+        isinstance(m, messages.WriteFailed) for m in writer.bus_messages)
+    assert writer.proc.poll() is None
+
+
+def test_writer_started_while_another_process_holds_the_write_lock(workdir, writer_factory):
+    from kl_actors.config import DatabaseConfig
+    Store.open_writer(DatabaseConfig(path=str(workdir / "db.sqlite"))).close()
+    lock = OutsideWriteLock(str(workdir / "db.sqlite"))
+    try:
+        writer = writer_factory(wait=False)
+        started = time.monotonic()
+        while time.monotonic() < started + 8:
+            writer.pump(0.1)
+            assert writer.proc.poll() is None, writer.stderr()
+        assert len(writer.heartbeats) >= 10 and max_heartbeat_gap(writer, started + 2) < 2.0
+        assert "event=database_blocked reason=busy" in writer.stderr()
+        assert "phase=opening" in writer.stderr()
+        writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(0, 5), task_id="queued"))
+    finally:
+        lock.release()
+    writer.wait_committed("queued", timeout=10)
+    writer.wait_connected()
+    assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for c in minutes(0, 5)]
+    assert "event=database_resumed" in writer.stderr() and "Traceback" not in writer.stderr()
+
+
+def test_later_requested_rest_answer_wins_whatever_commits_last(writer):
+    c = minutes(0, 1)[0]
+    sent_at = c.close_time_ms + 1  # a boundary fetch, asked just after the close
+    provisional, final, newer = (msgspec.structs.replace(c, close=v) for v in ("100.1", "100.2", "100.3"))
+    # The re-check (asked 5 s later) commits first; the slow provisional answer arrives after it.
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", [final], task_id="recheck", live=True,
+                           requested_at_ms=sent_at + 5000))
+    writer.wait_committed("recheck")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", [provisional], task_id="slow", live=True,
+                           requested_at_ms=sent_at))
+    slow = writer.wait_committed("slow")
+    assert slow.tables == []  # done, nothing written
+    assert [r[4] for r in writer.rows("BTCUSDT", "1m")] == ["100.2"]
+    # The same two in one transaction, the stale one last: still the later request's values.
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", [newer], task_id="newer", live=True,
+                           requested_at_ms=sent_at + 9000))
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", [final], task_id="late", live=True,
+                           requested_at_ms=sent_at + 5000))
+    writer.wait_committed("newer")
+    writer.wait_committed("late")
+    assert [r[4] for r in writer.rows("BTCUSDT", "1m")] == ["100.3"]
+    writer.pump(0.3)
+    # Only what was stored reached the feed, in the order stored.
+    assert [f.candle.close for _, f in writer.feed_messages] == ["100.2", "100.3"]
+    assert writer.stderr().count("event=stale_answer_refused") == 2
+    assert not any(isinstance(m, messages.WriteFailed) for m in writer.bus_messages)
+
+
+def test_wal_grown_by_a_long_reader_shrinks_back_after_it(writer):
+    wal = Path(writer.db_path + "-wal")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(0, 1), task_id="first"))
+    writer.wait_committed("first")
+    import apsw
+    reader = apsw.Connection(writer.db_path, flags=apsw.SQLITE_OPEN_READONLY)
+    reader.execute("BEGIN")
+    assert list(reader.execute("SELECT count(*) FROM k_btc_1m")) == [(1,)]  # the snapshot is taken
+    try:
+        for i in range(200):
+            writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(1 + i * 1000, 1000), task_id=f"w{i}"))
+        writer.wait_committed("w199", timeout=60)
+        grown = wal.stat().st_size
+        assert grown > 10 * 2 ** 20, grown  # nothing could be checkpointed past the reader
+        assert list(reader.execute("SELECT count(*) FROM k_btc_1m")) == [(1,)]
+    finally:
+        reader.close()
+    wait_for(lambda: writer.pump(0.05) or wal.stat().st_size < 2 ** 20, 30, interval=0.2,
+             what=f"the WAL ({grown} bytes) to shrink below 1 MiB")
+    store = writer.reader()
+    try:
+        assert store.count("BTCUSDT", "1m") == 200_001
+    finally:
+        store.close()
+    assert "event=wal_truncated" in writer.stderr()
+
+
+def in_mount_namespace(script: str) -> list[str]:
+    """A command prefix running the writer in its own mount namespace after `script` (sh) has
+    mounted what the test needs there; skips the test where user namespaces are not allowed."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user/mount namespaces here: {probe.stderr.decode(errors='replace')[:200]}")
+    return ["unshare", "-rm", "sh", "-ec", script + '\nexec "$@"', "sh"]
+
+
+def test_read_only_database_is_one_line_and_exit_status_2(workdir, writer_factory):
+    from kl_actors.config import DatabaseConfig
+    data = workdir / "data"
+    Store.open_writer(DatabaseConfig(path=str(data / "db.sqlite"))).close()
+    wrap = in_mount_namespace(f"mount --bind {data} {data}\nmount -o remount,ro,bind {data}")
+    writer = writer_factory(wait=False, wrap=wrap, database={"path": str(data / "db.sqlite")})
+    assert writer.proc.wait(timeout=20) == EXIT_FATAL, writer.stderr()
+    log = writer.stderr()
+    assert log.count("event=database_unusable") == 1 and "read-only" in log, log
+    assert "Traceback" not in log
+
+
+def test_full_disk_holds_the_batches_until_space_comes_back(workdir, writer_factory):
+    data = workdir / "data"
+    data.mkdir()
+    # A 2 MiB file system, 1.5 MiB of it taken by a file the test removes later.
+    wrap = in_mount_namespace(f"mount -t tmpfs -o size=2m tmpfs {data}\n"
+                              f"dd if=/dev/zero of={data}/filler bs=1024 count=1536 2>/dev/null")
+    writer = writer_factory(wrap=wrap, database={"path": str(data / "db.sqlite")})
+    seen_from_here = Path(f"/proc/{writer.proc.pid}/root") / str(data).lstrip("/")
+    assert (seen_from_here / "filler").exists()
+    sent = {f"f{i}": minutes(i * 1000, 1000) for i in range(8)}  # ~1 MiB of rows: does not fit
+    for task_id, candles in sent.items():
+        writer.send(KlineBatch("BTCUSDT", "1m", "rest", candles, task_id=task_id))
+    wait_for(lambda: writer.pump(0.05) or "event=database_blocked" in writer.stderr(), 20, interval=0,
+             what="database_blocked logged")
+    blocked_at = time.monotonic()
+    while time.monotonic() < blocked_at + 3:
+        writer.pump(0.1)
+    assert writer.proc.poll() is None, writer.stderr()
+    assert not any(isinstance(m, messages.WriteFailed) for m in writer.bus_messages)
+    log = writer.stderr()
+    assert log.count("event=database_blocked") == 1 and 'reason="disk full"' in log, log
+    (seen_from_here / "filler").unlink()
+    for task_id in sent:
+        writer.wait_committed(task_id, timeout=20)
+    # SQLite resolves /proc/<pid>/root to our own root, so read a copy, taken once the idle
+    # writer has checkpointed everything into the main file (nothing is written after that).
+    wait_for(lambda: (seen_from_here / "db.sqlite-wal").stat().st_size == 0, 20, what="idle checkpoint")
+    copy = workdir / "copy.sqlite"
+    copy.write_bytes((seen_from_here / "db.sqlite").read_bytes())
+    store = Store.open_readonly(path=str(copy))
+    try:
+        assert store.candles("BTCUSDT", "1m") == [row(c, "rest") for c in minutes(0, 8000)]
+    finally:
+        store.close()
+    assert "event=database_resumed" in writer.stderr() and "event=write_failed" not in writer.stderr()

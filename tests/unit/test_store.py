@@ -221,3 +221,48 @@ def test_full_database_rolls_back_and_store_keeps_working(db):
     db.conn.execute("PRAGMA max_page_count=1073741823")
     assert write(db, "BTCUSDT", "1m", "rest", big) == len(big)
     assert db.count("BTCUSDT", "1m") == 5000
+
+
+def test_writer_connection_caps_the_wal_file(db):
+    assert next(db.conn.cursor().execute("PRAGMA journal_size_limit"))[0] == 64 * 2 ** 20
+
+
+def test_checkpoint_truncates_the_wal_only_once_no_reader_needs_it(db, tmp_path):
+    write(db, "BTCUSDT", "1m", "rest", minutes(0))
+    reader = apsw.Connection(str(tmp_path / "sub" / "dir" / "k.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
+    reader.execute("BEGIN")
+    assert list(reader.execute("SELECT count(*) FROM k_btc_1m")) == [(1,)]
+    write(db, "BTCUSDT", "1m", "rest", minutes(*range(1, 2000)))
+    grown = db.wal_bytes()
+    assert grown > 0
+    assert db.checkpoint(busy_timeout_ms=10) is False  # the reader's snapshot still needs it
+    assert db.wal_bytes() >= grown
+    reader.execute("COMMIT")
+    assert db.checkpoint(busy_timeout_ms=10) is True
+    assert db.wal_bytes() == 0
+    assert db.count("BTCUSDT", "1m") == 2000
+    reader.close()
+
+
+def test_open_writer_waits_for_a_held_write_lock_only_its_busy_timeout(tmp_path):
+    import time
+    path = str(tmp_path / "k.sqlite")
+    Store.open_writer(DatabaseConfig(path=path)).close()
+    outside = apsw.Connection(path)
+    outside.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(apsw.BusyError):
+        Store.open_writer(DatabaseConfig(path=path), busy_timeout_ms=100)
+    assert time.monotonic() - started < 2
+    outside.execute("ROLLBACK")
+    store = Store.open_writer(DatabaseConfig(path=path), busy_timeout_ms=100)
+    assert store.schema_version() == 1
+    store.close()
+    outside.close()
+
+
+def test_open_writer_of_a_file_that_is_not_a_database_is_a_store_error(tmp_path):
+    path = tmp_path / "k.sqlite"
+    path.write_bytes(b"this is not an SQLite file, and it is long enough to have a header" * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store.open_writer(DatabaseConfig(path=str(path)))
