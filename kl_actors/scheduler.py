@@ -40,6 +40,10 @@ EXIT_INCOMPLETE = 3
 PLAN_SLICE_S = 0.05
 # Backfill tasks kept queued in the book; the rest waits as ranges in the backlog.
 QUEUED_BACKFILL = 2000
+# A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
+# has not committed are waited for, not fetched again; a restarted writer gets them again.
+WRITER_SILENT_S = 3.0
+LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 
@@ -94,7 +98,10 @@ class Scheduler(Actor):
         self.discovery: Future | None = None
         self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
         self.holding = False  # release held back: too many results wait for the writer
-        self.slowest_tick_s = 0.0
+        self.writer_heard = time.monotonic()
+        self.writer_started_ms = 0
+        self.slowest_tick_s = 0.0  # since the last progress line
+        self.pass_slowest_s = 0.0  # since the current planning pass began
 
     # -- the loop ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -120,7 +127,9 @@ class Scheduler(Actor):
         if (self.mode == "once" and self.planned_once and self.planning is None and not len(self.backlog)
                 and self.book.open_count() == 0):
             self._finish_once()
-        self.slowest_tick_s = max(self.slowest_tick_s, time.monotonic() - started)
+        took = time.monotonic() - started
+        self.slowest_tick_s = max(self.slowest_tick_s, took)
+        self.pass_slowest_s = max(self.pass_slowest_s, took)
 
     def poll_timeout_ms(self) -> int:
         return self.poll_ms
@@ -213,7 +222,7 @@ class Scheduler(Actor):
         server_now = self.clock.now_ms()
         k = self.config.klines
         started = time.monotonic()
-        self.plan_busy_s = 0.0
+        self.plan_busy_s = self.pass_slowest_s = 0.0
         self.generation += 1
         tables_planned = rows_checked = pages = 0
         store = self._open_store()
@@ -261,7 +270,8 @@ class Scheduler(Actor):
         self.log.info("planned", tasks=pages, symbols=len(self.trading), intervals=",".join(k.intervals),
                       tables=tables_planned, rows_checked=rows_checked, busy_ms=round(busy_ms, 1),
                       per_table_ms=round(busy_ms / max(tables_planned, 1), 3),
-                      seconds=round(time.monotonic() - started, 2))
+                      seconds=round(time.monotonic() - started, 2),
+                      slowest_tick_ms=round(self.pass_slowest_s * 1000, 1))
 
     def _refill(self) -> None:
         """Cut pages off the backlog while the queue is short: tasks exist only shortly before
@@ -417,7 +427,13 @@ class Scheduler(Actor):
 
     def _expire_leases(self) -> None:
         server_now = self.clock.now_ms()
+        writer_silent = time.monotonic() - self.writer_heard > WRITER_SILENT_S
         for task_id in self.book.expired(server_now):
+            st = self.book.states[task_id]
+            if st.result_ok and writer_silent and st.leases_kept < LEASES_KEPT_MAX:
+                st.leases_kept += 1  # its page waits in the writer's queue: fetching it again adds a copy
+                st.lease_until_ms = server_now + self.book.lease_ms
+                continue
             self.budget.settle(task_id, 0, server_now)
             st = self._retry(task_id, server_now, 0, "lease expired", count_attempt=True)
             self.log.warning("lease_expired", task_id=task_id,
@@ -491,6 +507,7 @@ class Scheduler(Actor):
                 return
             msg = self.receive(sock)
             if isinstance(msg, Committed):
+                self._writer_heard(msg.writer_started_ms)
                 for task_id in msg.task_ids:
                     st = self.book.committed(task_id)
                     if st is not None:
@@ -503,6 +520,22 @@ class Scheduler(Actor):
                                  action="tasks re-issued in 1.0s")
             elif isinstance(msg, ClockSync):
                 self.clock.update(msg)
+
+    def _writer_heard(self, started_ms: int) -> None:
+        self.writer_heard = time.monotonic()
+        if started_ms == self.writer_started_ms:
+            return
+        restarted = self.writer_started_ms != 0
+        self.writer_started_ms = started_ms
+        if not restarted:
+            return
+        # Pages fetched for the writer's earlier run may have died with it: fetch them again now.
+        server_now = self.clock.now_ms()
+        waiting = [tid for tid in self.book.in_flight if self.book.states[tid].result_ok]
+        for task_id in waiting:
+            self.budget.settle(task_id, 0, server_now)
+            self._retry(task_id, server_now, 0, "writer restarted", count_attempt=False)
+        self.log.info("writer_restarted", reissued=len(waiting), action="uncommitted pages fetched again")
 
     def _done(self, st: TaskState, committed_at_ms: int) -> None:
         self.recently_done[st.task.task_id] = st

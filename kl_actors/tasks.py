@@ -34,6 +34,7 @@ class TaskState:
     empty_answers: int = 0
     last_error: str = ""
     created_ms: int = 0
+    leases_kept: int = 0                 # lease renewed while the writer was silent
 
 
 @dataclass
