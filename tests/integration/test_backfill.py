@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -33,6 +35,7 @@ def server_ms(sim):
     return sim.info()["server_time_ms"]
 
 
+@pytest.mark.slow
 def test_fifty_symbols_four_intervals_from_empty_then_only_tail(workdir, sim_factory):
     sim = sim_factory(symbols=50, weight_limit=1_000_000)
     symbols = trading_symbols(sim)
@@ -114,7 +117,13 @@ def test_an_empty_answer_for_a_moment_is_not_recorded_as_a_hole(workdir, sim_fac
     sim.add_hole("BTCUSDT", gone_start, intervals.next_open("1h", gone_end))
     service = RunningService(config, workdir, extra_args=["--once"])
     try:
-        wait_for(lambda: "event=hole_empty_once symbol=BTCUSDT" in service.log_text(), 60, what="first empty answer")
+        def first_empty_answer():
+            if "event=hole_empty_once symbol=BTCUSDT" in service.log_text():
+                return True
+            assert service.proc.poll() is None, service.log_text()[-3000:]  # ended without asking
+            return False
+
+        wait_for(first_empty_answer, 90, what="first empty answer")
         sim.clear_holes("BTCUSDT")  # the blip is over before the second look
         service.proc.wait(timeout=120)
         code, err = service.stop()
@@ -129,6 +138,7 @@ def test_an_empty_answer_for_a_moment_is_not_recorded_as_a_hole(workdir, sim_fac
     assert_exact(workdir / "db.sqlite", sim, symbols, depth, 0, server_ms(sim))
 
 
+@pytest.mark.slow
 def test_low_weight_limit_four_downloaders_never_throttled(workdir, sim_factory):
     sim = sim_factory(symbols=8, weight_limit=60)
     symbols = trading_symbols(sim)
@@ -171,6 +181,7 @@ def _retry_info(sim):
     return wait_for(ok, timeout=20, what="exchangeInfo without a fault")
 
 
+@pytest.mark.slow
 def test_kill9_downloader_and_scheduler_mid_backfill_still_exact(workdir, sim_factory):
     sim = sim_factory(symbols=20, weight_limit=1_000_000, latency_ms=300)
     symbols = trading_symbols(sim)
