@@ -31,6 +31,7 @@ import zmq
 
 from . import fetch
 from .actor import Actor
+from .budget import hold_until_ms
 from .clock import ServerClock
 from .messages import Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
 
@@ -125,8 +126,11 @@ class Downloader(Actor):
                 break
             self.in_flight.pop(task.task_id, None)
             if result.status in ("rate_limited", "banned"):
-                until = time.monotonic() + max(result.retry_after_s, 1.0)
-                self.blocked_until = max(self.blocked_until, until)
+                # Any value (the next-window sentinel, a 3-day ban) becomes a bounded hold here;
+                # no worker waits it out: tasks meanwhile are answered `held_back` at once.
+                server_now = self.clock.now_ms()
+                wait_s = (hold_until_ms(result.retry_after_s, server_now) - server_now) / 1000
+                self.blocked_until = max(self.blocked_until, time.monotonic() + wait_s)
             self._report(task, result, page)
         self._arm()
         if not self.stopping and len(self.in_flight) < self.slots:

@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import requests
 import zmq
 
-from . import boundaries, intervals, planner
+from . import boundaries, fetch, intervals, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
@@ -107,9 +107,9 @@ class Scheduler(Actor):
         url = self.config.exchange.rest_url + "/fapi/v1/exchangeInfo"
         try:
             response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
-            used = response.headers.get("X-MBX-USED-WEIGHT-1M")
-            if used and used.isdigit():
-                self.budget.observe(int(used), server_now, self.clock.now_ms())
+            used = fetch.weight_used(response.headers)
+            if used >= 0:
+                self.budget.observe(used, server_now, self.clock.now_ms())
             if response.status_code != 200:
                 raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
             found = parse_exchange_info(response.content, self.config.symbols)
@@ -320,11 +320,12 @@ class Scheduler(Actor):
                 self._empty_hole(st)
             return
         if r.status in ("rate_limited", "banned"):
-            self.budget.block(r.retry_after_s, server_now)
+            # Any float is safe here (budget.hold_until_ms): a hostile Retry-After was already
+            # turned into "next window" or a capped ban by fetch.retry_after_s.
+            pause_ms = max(0, self.budget.block(r.retry_after_s, server_now) - server_now)
             self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
-                             action=f"all dispatch paused for {max(r.retry_after_s, 1.0):.1f}s")
-            self._retry(r.task_id, server_now, int(max(r.retry_after_s, 1.0) * 1000), r.status,
-                            count_attempt=False)
+                             detail=r.detail[:160], action=f"all dispatch paused for {pause_ms / 1000:.1f}s")
+            self._retry(r.task_id, server_now, pause_ms, r.status, count_attempt=False)
             return
         if r.status == "not_final":
             delay = self.config.live.not_final_retry_ms
