@@ -10,6 +10,7 @@ Outcomes:
                                                            -> `not_final` (nothing stored);
 - 200 with well-formed JSON that is not a valid page       -> `invalid` (reason in `detail`);
 - 200 whose body is not JSON at all (cut or garbled transfer) -> `network` (transient);
+- a body past the page's size cap (the downloader stops reading) -> `invalid` (`too_large`);
 - 429 -> `rate_limited`, 418 -> `banned` (both with `retry_after_s` from `Retry-After`, see
   `retry_after_s`; the raw header, truncated and printable, starts `detail`);
 - any other status (4xx, 5xx)                              -> `http_error` (exchange code/msg);
@@ -166,6 +167,12 @@ def network_failure(task: DownloadTask, exc: BaseException) -> TaskResult:
     """No usable answer at all (reset, timeout, refused): transient, no weight header."""
     return TaskResult(task_id=task.task_id, status="network",
                       detail=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def too_large(task: DownloadTask, status: int, headers: Mapping[str, str], reason: str) -> TaskResult:
+    """The body passed the page's size cap and was not read further: never a page we store."""
+    return TaskResult(task_id=task.task_id, status="invalid", http_status=status,
+                      weight_used_1m=weight_used(headers), detail=reason[:300])
 
 
 def held_back(task: DownloadTask, wait_s: float) -> TaskResult:

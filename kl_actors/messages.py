@@ -206,6 +206,16 @@ _feed_decoder = msgspec.msgpack.Decoder(FeedKline)
 _gap_decoder = msgspec.msgpack.Decoder(FeedGap)
 
 
+def subscription(cls: type) -> bytes:
+    """The bytes every encoded `cls` message starts with (map size, tag key, tag value): a SUB
+    filter that takes only this kind off the bus (the writer's own `Committed` stay out)."""
+    config = cls.__struct_config__
+    fields = len(cls.__struct_fields__) + 1
+    if fields > 15:
+        raise ValueError(f"{cls.__name__}: a fixmap header holds at most 15 fields")
+    return bytes([0x80 | fields]) + _encoder.encode(config.tag_field) + _encoder.encode(config.tag)
+
+
 def encode(message: Message | FeedKline | FeedGap) -> bytes:
     return _encoder.encode(message)
 

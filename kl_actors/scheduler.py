@@ -24,6 +24,7 @@ from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
 from .discovery import DiscoveryError, parse_exchange_info
+from .httpcap import EXCHANGE_INFO_CAP_BYTES, BodyTooLarge, get_capped
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
                        TaskResult, WriteFailed)
 from .store import Store, StoreError
@@ -106,14 +107,15 @@ class Scheduler(Actor):
             return
         url = self.config.exchange.rest_url + "/fapi/v1/exchangeInfo"
         try:
-            response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
+            response, body = get_capped(self.http, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
+                                        timeout_s=self.config.exchange.request_timeout_s)
             used = fetch.weight_used(response.headers)
             if used >= 0:
                 self.budget.observe(used, server_now, self.clock.now_ms())
             if response.status_code != 200:
-                raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
-            found = parse_exchange_info(response.content, self.config.symbols)
-        except (requests.RequestException, DiscoveryError) as exc:
+                raise DiscoveryError(f"HTTP {response.status_code}: {fetch.error_text(body)[:200]}")
+            found = parse_exchange_info(body, self.config.symbols)
+        except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
             self.next_discovery = now + 5.0
             self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
                              action="keeping last list, retry in 5.0s")
