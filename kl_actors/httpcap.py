@@ -34,6 +34,20 @@ def klines_cap_bytes(limit: int) -> int:
     return max(1, limit) * 400 + 64 * 1024
 
 
+def _chunks(response: requests.Response):
+    """The body as it arrives: `read1` returns after one socket read, so a trickling body still
+    lets the caller check its deadline (`iter_content` waits for a whole chunk)."""
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2.3
+        yield from response.iter_content(CHUNK_BYTES)
+        return
+    while True:
+        chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
 def get_capped(session: requests.Session, url: str, *, cap_bytes: int, timeout_s: float,
                params: Mapping[str, object] | None = None) -> tuple[requests.Response, bytes]:
     """GET `url`; the response (body consumed) and its body, at most `cap_bytes` (decoded) bytes.
@@ -50,7 +64,7 @@ def get_capped(session: requests.Session, url: str, *, cap_bytes: int, timeout_s
             raise BodyTooLarge(cap_bytes, response.status_code, response.headers)
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(CHUNK_BYTES):
+        for chunk in _chunks(response):
             size += len(chunk)
             if size > cap_bytes:
                 raise BodyTooLarge(cap_bytes, response.status_code, response.headers)

@@ -87,14 +87,14 @@ def decode_page(body: bytes) -> list[Candle]:
 def decode_ws_event(raw: bytes | str) -> WsKline | None:
     """A kline or continuous-kline event (raw or combined) -> WsKline; None for control replies.
 
-    Raises PageError for a message that claims to be a kline but is malformed.
+    Raises PageError for a message that is not JSON or does not fit the event's shape.
     """
     try:
         msg = _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        if b'"k"' in (raw if isinstance(raw, bytes) else raw.encode()):
-            raise PageError(f"malformed kline event: {exc}") from None
-        return None
+        # Control replies (`{"result": null, "id": 1}`) decode fine: anything that does not is
+        # not something the exchange sends on a kline stream.
+        raise PageError(f"malformed websocket message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PageError(f"undecodable websocket message: {exc}") from None
     event = msg.data if msg.data is not None else msg

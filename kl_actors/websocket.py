@@ -54,6 +54,7 @@ from . import messages
 from .actor import Actor, now_ms
 from .clock import ServerClock
 from .discovery import Discovered, DiscoveryError, parse_exchange_info
+from .httpcap import EXCHANGE_INFO_CAP_BYTES, get_capped
 from .klines import PageError, check_candle, decode_ws_event
 from .messages import ClockSync, FeedKline, KlineBatch
 from .streams import (
@@ -281,9 +282,10 @@ class WebSocketActor(Actor):
     def _fetch_exchange_info(self) -> Discovered:
         """Runs in the discovery thread: HTTP and parsing only, no actor state."""
         url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
-        response = self.session.get(url, timeout=self.config.exchange.request_timeout_s)
+        response, body = get_capped(self.session, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
+                                    timeout_s=self.config.exchange.request_timeout_s)
         response.raise_for_status()
-        return parse_exchange_info(response.content, self.config.symbols)
+        return parse_exchange_info(body, self.config.symbols)
 
     def _apply_symbols(self, symbols: list[str]) -> None:
         if symbols == self.symbols and self.slots:
@@ -447,6 +449,9 @@ class WebSocketActor(Actor):
                 return
             message = self.receive(sock)
             if isinstance(message, ClockSync):
+                if not self.clock.synced:
+                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
+                                  action="candles dated in the future are refused from now on")
                 self.clock.update(message)
 
     def _drop(self, link: Link, reason: str) -> None:

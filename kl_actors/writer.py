@@ -284,6 +284,9 @@ class Writer(Actor):
                 return
             message = self.receive(sock)
             if isinstance(message, ClockSync):
+                if not self.clock.synced:
+                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
+                                  action="candles dated in the future are refused from now on")
                 self.clock.update(message)
 
     def _future_limit_ms(self) -> int | None:
