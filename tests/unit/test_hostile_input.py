@@ -228,3 +228,27 @@ def test_no_suppression_no_summary_and_windows_forgotten():
         assert limit.allow("e", i)
     assert limit.ended(10.0) == [] and limit.windows == {}
     assert budget.MINUTE_MS == MIN
+
+
+def test_subscription_prefix_selects_exactly_one_kind():
+    prefix = messages.subscription(messages.ClockSync)
+    clock = messages.encode(messages.ClockSync(offset_ms=1.5, rtt_ms=2.0, measured_at_ms=3))
+    assert clock.startswith(prefix)
+    others = [messages.Committed(task_ids=["a"], tables=[], committed_at_ms=1),
+              messages.WriteFailed(task_ids=["a"], error="x"),
+              messages.TaskResult(task_id="a", status="ok"),
+              messages.Heartbeat(actor="a", pid=1, sent_at_ms=1)]
+    assert not any(messages.encode(m).startswith(prefix) for m in others)
+    for cls in messages.Message.__args__:
+        assert messages.subscription(cls).endswith(msgspec.msgpack.encode(cls.__struct_config__.tag))
+
+
+def test_hostile_input_modules_stay_pure():
+    import ast
+    from pathlib import Path
+
+    for module in (fetch, budget, klines, messages):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"zmq", "requests", "websocket", "apsw", "time", "socket"}, module.__name__
