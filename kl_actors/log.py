@@ -5,7 +5,8 @@ Values with spaces or quotes are JSON-quoted so a line always splits back into i
 
 Warnings and errors are rate-limited per event name (`RateLimit`): a format change on the
 exchange would otherwise write one line per event, ~15k lines a second. At most `burst` lines of
-one event per `window_s`; the rest are counted, and when the window has passed one line
+one event per `window_s` (lines with a `name` field, the supervisor's about each actor, count per
+name); the rest are counted, and when the window has passed one line
 `event=log_suppressed suppressed=<event> count=N` says how many were not written. Info and debug
 lines are never limited.
 """
@@ -86,7 +87,9 @@ class Logger:
         if _LEVELS[level] >= _LEVELS["WARNING"]:
             now = self.clock()
             self.flush(now)
-            if not self.limit.allow(event, now):
+            # The supervisor's lines about different actors (`name=`) are different events.
+            key = f"{event} name={fields['name']}" if "name" in fields else event
+            if not self.limit.allow(key, now):
                 return
         self._write(level, event, fields)
 
@@ -95,9 +98,12 @@ class Logger:
         this, so the count appears even when the flood has stopped)."""
         if not self.limit.windows:
             return
-        for event, count in self.limit.ended(self.clock() if now is None else now):
-            self._write("WARNING", "log_suppressed", {"suppressed": event, "count": count,
-                                                      "window_s": self.limit.window_s})
+        for key, count in self.limit.ended(self.clock() if now is None else now):
+            event, _, name = key.partition(" name=")
+            fields: dict[str, object] = {"suppressed": event, "count": count, "window_s": self.limit.window_s}
+            if name:
+                fields["name"] = name
+            self._write("WARNING", "log_suppressed", fields)
 
     def debug(self, event: str, **fields: object) -> None:
         self._emit("DEBUG", event, fields)

@@ -252,3 +252,18 @@ def test_hostile_input_modules_stay_pure():
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not names & {"zmq", "requests", "websocket", "apsw", "time", "socket"}, module.__name__
+
+
+def test_lines_about_different_actors_are_limited_apart():
+    clock, out = FakeClock(), io.StringIO()
+    log = Logger("supervisor", stream=out, clock=clock, limit=RateLimit(burst=2, window_s=10.0))
+    for _ in range(4):
+        log.warning("actor_exited", name="writer")
+        log.warning("actor_exited", name="scheduler")
+    assert sum("event=actor_exited name=writer" in ln for ln in lines(out)) == 2
+    assert sum("event=actor_exited name=scheduler" in ln for ln in lines(out)) == 2
+    clock.now += 10
+    log.flush()
+    summaries = [ln for ln in lines(out) if "event=log_suppressed" in ln]
+    assert sorted(s.split("name=")[1] for s in summaries) == ["scheduler", "writer"]
+    assert all("suppressed=actor_exited count=2" in s for s in summaries)
