@@ -66,6 +66,9 @@ class KlinesConfig(_Section):
     depth: dict[str, int] = msgspec.field(default_factory=lambda: dict(DEFAULT_DEPTH))
     # True: new symbols are fetched from their listing date (onboardDate), ignoring depth.
     since_listing: bool = False
+    # An empty answer inside stored history is asked again this much later before it is recorded
+    # as an exchange hole (never asked again): a blip of the exchange must not become permanent.
+    hole_confirm_s: float = 45.0
 
 
 class DownloaderConfig(_Section):
@@ -75,6 +78,9 @@ class DownloaderConfig(_Section):
     page_limit: int = 499
     lease_s: float = 30.0
     max_attempts: int = 8
+    # Tasks released but not yet committed by the writer, at most: a stalled writer stops the
+    # release of new work instead of filling socket queues with pages (~60 KB each).
+    max_uncommitted: int = 256
 
 
 class WeightConfig(_Section):
@@ -274,6 +280,7 @@ def check(config: Config, source: str) -> Config:
             fail(f"klines.depth.{name}", "not an interval")
         if not 1 <= depth <= MAX_DEPTH:
             fail(f"klines.depth.{name}", f"must be 1..{MAX_DEPTH}, got {depth}")
+    at_least("klines.hole_confirm_s", config.klines.hole_confirm_s, 0)
     for key in ("include", "exclude"):
         for symbol in getattr(config.symbols, key):
             try:
@@ -289,6 +296,8 @@ def check(config: Config, source: str) -> Config:
         fail("downloader.page_limit", f"must be 1..1500 (the exchange's maximum), got {d.page_limit}")
     positive("downloader.lease_s", d.lease_s)
     at_least("downloader.max_attempts", d.max_attempts, 1)
+    # Fewer than the pool's request slots would leave slots idle at every moment.
+    at_least("downloader.max_uncommitted", d.max_uncommitted, d.processes * d.concurrency)
     if config.weight.limit_per_minute < 0:
         fail("weight.limit_per_minute", "must be 0 (from exchangeInfo) or positive")
     if not 0 < config.weight.usable_fraction <= 1:

@@ -61,3 +61,45 @@ def split_pages(interval: str, first_open_ms: int, last_open_ms: int, limit: int
         pages.append((start, end))
         start = intervals.next_open(interval, end)
     return pages
+
+
+def subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """Open-time range `piece` minus [start_ms, end_ms], as aligned ranges."""
+    a, b = piece
+    if end_ms < a or start_ms > b:
+        return [piece]
+    left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
+    right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
+    out = []
+    if left_end >= a:
+        out.append((a, left_end))
+    if right_start <= b:
+        out.append((right_start, b))
+    return out
+
+
+def minus_known(interval: str, gaps: list[tuple[int, int]],
+                known: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`gaps` without the confirmed exchange holes `known`."""
+    result = []
+    for gap in gaps:
+        pieces = [gap]
+        for start_ms, end_ms in known:
+            pieces = [p for piece in pieces for p in subtract(interval, piece, start_ms, end_ms)]
+        result.extend(pieces)
+    return result
+
+
+def page_count(interval: str, first_open_ms: int, last_open_ms: int, limit: int) -> int:
+    return -(-intervals.count_between(interval, first_open_ms, last_open_ms) // limit)
+
+
+def merge_adjacent(interval: str, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with touching neighbours joined (a gap found across two scan chunks)."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(gaps):
+        if merged and a <= intervals.next_open(interval, merged[-1][1]):
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import apsw
 from msgspec.structs import astuple
 
-from . import intervals
+from . import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
 from .symbols import parse_table_name, table_name
@@ -358,7 +358,12 @@ class Store:
     def kline_tables(self) -> dict[str, dict[str, str]]:
         """symbol -> interval -> table, for every table whose name parses as a kline table."""
         found: dict[str, dict[str, str]] = {}
-        for name in self._table_names():
+        names = self._table_names()
+        if self.readonly:
+            # Each later query then skips its own existence check: while the writer creates
+            # tables, every query of a reader reloads the schema (~0.1 s at 8,000 tables).
+            self._known_tables.update(names)
+        for name in names:
             parsed = parse_table_name(name)
             if parsed is not None:
                 symbol, interval = parsed
@@ -371,6 +376,8 @@ class Store:
             return table
         exists = self._scalar(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,))
+        if exists and self.readonly:
+            self._known_tables.add(table)  # a committed table is never dropped
         return table if exists else None
 
     def last_open_ms(self, symbol: str, interval: str) -> int | None:
@@ -432,6 +439,55 @@ class Store:
             f"(ORDER BY open_time) AS next_open FROM {table}) WHERE next_open - open_time > ?",
             (step_ms,))]
 
+    def first_last(self, symbol: str, interval: str) -> tuple[int | None, int | None]:
+        """First and last stored open time (two primary-key lookups, whatever the table's size)."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return None, None
+        return (self._scalar(f"SELECT open_time FROM {table} ORDER BY open_time LIMIT 1"),
+                self._scalar(f"SELECT open_time FROM {table} ORDER BY open_time DESC LIMIT 1"))
+
+    def count_between(self, symbol: str, interval: str, first_ms: int, last_ms: int) -> int:
+        """Rows with open time in [first_ms, last_ms]: a primary-key range walk, ~10x cheaper than
+        listing the gaps, so a full range is proven complete without reading its rows."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return 0
+        return self._scalar(f"SELECT count(*) FROM {table} WHERE open_time BETWEEN ? AND ?",
+                            (first_ms, last_ms))
+
+    def gaps_between(self, symbol: str, interval: str, first_ms: int, last_ms: int) -> list[tuple[int, int]]:
+        """Aligned open times missing in [first_ms, last_ms] (both aligned), as ranges, edges
+        included: the caller chooses a range inside stored history."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return [(first_ms, last_ms)]
+        if interval == intervals.MONTH:
+            gaps, expected = [], first_ms
+            for (open_ms,) in self._cursor.execute(
+                    f"SELECT open_time FROM {table} WHERE open_time BETWEEN ? AND ? ORDER BY open_time",
+                    (first_ms, last_ms)):
+                if open_ms > expected:
+                    gaps.append((expected, intervals.prev_open(interval, open_ms)))
+                expected = intervals.next_open(interval, open_ms)
+            if expected <= last_ms:
+                gaps.append((expected, last_ms))
+            return gaps
+        step_ms = intervals.nominal_ms(interval)
+        low, high = next(self._cursor.execute(
+            f"SELECT min(open_time), max(open_time) FROM {table} WHERE open_time BETWEEN ? AND ?",
+            (first_ms, last_ms)))
+        if low is None:
+            return [(first_ms, last_ms)]
+        gaps = [(first_ms, low - step_ms)] if low > first_ms else []
+        gaps += [(a + step_ms, b - step_ms) for a, b in self._cursor.execute(
+            f"SELECT open_time, next_open FROM (SELECT open_time, LEAD(open_time) OVER "
+            f"(ORDER BY open_time) AS next_open FROM {table} WHERE open_time BETWEEN ? AND ?) "
+            f"WHERE next_open - open_time > ?", (first_ms, last_ms, step_ms))]
+        if high < last_ms:
+            gaps.append((high + step_ms, last_ms))
+        return gaps
+
     def holes(self, symbol: str, interval: str) -> list[tuple[int, int]]:
         """Ranges [first_missing, last_missing] of open times missing inside stored history,
         minus the exchange holes recorded in `meta_holes`."""
@@ -444,7 +500,7 @@ class Store:
             pieces = [gap]
             for hole_start, hole_end in known:
                 pieces = [p for piece in pieces
-                          for p in _subtract(interval, piece, hole_start, hole_end)]
+                          for p in planner.subtract(interval, piece, hole_start, hole_end)]
             result.extend(pieces)
         return result
 
@@ -455,18 +511,3 @@ class Store:
 
     def schema_version(self) -> int | None:
         return self._scalar("SELECT max(version) FROM meta_schema")
-
-
-def _subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """Open-time range `piece` minus [start_ms, end_ms], as aligned ranges."""
-    a, b = piece
-    if end_ms < a or start_ms > b:
-        return [piece]
-    left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
-    right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
-    out = []
-    if left_end >= a:
-        out.append((a, left_end))
-    if right_start <= b:
-        out.append((right_start, b))
-    return out

@@ -266,3 +266,27 @@ def test_open_writer_of_a_file_that_is_not_a_database_is_a_store_error(tmp_path)
     path.write_bytes(b"this is not an SQLite file, and it is long enough to have a header" * 100)
     with pytest.raises(StoreError, match="cannot open database"):
         Store.open_writer(DatabaseConfig(path=str(path)))
+
+
+@pytest.mark.parametrize("interval", ["1m", "1h", "1M"])
+def test_chunked_counts_and_gaps_find_exactly_the_holes_a_full_scan_finds(db, interval):
+    import random
+
+    from kl_actors import backlog, planner
+
+    rng = random.Random(5)
+    opens = list(intervals.open_times(interval, intervals.align(interval, T0),
+                                      intervals.step(interval, intervals.align(interval, T0), 2999 if interval != "1M" else 99)))
+    kept = [o for o in opens if rng.random() > 0.03 or o in (opens[0], opens[-1])]
+    with db.transaction():
+        db.upsert("BTCUSDT", interval, "rest", [candle(o, interval) for o in kept])
+    first, last = db.first_last("BTCUSDT", interval)
+    assert (first, last) == (opens[0], opens[-1])
+    found = []
+    for lo, hi in backlog.chunks(interval, first, last, rows=137):
+        if db.count_between("BTCUSDT", interval, lo, hi) < intervals.count_between(interval, lo, hi):
+            found.extend(db.gaps_between("BTCUSDT", interval, lo, hi))
+    assert planner.merge_adjacent(interval, found) == db.holes("BTCUSDT", interval)
+    missing = sorted(set(opens) - set(kept))
+    assert sum(intervals.count_between(interval, a, b) for a, b in found) == len(missing)
+    assert db.first_last("ETHUSDT", interval) == (None, None)
