@@ -146,6 +146,7 @@ class Actor:
                     if sock in events:
                         handler(sock)
                 self.tick(time.monotonic())
+                self.log.flush()  # counts of rate-limited warnings whose window has passed
                 if self.parent_pid and os.getppid() != self.parent_pid:
                     self.log.warning("supervisor_gone", action="exiting")
                     break

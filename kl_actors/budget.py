@@ -10,7 +10,14 @@ same IP). After a 429/418 nothing is released until its `Retry-After` has passed
 
 from __future__ import annotations
 
+import math
+
 MINUTE_MS = 60_000
+# `retry_after_s` value meaning "until the next minute window" (the exchange's weight counter
+# resets then): what a 429 with no usable Retry-After gets.
+UNTIL_NEXT_WINDOW = -1.0
+# A 418 ban longer than this is not believed (the exchange's bans grow from 2 minutes to 3 days).
+MAX_BAN_S = 259_200.0
 # How long into a minute a request may still count in the previous one: our clock error (half the
 # best round trip, a few ms to the real exchange) with a wide margin for a loaded machine.
 GUARD_MS = 500
@@ -121,10 +128,13 @@ class WeightBudget:
             # Only matters while the guard still counts the previous minute.
             self.prev_spent = max(self.prev_spent, weight_used_1m)
 
-    def block(self, retry_after_s: float, now_ms: int) -> None:
-        """A 429 or 418: release nothing until Retry-After has passed (at least to the next minute)."""
-        until = now_ms + int(max(retry_after_s, 1.0) * 1000)
-        self.blocked_until_ms = max(self.blocked_until_ms, until)
+    def block(self, retry_after_s: float, now_ms: int) -> int:
+        """A 429 or 418: release nothing until Retry-After has passed; returns that time.
+
+        Any float is accepted (a hostile header must never crash the scheduler): see `hold_until_ms`.
+        """
+        self.blocked_until_ms = max(self.blocked_until_ms, hold_until_ms(retry_after_s, now_ms))
+        return self.blocked_until_ms
 
     def next_release_ms(self, now_ms: int) -> int:
         """When spending may be possible again."""
@@ -132,6 +142,17 @@ class WeightBudget:
             return self.blocked_until_ms
         self._roll(now_ms)
         return self.window_start_ms + MINUTE_MS
+
+
+def hold_until_ms(retry_after_s: float, now_ms: int) -> int:
+    """When a hold for `retry_after_s` seconds from `now_ms` ends (server time), for any float.
+
+    `UNTIL_NEXT_WINDOW`, any other negative value, NaN and infinities mean the start of the next
+    minute window; otherwise at least 1 s and at most `MAX_BAN_S`.
+    """
+    if not math.isfinite(retry_after_s) or retry_after_s < 0:
+        return now_ms - now_ms % MINUTE_MS + MINUTE_MS
+    return now_ms + int(min(max(retry_after_s, 1.0), MAX_BAN_S) * 1000)
 
 
 def reserved_weight(clock_samples: int, rediscover_s: float) -> int:

@@ -16,7 +16,9 @@ A good page goes to the writer first and its result second (an empty page too: t
 `Committed` for it is how the scheduler learns the range is done). A failed task sends no page.
 After a 429/418 no request starts until `Retry-After` has passed; tasks that come meanwhile are
 answered `rate_limited` at once without touching the exchange. It never retries on its own: the
-scheduler owns retries and the weight budget. What an answer means lives in `fetch.py`.
+scheduler owns retries and the weight budget. What an answer means lives in `fetch.py`. A body is
+read only up to a cap derived from the page's limit (`httpcap.klines_cap_bytes`): past it the task
+is `invalid` ("body too large") and the rest is never read.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import zmq
 
 from . import fetch
 from .actor import Actor
+from .budget import hold_until_ms
 from .clock import ServerClock
+from .httpcap import BodyTooLarge, get_capped, klines_cap_bytes
 from .messages import Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
 
 STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
@@ -127,8 +131,11 @@ class Downloader(Actor):
                 break
             self.in_flight.pop(task.task_id, None)
             if result.status in ("rate_limited", "banned"):
-                until = time.monotonic() + max(result.retry_after_s, 1.0)
-                self.blocked_until = max(self.blocked_until, until)
+                # Any value (the next-window sentinel, a 3-day ban) becomes a bounded hold here;
+                # no worker waits it out: tasks meanwhile are answered `held_back` at once.
+                server_now = self.clock.now_ms()
+                wait_s = (hold_until_ms(result.retry_after_s, server_now) - server_now) / 1000
+                self.blocked_until = max(self.blocked_until, time.monotonic() + wait_s)
             self._report(task, result, page)
         self._arm()
         if not self.stopping and len(self.in_flight) < self.slots:
@@ -188,9 +195,13 @@ class Downloader(Actor):
                 page = None
                 requested_at_ms = self.clock.now_ms()
                 try:
-                    response = session.get(url, params=fetch.klines_params(task), timeout=timeout_s)
+                    response, body = get_capped(session, url, params=fetch.klines_params(task),
+                                                timeout_s=timeout_s, cap_bytes=klines_cap_bytes(task.limit))
                     result, page = fetch.classify(task, response.status_code, response.headers,
-                                                  response.content, self.clock.now_ms())
+                                                  body, self.clock.now_ms())
+                    result.requested_at_ms = requested_at_ms
+                except BodyTooLarge as exc:
+                    result = fetch.too_large(task, exc.status, exc.headers, str(exc))
                     result.requested_at_ms = requested_at_ms
                 except requests.RequestException as exc:
                     result = fetch.network_failure(task, exc)

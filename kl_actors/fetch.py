@@ -10,25 +10,35 @@ Outcomes:
                                                            -> `not_final` (nothing stored);
 - 200 with well-formed JSON that is not a valid page       -> `invalid` (reason in `detail`);
 - 200 whose body is not JSON at all (cut or garbled transfer) -> `network` (transient);
-- 429 -> `rate_limited`, 418 -> `banned` (both with `retry_after_s` from `Retry-After`);
+- a body past the page's size cap (the downloader stops reading) -> `invalid` (`too_large`);
+- 429 -> `rate_limited`, 418 -> `banned` (both with `retry_after_s` from `Retry-After`, see
+  `retry_after_s`; the raw header, truncated and printable, starts `detail`);
 - any other status (4xx, 5xx)                              -> `http_error` (exchange code/msg);
 - no answer (reset, timeout, refused)                      -> `network` (`network_failure`).
-`weight_used_1m` is the `X-MBX-USED-WEIGHT-1M` header (-1 when absent), `http_status` the status.
+`weight_used_1m` is the `X-MBX-USED-WEIGHT-1M` header (-1 when absent or not plain ASCII digits),
+`http_status` the status.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import re
+
 import msgspec
 
 from . import klines
+from .budget import MAX_BAN_S, UNTIL_NEXT_WINDOW
 from .messages import Candle, DownloadTask, TaskResult
 
 KLINES_PATH = "/fapi/v1/klines"
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
-# No usable Retry-After on a 429/418: wait out a whole weight window.
-DEFAULT_RETRY_AFTER_S = 60.0
+# A 429's Retry-After is believed only up to this; past it (or unusable) we wait for the next
+# minute window, when the exchange's weight counter resets anyway.
+MAX_RETRY_AFTER_429_S = 600.0
+MAX_INT_DIGITS = 15  # a header count past this is not a count (and stays exact as a float)
+# Retry-After as delta-seconds in ASCII (the exchange sends integers); anything else is unusable.
+_SECONDS_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?", re.ASCII)
 _FOREVER_MS = 2**62
 
 
@@ -55,17 +65,47 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value.strip()
 
 
+def ascii_int(value: str | None) -> int:
+    """A non-negative count written in ASCII digits, else -1.
+
+    `str.isdigit()` also accepts superscripts and other scripts' digits (`²`, `١٢`), which `int()`
+    then rejects or reads as a number the exchange never meant: only `0-9` count here.
+    """
+    if not value or len(value) > MAX_INT_DIGITS or not (value.isascii() and value.isdigit()):
+        return -1
+    return int(value)
+
+
 def weight_used(headers: Mapping[str, str]) -> int:
-    value = _header(headers, WEIGHT_HEADER)
-    return int(value) if value.isdigit() else -1
+    return ascii_int(_header(headers, WEIGHT_HEADER))
 
 
-def retry_after_s(headers: Mapping[str, str]) -> float:
-    try:
-        value = float(_header(headers, "Retry-After"))
-    except ValueError:
-        return DEFAULT_RETRY_AFTER_S
-    return value if value >= 0 else DEFAULT_RETRY_AFTER_S
+def printable(raw: str, limit: int = 40) -> str:
+    """A header value fit for one log line: printable ASCII only, cut to `limit`."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in raw[:limit])
+    return text + ("..." if len(raw) > limit else "")
+
+
+def retry_after_s(headers: Mapping[str, str], status: int = 429) -> float:
+    """Seconds to hold after a 429 (`status` 429) or a 418 ban, or `UNTIL_NEXT_WINDOW`.
+
+    Only plain ASCII seconds are read. A 429 outside [0, 600] s and any unreadable value (absent,
+    empty, `inf`, `nan`, `1e308`, `-1`, `abc`, `²`) mean the next minute window; a 418 ban is
+    believed up to `MAX_BAN_S` (3 days).
+    """
+    raw = _header(headers, "Retry-After")
+    if not _SECONDS_RE.fullmatch(raw):
+        return UNTIL_NEXT_WINDOW
+    value = float(raw)
+    if status == 418:
+        return min(value, MAX_BAN_S)
+    return value if value <= MAX_RETRY_AFTER_429_S else UNTIL_NEXT_WINDOW
+
+
+def _throttle_detail(headers: Mapping[str, str], body: bytes) -> str:
+    raw = _header(headers, "Retry-After")
+    shown = printable(raw) if raw else "absent"
+    return f"retry_after_header={shown!r} {error_text(body)}"[:300]
 
 
 def error_text(body: bytes) -> str:
@@ -90,11 +130,11 @@ def classify(task: DownloadTask, status: int, headers: Mapping[str, str], body: 
     """The outcome of one klines answer; candles (sorted) only for a page that may be stored."""
     common = {"task_id": task.task_id, "http_status": status, "weight_used_1m": weight_used(headers)}
     if status == 429:
-        return TaskResult(status="rate_limited", retry_after_s=retry_after_s(headers),
-                          detail=error_text(body), **common), None
+        return TaskResult(status="rate_limited", retry_after_s=retry_after_s(headers, 429),
+                          detail=_throttle_detail(headers, body), **common), None
     if status == 418:
-        return TaskResult(status="banned", retry_after_s=retry_after_s(headers),
-                          detail=error_text(body), **common), None
+        return TaskResult(status="banned", retry_after_s=retry_after_s(headers, 418),
+                          detail=_throttle_detail(headers, body), **common), None
     if status != 200:
         return TaskResult(status="http_error", detail=f"HTTP {status} {error_text(body)}"[:300],
                           **common), None
@@ -127,6 +167,12 @@ def network_failure(task: DownloadTask, exc: BaseException) -> TaskResult:
     """No usable answer at all (reset, timeout, refused): transient, no weight header."""
     return TaskResult(task_id=task.task_id, status="network",
                       detail=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def too_large(task: DownloadTask, status: int, headers: Mapping[str, str], reason: str) -> TaskResult:
+    """The body passed the page's size cap and was not read further: never a page we store."""
+    return TaskResult(task_id=task.task_id, status="invalid", http_status=status,
+                      weight_used_1m=weight_used(headers), detail=reason[:300])
 
 
 def held_back(task: DownloadTask, wait_s: float) -> TaskResult:

@@ -14,7 +14,10 @@ import msgspec
 from . import intervals
 from .messages import Candle
 
-_DECIMAL_RE = re.compile(r"\d{1,20}(\.\d{1,20})?")
+# ASCII only: `\d` also matches other scripts' digits ("١٢"), which SQLite then reads as 0.
+_DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
+MAX_SQL_INT = 2**63 - 1          # SQLite's INTEGER; msgspec reads up to 2**64 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: past it no calendar works
 
 
 class PageError(ValueError):
@@ -84,14 +87,14 @@ def decode_page(body: bytes) -> list[Candle]:
 def decode_ws_event(raw: bytes | str) -> WsKline | None:
     """A kline or continuous-kline event (raw or combined) -> WsKline; None for control replies.
 
-    Raises PageError for a message that claims to be a kline but is malformed.
+    Raises PageError for a message that is not JSON or does not fit the event's shape.
     """
     try:
         msg = _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        if b'"k"' in (raw if isinstance(raw, bytes) else raw.encode()):
-            raise PageError(f"malformed kline event: {exc}") from None
-        return None
+        # Control replies (`{"result": null, "id": 1}`) decode fine: anything that does not is
+        # not something the exchange sends on a kline stream.
+        raise PageError(f"malformed websocket message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PageError(f"undecodable websocket message: {exc}") from None
     event = msg.data if msg.data is not None else msg
@@ -104,10 +107,18 @@ def decode_ws_event(raw: bytes | str) -> WsKline | None:
 
 
 def check_candle(interval: str, c: Candle) -> None:
-    """One candle's own consistency; raises PageError."""
-    if not intervals.is_aligned(interval, c.open_time_ms):
+    """One candle's own consistency; raises PageError (and only PageError, whatever the input)."""
+    if not (0 <= c.open_time_ms <= MAX_TIME_MS and 0 <= c.close_time_ms <= MAX_TIME_MS):
+        raise PageError(f"open/close time {c.open_time_ms}/{c.close_time_ms} out of range")
+    try:
+        aligned = intervals.is_aligned(interval, c.open_time_ms)
+        close_ms = intervals.close_time(interval, c.open_time_ms) if aligned else 0
+    except (intervals.IntervalError, ValueError, OverflowError, OSError) as exc:
+        # An unknown interval, or an open time no calendar holds (year 146 million).
+        raise PageError(f"interval {interval[:10]!r} / open time {c.open_time_ms}: {exc}"[:200]) from None
+    if not aligned:
         raise PageError(f"open time {c.open_time_ms} not aligned to {interval}")
-    if c.close_time_ms != intervals.close_time(interval, c.open_time_ms):
+    if c.close_time_ms != close_ms:
         raise PageError(f"close time {c.close_time_ms} does not match open {c.open_time_ms}")
     values = (c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.taker_buy_volume,
               c.taker_buy_quote_volume)
@@ -117,8 +128,8 @@ def check_candle(interval: str, c: Candle) -> None:
     o, h, low, close = (Decimal(v) for v in (c.open, c.high, c.low, c.close))
     if not (h >= max(o, close) and min(o, close) >= low):
         raise PageError(f"candle {c.open_time_ms}: high/low do not bound open/close")
-    if c.trades < 0:
-        raise PageError(f"candle {c.open_time_ms}: negative trade count")
+    if not 0 <= c.trades <= MAX_SQL_INT:
+        raise PageError(f"candle {c.open_time_ms}: trade count {c.trades} negative or out of range")
 
 
 def validate_page(

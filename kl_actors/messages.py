@@ -2,7 +2,8 @@
 
 Messages are msgspec Structs in one tagged union, MessagePack-encoded. Units are in field names
 (`_ms`, `_s`). Every receive decodes with `decode()`, which returns a `DecodeError` value for
-anything malformed instead of raising, so one bad frame can never kill an actor.
+anything malformed instead of raising, so one bad frame can never kill an actor; a float field
+holding NaN or an infinity counts as malformed.
 
 Candles keep the exchange's decimal strings untouched: a value is stored and published exactly
 as the exchange sent it. `Candle` is array-like so that one candle is the exchange's own 12-element
@@ -14,9 +15,11 @@ Feed messages (`FeedKline`) go to outside consumers as two frames: the topic
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Union
 
 import msgspec
+import msgspec.inspect
 
 
 class Candle(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -206,15 +209,42 @@ _feed_decoder = msgspec.msgpack.Decoder(FeedKline)
 _gap_decoder = msgspec.msgpack.Decoder(FeedGap)
 
 
+def subscription(cls: type) -> bytes:
+    """The bytes every encoded `cls` message starts with (map size, tag key, tag value): a SUB
+    filter that takes only this kind off the bus (the writer's own `Committed` stay out)."""
+    config = cls.__struct_config__
+    fields = len(cls.__struct_fields__) + 1
+    if fields > 15:
+        raise ValueError(f"{cls.__name__}: a fixmap header holds at most 15 fields")
+    return bytes([0x80 | fields]) + _encoder.encode(config.tag_field) + _encoder.encode(config.tag)
+
+
 def encode(message: Message | FeedKline | FeedGap) -> bytes:
     return _encoder.encode(message)
 
 
+def _float_fields(cls: type) -> tuple[str, ...]:
+    info = msgspec.inspect.type_info(cls)
+    return tuple(f.name for f in info.fields if isinstance(f.type, msgspec.inspect.FloatType))
+
+
+# Every message type with float fields, and those fields: NaN and infinities are refused at the
+# door, so no receiver ever computes with them (int(inf) raises, nan compares false to all).
+FLOAT_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: names for cls in Message.__args__ if (names := _float_fields(cls))}
+
+
 def decode(frame: bytes) -> Message | DecodeError:
     try:
-        return _decoder.decode(frame)
+        message = _decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return DecodeError(reason=str(exc)[:200], size=len(frame))
+    for name in FLOAT_FIELDS.get(type(message), ()):
+        value = getattr(message, name)
+        if not math.isfinite(value):
+            return DecodeError(reason=f"{type(message).__name__}.{name} is not finite ({value})",
+                               size=len(frame))
+    return message
 
 
 def decode_feed(frame: bytes) -> FeedKline | DecodeError:

@@ -26,7 +26,8 @@ from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
 from .discovery import Discovered, DiscoveryError, parse_exchange_info
-from .fetch import weight_used
+from .fetch import error_text, weight_used
+from .httpcap import EXCHANGE_INFO_CAP_BYTES, BodyTooLarge, get_capped
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
                        TaskResult, WriteFailed)
 from .store import Store, StoreError
@@ -149,7 +150,7 @@ class Scheduler(Actor):
         future, self.discovery = self.discovery, None
         try:
             used, sent_ms, found = future.result()
-        except (requests.RequestException, DiscoveryError) as exc:
+        except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
             self.next_discovery = now + 5.0
             self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
                              action="keeping last list, retry in 5.0s")
@@ -186,10 +187,11 @@ class Scheduler(Actor):
     def _fetch_exchange_info(self, sent_ms: int) -> tuple[int, int, Discovered]:
         """In the discovery thread: GET and parse; touches no actor state."""
         url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
-        response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
+        response, body = get_capped(self.http, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
+                                    timeout_s=self.config.exchange.request_timeout_s)
         if response.status_code != 200:
-            raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
-        return weight_used(response.headers), sent_ms, parse_exchange_info(response.content, self.config.symbols)
+            raise DiscoveryError(f"HTTP {response.status_code}: {error_text(body)[:200]}")
+        return weight_used(response.headers), sent_ms, parse_exchange_info(body, self.config.symbols)
 
     # -- backfill planning -------------------------------------------------------------------------
     def _open_store(self) -> Store | None:
@@ -470,11 +472,12 @@ class Scheduler(Actor):
                 self._empty_hole(st)
             return
         if r.status in ("rate_limited", "banned"):
-            self.budget.block(r.retry_after_s, server_now)
+            # Any float is safe here (budget.hold_until_ms): a hostile Retry-After was already
+            # turned into "next window" or a capped ban by fetch.retry_after_s.
+            pause_ms = max(0, self.budget.block(r.retry_after_s, server_now) - server_now)
             self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
-                             action=f"all dispatch paused for {max(r.retry_after_s, 1.0):.1f}s")
-            self._retry(r.task_id, server_now, int(max(r.retry_after_s, 1.0) * 1000), r.status,
-                            count_attempt=False)
+                             detail=r.detail[:160], action=f"all dispatch paused for {pause_ms / 1000:.1f}s")
+            self._retry(r.task_id, server_now, pause_ms, r.status, count_attempt=False)
             return
         if r.status == "not_final":
             delay = self.config.live.not_final_retry_ms

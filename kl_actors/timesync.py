@@ -13,6 +13,7 @@ line and a retry in a few seconds; it never stops the actor and never publishes 
 
 from __future__ import annotations
 
+import json
 import time
 
 import requests
@@ -20,6 +21,7 @@ import zmq
 
 from .actor import Actor, now_ms
 from .clock import best_sample
+from .httpcap import SMALL_BODY_CAP_BYTES, get_capped
 from .messages import ClockSync
 
 REPUBLISH_S = 5.0
@@ -90,10 +92,11 @@ class TimeSync(Actor):
         timeout = self.config.exchange.request_timeout_s
         for _ in range(max(1, self.config.live.clock_samples)):
             sent = now_ms()
-            response = self.session.get(self.url, timeout=timeout)
+            response, body = get_capped(self.session, self.url, cap_bytes=SMALL_BODY_CAP_BYTES,
+                                        timeout_s=timeout)
             received = now_ms()
             response.raise_for_status()
-            server = response.json()["serverTime"]
+            server = json.loads(body)["serverTime"]
             if not isinstance(server, int):
                 raise TypeError(f"serverTime is not an integer: {server!r}")
             samples.append((sent, server, received))

@@ -5,6 +5,7 @@ Sockets (actor thread only; zmq sockets are not thread-safe):
 - PUSH connected to `endpoints.writer`: every closed candle that passes `check_candle`, as a
   one-candle `KlineBatch(source="ws", live=True)`, sent at once (lowest latency; a stream closes
   one candle per interval, so there is nothing to group);
+- SUB connected to `endpoints.bus_sub`, filtered to `ClockSync` only: the exchange's clock;
 - a wake-up pipe: connection threads put raw frames on a queue and write one byte to the pipe,
   which the poll loop watches next to the zmq sockets.
 
@@ -21,6 +22,14 @@ Connections (one websocket-client `WebSocketApp` per thread, no automatic reconn
   The old connection is closed only after the replacement delivered its first message, and not
   before the closes of the last minute boundary had time to arrive on it
   (`streams.handover_wait_ms`). Events seen on both are deduplicated (`StreamTracker`).
+
+Hostile events: any one event is either used or dropped with a (rate-limited) warning, never
+stops the actor. Dropped: frames over `MAX_FRAME_BYTES`, anything that is not a well-formed kline
+event, an event for a (symbol, interval) the connection did not subscribe (unknown interval,
+other or non-ASCII symbol), a candle failing `check_candle`, and, once the exchange's clock is
+known (first `ClockSync`), a candle dated in the future: a closed one whose close time is past
+the exchange's now + `FUTURE_TOLERANCE_MS`, a live one opening after it. A future candle would
+otherwise be stored, and would also poison the dedupe tracker for that stream.
 
 The actor never writes to the database and never decides what is final: REST boundary fetches
 are the authority for closed candles; WebSocket closes are a fast first copy.
@@ -43,9 +52,11 @@ import zmq
 
 from . import messages
 from .actor import Actor, now_ms
+from .clock import ServerClock
 from .discovery import Discovered, DiscoveryError, parse_exchange_info
+from .httpcap import EXCHANGE_INFO_CAP_BYTES, get_capped
 from .klines import PageError, check_candle, decode_ws_event
-from .messages import FeedKline, KlineBatch
+from .messages import ClockSync, FeedKline, KlineBatch
 from .streams import (
     StreamTracker,
     backoff_s,
@@ -66,6 +77,8 @@ DISCOVERY_RETRY_MAX_S = 60.0
 FEED_HWM = 100_000
 WRITER_HWM = 10_000
 MAX_DRAIN = 5_000
+MAX_FRAME_BYTES = 64 * 1024   # one kline event is ~400 bytes; a bigger frame is not one
+FUTURE_TOLERANCE_MS = 5_000   # clock error and exchange jitter; closes come 0.2-2 s after the close
 
 
 class Link:
@@ -80,6 +93,8 @@ class Link:
         self.id = link_id
         self.slot = slot
         self.streams = streams
+        # (SYMBOL, interval) this connection asked for: an event for anything else is dropped.
+        self.keys = frozenset(stream_key(s) for s in streams)
         self.url = url
         self.started_at = time.monotonic()
         self.opened_at: float | None = None
@@ -119,6 +134,9 @@ class Link:
         self._put("open", None)
 
     def _on_message(self, _app, data) -> None:
+        if len(data) > MAX_FRAME_BYTES:
+            self._put("big", len(data))  # not queued: a flood of these must not fill memory
+            return
         self._put("msg", data)
 
     def _on_error(self, _app, error) -> None:
@@ -162,6 +180,9 @@ class WebSocketActor(Actor):
         e, x, live = self.config.endpoints, self.config.exchange, self.config.live
         self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=WRITER_HWM)
+        self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=messages.subscription(ClockSync))
+        self.on(self.bus, self._on_bus)
+        self.clock = ServerClock()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -192,6 +213,7 @@ class WebSocketActor(Actor):
         self.closed_total = 0
         self.duplicates_total = 0
         self.malformed_total = 0
+        self.future_total = 0
         self.writer_dropped_total = 0
         self.reconnects_total = 0
         self.gaps_reported_total = 0
@@ -260,9 +282,10 @@ class WebSocketActor(Actor):
     def _fetch_exchange_info(self) -> Discovered:
         """Runs in the discovery thread: HTTP and parsing only, no actor state."""
         url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
-        response = self.session.get(url, timeout=self.config.exchange.request_timeout_s)
+        response, body = get_capped(self.session, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
+                                    timeout_s=self.config.exchange.request_timeout_s)
         response.raise_for_status()
-        return parse_exchange_info(response.content, self.config.symbols)
+        return parse_exchange_info(body, self.config.symbols)
 
     def _apply_symbols(self, symbols: list[str]) -> None:
         if symbols == self.symbols and self.slots:
@@ -417,18 +440,45 @@ class WebSocketActor(Actor):
                 self._on_open(link, now)
             elif what == "end":
                 self._on_end(link, str(payload), now)
+            elif what == "big":
+                self._drop(link, f"frame of {payload} bytes, over {MAX_FRAME_BYTES}")
+
+    def _on_bus(self, sock: zmq.Socket) -> None:
+        for _ in range(100):
+            if not sock.poll(0):
+                return
+            message = self.receive(sock)
+            if isinstance(message, ClockSync):
+                if not self.clock.synced:
+                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
+                                  action="candles dated in the future are refused from now on")
+                self.clock.update(message)
+
+    def _drop(self, link: Link, reason: str) -> None:
+        self.malformed_total += 1
+        self.dropped_malformed += 1
+        self.log.warning("malformed_event", link=link.id, reason=reason[:200],
+                         dropped_total=self.malformed_total, action="dropped")
 
     def _on_message(self, link: Link, raw: bytes | str, received_ms: int, now: float) -> None:
+        try:
+            self._on_event(link, raw, received_ms, now)
+        except Exception as exc:  # noqa: BLE001 - one strange event must never stop the actor
+            self._drop(link, f"{type(exc).__name__}: {exc}")
+
+    def _on_event(self, link: Link, raw: bytes | str, received_ms: int, now: float) -> None:
         try:
             event = decode_ws_event(raw)
             if event is None:
                 return  # a control reply
+            if (event.symbol, event.interval) not in link.keys:
+                raise PageError(f"not subscribed on this connection: {event.symbol[:30]!r} "
+                                f"{event.interval[:10]!r}")
             check_candle(event.interval, event.candle)
         except PageError as exc:
-            self.malformed_total += 1
-            self.dropped_malformed += 1
-            self.log.warning("malformed_event", link=link.id, reason=str(exc)[:200],
-                             dropped_total=self.malformed_total, action="dropped")
+            self._drop(link, str(exc))
+            return
+        if self._in_future(link, event):
             return
         if link.first_event_at is None:
             self._on_first_event(link, event.event_time_ms, now)
@@ -459,6 +509,22 @@ class WebSocketActor(Actor):
                              open_time_ms=candle.open_time_ms, dropped_total=self.writer_dropped_total,
                              action="dropped; the boundary REST fetch stores it")
 
+    def _in_future(self, link: Link, event) -> bool:
+        """A candle dated past the exchange's clock (checked once that clock is known)."""
+        if not self.clock.synced:
+            return False
+        limit_ms = self.clock.now_ms() + FUTURE_TOLERANCE_MS
+        candle = event.candle
+        if candle.close_time_ms < limit_ms if event.closed else candle.open_time_ms <= limit_ms:
+            return False
+        self.future_total += 1
+        self.dropped_malformed += 1
+        self.log.warning("future_candle", link=link.id, symbol=event.symbol, interval=event.interval,
+                         open_time_ms=candle.open_time_ms, closed=event.closed,
+                         server_now_ms=limit_ms - FUTURE_TOLERANCE_MS, dropped_total=self.future_total,
+                         action="dropped: not stored, not published")
+        return True
+
     def _summary(self, now: float) -> None:
         elapsed = max(1e-3, now - self.summary_started)
         latencies = sorted(self._window_latency_ms)
@@ -467,7 +533,8 @@ class WebSocketActor(Actor):
             "connections": sum(1 for ln in self.links.values() if ln.opened_at is not None),
             "streams": sum(len(s.wanted) for s in self.slots), "events_total": self.events_total,
             "closed_total": self.closed_total, "duplicates_total": self.duplicates_total,
-            "malformed_total": self.malformed_total, "reconnects_total": self.reconnects_total,
+            "malformed_total": self.malformed_total, "future_total": self.future_total,
+            "reconnects_total": self.reconnects_total,
             "gaps_reported_total": self.gaps_reported_total,
         }
         if latencies:

@@ -5,12 +5,17 @@ Sockets:
 - `bus`    PUB connected to `endpoints.bus_pub`: `Committed` after COMMIT, `WriteFailed`;
 - `feed`   PUB connected to `endpoints.feed_in`: stored closed candles of live batches, as
            `[feed_topic, FeedKline(seq=0)]` (the broker stamps sequence numbers).
+- `clock`  SUB connected to `endpoints.bus_sub`, filtered to `ClockSync`: the exchange's clock,
+           so nothing dated past it is stored (see below).
 
 Order, always: COMMIT, then `Committed` on the bus, then candles on the feed. A task counts as done
 only when the scheduler sees its id in a `Committed`, so nothing is announced before it is durable.
 
 Batches are validated when they arrive; an invalid one is reported (`WriteFailed`) and never
-joins a transaction. Valid ones are grouped into one transaction until `writer.max_rows_per_txn`
+joins a transaction. Once the exchange's clock is known (first `ClockSync`; time-sync repeats
+it every few seconds), a batch holding a candle that closes past the exchange's now +
+`FUTURE_TOLERANCE_MS` is invalid, and an `ExchangeHole` whose last candle closes past it is
+dropped: neither a candle nor a confirmed hole can lie in the future. Valid ones are grouped into one transaction until `writer.max_rows_per_txn`
 rows or `writer.max_delay_ms` after the first of the group. If the transaction fails because of
 an item, it is rolled back and each item is retried alone, so only the culprit fails.
 
@@ -52,9 +57,10 @@ import zmq
 
 from . import intervals, messages
 from .actor import Actor, now_ms
+from .clock import ServerClock
 from .config import EXIT_FATAL
-from .klines import PageError, check_candle
-from .messages import Candle, ExchangeHole, KlineBatch, SymbolsUpdate
+from .klines import MAX_SQL_INT, MAX_TIME_MS, PageError, check_candle
+from .messages import Candle, ClockSync, ExchangeHole, KlineBatch, SymbolsUpdate
 from .store import Store, StoreError
 from .symbols import SymbolError, table_name
 
@@ -78,6 +84,7 @@ WAL_NOTABLE_BYTES = 4 * 2 ** 20  # SQLite's own checkpoints keep the WAL near th
 RECENT_MS = 10 * 60_000    # a candle closed this recently when asked may still change
 REMEMBER_MS = 20 * 60_000  # requests older than this (behind the newest) are forgotten
 REMEMBER_MAX = 200_000     # (symbol, interval, open_time) entries at most
+FUTURE_TOLERANCE_MS = 5_000  # clock error: a candle closing later than this past now is refused
 _CLOSE_TIME = operator.itemgetter(6)
 _HOLD_ERRORS = (apsw.BusyError, apsw.LockedError, apsw.FullError, apsw.ReadOnlyError,
                 apsw.IOError, apsw.CantOpenError)
@@ -110,7 +117,9 @@ def _fast_ok(interval: str, rows: list[tuple]) -> bool:
         return False
     if set(map(operator.sub, close_times, opens)) != {step_ms - 1}:
         return False
-    if min(cols[8]) < 0:
+    if min(cols[8]) < 0 or max(cols[8]) > MAX_SQL_INT:
+        return False
+    if min(opens) < 0 or max(close_times) > MAX_TIME_MS:
         return False
     # Decimals: ASCII digits and dots only, no empty value, no leading, trailing or second dot,
     # at most 20 characters (so each part has at most 20 digits).
@@ -188,6 +197,9 @@ class Writer(Actor):
         self.bus = self.socket(zmq.PUB, e.bus_pub)
         self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)
         self.on(self.inbox, self._on_inbox)
+        self.clock_in = self.socket(zmq.SUB, e.bus_sub, subscribe=messages.subscription(ClockSync))
+        self.on(self.clock_in, self._on_clock)
+        self.clock = ServerClock()
         self.pending: list[_Pending | SymbolsUpdate | ExchangeHole] = []
         self.pending_rows = 0
         self.group_deadline: float | None = None  # monotonic time the pending group must commit
@@ -283,6 +295,21 @@ class Writer(Actor):
                       failed_batches=self.stats["failed"])
 
     # -- handlers -------------------------------------------------------------------------------
+    def _on_clock(self, sock: zmq.Socket) -> None:
+        for _ in range(100):
+            if not sock.poll(0):
+                return
+            message = self.receive(sock)
+            if isinstance(message, ClockSync):
+                if not self.clock.synced:
+                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
+                                  action="candles dated in the future are refused from now on")
+                self.clock.update(message)
+
+    def _future_limit_ms(self) -> int | None:
+        """Nothing may close after this (server time); None until the exchange's clock is known."""
+        return self.clock.now_ms() + FUTURE_TOLERANCE_MS if self.clock.synced else None
+
     def _on_inbox(self, sock: zmq.Socket) -> None:
         self._drain(sock, limit=DRAIN_MAX)
 
@@ -310,6 +337,12 @@ class Writer(Actor):
         try:
             table_name(batch.symbol, batch.interval)
             rows = check_batch(batch.interval, batch.candles)
+            limit_ms = self._future_limit_ms()
+            if rows and limit_ms is not None:
+                last_close = max(map(_CLOSE_TIME, rows))
+                if last_close >= limit_ms:
+                    raise PageError(f"candle closing at {last_close} is in the future (server now "
+                                    f"{limit_ms - FUTURE_TOLERANCE_MS})")
         except (SymbolError, PageError) as exc:
             self._fail([batch.task_id], f"invalid batch: {exc}", symbol=batch.symbol[:40],
                        interval=batch.interval[:10], rows=len(batch.candles), stored=0)
@@ -328,8 +361,16 @@ class Writer(Actor):
                 table_name(message.symbol, message.interval)
                 if message.end_ms < message.start_ms:
                     raise ValueError(f"end {message.end_ms} before start {message.start_ms}")
+                if message.start_ms < 0 or message.end_ms > MAX_TIME_MS:
+                    raise ValueError(f"range {message.start_ms}..{message.end_ms} out of range")
+                limit_ms = self._future_limit_ms()
+                # Compared as an open time first: no calendar arithmetic on an absurd end.
+                if limit_ms is not None and (message.end_ms >= limit_ms or
+                                             intervals.close_time(message.interval, message.end_ms) >= limit_ms):
+                    raise ValueError(f"ends in the future: last open {message.end_ms}, server now "
+                                     f"{limit_ms - FUTURE_TOLERANCE_MS}")
             except (SymbolError, ValueError) as exc:
-                self.log.warning("invalid_hole", symbol=message.symbol[:40], error=str(exc),
+                self.log.warning("invalid_hole", symbol=message.symbol[:40], error=str(exc)[:200],
                                  action="dropped")
                 return
         self._enqueue(message, 1)

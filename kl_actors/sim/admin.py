@@ -12,6 +12,8 @@ Routes:
 - `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual
 - `POST /_sim/delist`        {"symbol", "status"?="SETTLING", "at_ms"?=now}
 - `POST /_sim/ws/drop`       close every WebSocket connection now
+- `POST /_sim/ws/inject`     {"text": [str], "binary_hex": [hex], "big_text_bytes": n} raw frames
+                             to every WebSocket connection, sent as they are
 - `GET  /_sim/truth?symbol=&interval=&startTime=&endTime=`  final closed candles (holes and
                              listings applied; the final_delay fault does not apply)
 Errors: HTTP 400 `{"error": "<text>"}`.
@@ -51,6 +53,7 @@ class AdminApi:
         app.router.add_post("/_sim/list", self.list_symbol)
         app.router.add_post("/_sim/delist", self.delist)
         app.router.add_post("/_sim/ws/drop", self.ws_drop)
+        app.router.add_post("/_sim/ws/inject", self.ws_inject)
         app.router.add_get("/_sim/truth", self.truth)
 
     async def _body(self, request: web.Request) -> dict:
@@ -144,6 +147,19 @@ class AdminApi:
     async def ws_drop(self, request):
         n = await self.ws_hub.drop_all("admin drop")
         return _json({"dropped": n})
+
+    async def ws_inject(self, request):
+        try:
+            body = await self._body(request)
+            texts = [str(t) for t in body.get("text", [])]
+            binaries = [bytes.fromhex(h) for h in body.get("binary_hex", [])]
+            big = int(body.get("big_text_bytes", 0))
+        except (ValueError, TypeError, msgspec.DecodeError) as e:
+            return _bad(f"need text[], binary_hex[], big_text_bytes: {e}")
+        if big > 0:
+            texts.append('{"stream":"' + "x" * big + '"}')
+        n = await self.ws_hub.inject(texts, binaries)
+        return _json({"connections": n})
 
     async def truth(self, request):
         q = request.query

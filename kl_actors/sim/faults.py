@@ -16,7 +16,13 @@ Effects (REST market-data routes only, never `/_sim/`):
 - `clock_offset_ms`: server time = wall clock + offset (REST, WS, boundaries);
 - `ws_close_differs`: the WebSocket `x:true` event has one trade more and 0.01 % more quote
   volume than REST's final candle;
-- `ws_lifetime_s`: a WebSocket connection is closed by the server once it is this old.
+- `ws_lifetime_s`: a WebSocket connection is closed by the server once it is this old;
+- `throttle_klines`: the next N klines requests are answered 429 (no weight charged), each
+  consumes one; the same for `ban_klines` with 418 (hostile-input tests);
+- `retry_after_header`: on every 429/418, the `Retry-After` header sent as this raw text
+  instead of the real wait (`"<absent>"`: no header at all; `""`: the real wait);
+- `oversize_klines_bytes`: a 200 klines answer gets this many bytes of JSON whitespace before
+  its body (a well-formed but enormous body; 0: off).
 Rates are probabilities in [0, 1] checked in the order 5xx, reset, malformed, timeout.
 """
 
@@ -38,6 +44,10 @@ class Faults:
     clock_offset_ms: int = 0
     ws_close_differs: bool = False
     ws_lifetime_s: float = 86400.0
+    throttle_klines: int = 0
+    ban_klines: int = 0
+    retry_after_header: str = ""
+    oversize_klines_bytes: int = 0
 
     def update(self, changes: dict) -> None:
         """Apply a partial update; unknown keys raise KeyError, bad types raise ValueError."""
@@ -49,6 +59,9 @@ class Faults:
             if kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be a string")
             elif kind == "int":
                 value = int(value)
             else:

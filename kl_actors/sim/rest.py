@@ -84,7 +84,13 @@ class RestApi:
         ip = request.remote or "?"
         now = st.now_ms()
         headers = {}
-        if fault == "5xx":
+        forced = self._forced(path)
+        if forced:
+            status = forced
+            used = st.limiter.used(ip, now)
+            headers["Retry-After"] = "60"
+            body = error_body(-1003, "Too many requests (forced by the throttle_klines/ban_klines fault).")
+        elif fault == "5xx":
             status, body = 503, error_body(
                 -1001, "Internal error; unable to process your request. Please try again.")
             used = st.limiter.used(ip, now)
@@ -111,6 +117,13 @@ class RestApi:
                     status, body = 200, handler(request.query, now)
                 except ApiError as e:
                     status, body = e.status, error_body(e.code, e.msg)
+        if "Retry-After" in headers and st.faults.retry_after_header:
+            if st.faults.retry_after_header == "<absent>":
+                del headers["Retry-After"]
+            else:
+                headers["Retry-After"] = st.faults.retry_after_header
+        if status == 200 and path == "/fapi/v1/klines" and st.faults.oversize_klines_bytes > 0:
+            body = b" " * st.faults.oversize_klines_bytes + body
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         st.stats.count_status(status)
         if status == 200 and fault == "reset":
@@ -122,6 +135,19 @@ class RestApi:
         if fault == "timeout":
             await asyncio.sleep(st.faults.timeout_s)
         return web.Response(status=status, body=body, headers=headers, content_type=JSON)
+
+    def _forced(self, path: str) -> int:
+        """429/418 forced by a fault on the next klines requests (0: none)."""
+        f = self.state.faults
+        if path != "/fapi/v1/klines":
+            return 0
+        if f.throttle_klines > 0:
+            f.throttle_klines -= 1
+            return 429
+        if f.ban_klines > 0:
+            f.ban_klines -= 1
+            return 418
+        return 0
 
     # -- endpoints ------------------------------------------------------------------------
     def ping(self, query, now: int) -> bytes:

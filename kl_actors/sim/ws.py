@@ -309,6 +309,16 @@ class WsHub:
                 await ws.close()
         return ws
 
+    async def inject(self, texts: list[str], binaries: list[bytes]) -> int:
+        """Send raw frames to every open connection, as they are (hostile-input tests)."""
+        conns = [c for c in self.state.connections if not c.closing and not c.ws.closed]
+        for conn in conns:
+            for text in texts:
+                await conn.ws.send_str(text)
+            for data in binaries:
+                await conn.ws.send_bytes(data)
+        return len(conns)
+
     async def drop_all(self, reason: str) -> int:
         conns = list(self.state.connections)
         for conn in conns:

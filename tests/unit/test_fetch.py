@@ -97,11 +97,12 @@ def test_429_and_418_carry_retry_after():
     err = b'{"code":-1003,"msg":"Too many requests"}'
     result, page = fetch.classify(task(), 429, {**HDR, "Retry-After": "17"}, err, LATER)
     assert (result.status, result.retry_after_s, result.http_status, page) == ("rate_limited", 17.0, 429, None)
-    assert result.detail == "code -1003: Too many requests"
+    assert result.detail == "retry_after_header='17' code -1003: Too many requests"
     result, _ = fetch.classify(task(), 418, {"Retry-After": "120"}, err, LATER)
     assert (result.status, result.retry_after_s) == ("banned", 120.0)
     result, _ = fetch.classify(task(), 429, {}, err, LATER)
-    assert result.retry_after_s == fetch.DEFAULT_RETRY_AFTER_S
+    assert result.retry_after_s == fetch.UNTIL_NEXT_WINDOW
+    assert result.detail.startswith("retry_after_header='absent' ")
 
 
 def test_other_statuses_are_http_errors_with_exchange_text():
