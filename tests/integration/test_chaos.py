@@ -54,21 +54,28 @@ def test_random_kill9_every_few_seconds_through_backfill_and_live_every_table_ex
     boundary = intervals.next_boundary("1m", calm_from)
     wait_for(lambda: sim.info()["server_time_ms"] >= boundary + 8000, 75, what="a calm boundary")
 
-    def complete():
+    calm_now = sim.info()["server_time_ms"]
+
+    def incomplete():
+        """Tables not yet gap-free up to the candles closed before the calm boundary."""
         store = Store.open_readonly(path=config.database.path)
         try:
+            missing = []
             for symbol in symbols:
                 for interval in depth:
                     first, last = store.first_last(symbol, interval)
-                    if last is None or last < intervals.prev_open(interval, intervals.next_boundary(interval, calm_from)):
-                        return False
-                    if store.count(symbol, interval) != intervals.count_between(interval, first, last):
-                        return False
-            return True
+                    want = intervals.last_closed_open(interval, calm_now - 5000)
+                    if last is None or last < want or \
+                            store.count(symbol, interval) != intervals.count_between(interval, first, last):
+                        missing.append((symbol, interval, first, last, want, store.count(symbol, interval)))
+            return missing
         finally:
             store.close()
 
-    wait_for(complete, 120, interval=1.0, what="every table complete")
+    try:
+        wait_for(lambda: not incomplete(), 120, interval=1.0, what="every table complete")
+    except AssertionError:
+        raise AssertionError(f"incomplete: {incomplete()}\n{service.log_text()[-4000:]}") from None
     code, log = service.stop()
     assert code == 0, log[-3000:]
     end = sim.info()["server_time_ms"]
