@@ -45,7 +45,6 @@ import gc
 import itertools
 import operator
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Collection

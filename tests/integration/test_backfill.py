@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import signal
 import subprocess
@@ -12,6 +10,7 @@ import threading
 import time
 
 import apsw
+import pytest
 
 from backfill_check import assert_exact, run_once, trading_symbols
 from kl_actors import intervals

@@ -4,7 +4,6 @@ file, a full disk."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time

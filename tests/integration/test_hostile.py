@@ -16,7 +16,6 @@ import http.server
 import json
 import threading
 import time
-from pathlib import Path
 
 import msgspec
 import pytest

@@ -9,9 +9,9 @@ next minute (shortest interval first) while the WebSocket closes stand in.
 
 from __future__ import annotations
 
-import pytest
-
 import time
+
+import pytest
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages

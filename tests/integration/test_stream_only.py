@@ -4,11 +4,11 @@ that drop as a seq jump on every topic, and still gets every stored closed candl
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import signal
 import time
+
+import pytest
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
 from kl_actors import intervals, messages

@@ -6,8 +6,6 @@ and one on `feed_in` (where the broker's XSUBs would be), and connects a PUSH to
 
 from __future__ import annotations
 
-from kl_actors.config import EXIT_FATAL
-
 import calendar
 import os
 import signal
@@ -22,6 +20,7 @@ import pytest
 import zmq
 
 from kl_actors import intervals, messages
+from kl_actors.config import EXIT_FATAL
 from kl_actors.klines import PageError, check_candle
 from kl_actors.messages import Candle, KlineBatch
 from kl_actors.store import Store
