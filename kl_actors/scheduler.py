@@ -533,7 +533,7 @@ class Scheduler(Actor):
 
     def _writer_heard(self, started_ms: int) -> None:
         self.writer_heard = time.monotonic()
-        if started_ms == self.writer_started_ms:
+        if started_ms == self.writer_started_ms or started_ms == 0:  # 0: a sender that does not say
             return
         restarted = self.writer_started_ms != 0
         self.writer_started_ms = started_ms

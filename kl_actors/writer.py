@@ -350,7 +350,8 @@ class Writer(Actor):
             # Nothing to store, but a task may wait for this answer.
             if batch.task_id:
                 self.send(self.bus, messages.Committed(task_ids=[batch.task_id], tables=[],
-                                                       committed_at_ms=now_ms()))
+                                                       committed_at_ms=now_ms(),
+                                                       writer_started_ms=self.started_ms))
             return
         self._enqueue(_Pending(batch, rows), len(rows))
 
