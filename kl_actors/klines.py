@@ -2,6 +2,10 @@
 
 Values stay the exchange's decimal strings; they are compared as `Decimal` for validation only.
 A page is accepted whole or rejected whole: a bad page becomes a failed task, never stored rows.
+
+Where 3d candles open is the exchange's fact, not ours (see `intervals`): a 3d candle is checked
+for a whole-day open and a 3-day span, and a page for 3-day steps between its candles, never for
+one phase, so a wrong phase assumption can never fail every page for ever.
 """
 
 from __future__ import annotations
@@ -105,7 +109,10 @@ def decode_ws_event(raw: bytes | str) -> WsKline | None:
 
 def check_candle(interval: str, c: Candle) -> None:
     """One candle's own consistency; raises PageError."""
-    if not intervals.is_aligned(interval, c.open_time_ms):
+    # 3d: any phase the exchange uses (whole days); the page checks the steps between candles.
+    aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval == "3d"
+               else intervals.is_aligned(interval, c.open_time_ms))
+    if not aligned:
         raise PageError(f"open time {c.open_time_ms} not aligned to {interval}")
     if c.close_time_ms != intervals.close_time(interval, c.open_time_ms):
         raise PageError(f"close time {c.close_time_ms} does not match open {c.open_time_ms}")
@@ -134,9 +141,40 @@ def validate_page(
         check_candle(interval, c)
         if previous is not None and c.open_time_ms <= previous:
             raise PageError(f"duplicate open time {c.open_time_ms}")
+        if previous is not None and interval == "3d" and (c.open_time_ms - previous) % intervals.THREE_DAYS_MS:
+            raise PageError(f"open time {c.open_time_ms} is not a whole number of 3d steps after {previous}")
         if not start_ms <= c.open_time_ms <= end_ms:
             raise PageError(f"open time {c.open_time_ms} outside asked range [{start_ms}, {end_ms}]")
         if c.close_time_ms >= now_ms:
             raise PageError(f"candle {c.open_time_ms} is not closed yet (close {c.close_time_ms})")
         previous = c.open_time_ms
     return page
+
+
+def missing_ranges(interval: str, page: list[Candle], start_ms: int, end_ms: int, limit: int,
+                   phase_ms: int = 0) -> list[tuple[int, int]]:
+    """Open times in [start_ms, end_ms] a valid, sorted, non-empty page leaves out, as ranges.
+
+    The exchange answers a range with every candle it has in it, oldest first, up to `limit`:
+    what it skips before and between the candles it sent does not exist there (a maintenance
+    window, a closed market session). After the newest candle only when the page is shorter
+    than `limit` (a full page may simply have been cut). For 3d the page's own phase counts.
+    """
+    if not page:
+        return []
+    if interval == "3d":
+        phase_ms = intervals.phase_of(interval, page[0].open_time_ms)
+    expected = intervals.open_times(interval, start_ms, end_ms, phase_ms)
+    present = {c.open_time_ms for c in page}
+    stop = end_ms if len(page) < limit else page[-1].open_time_ms
+    ranges: list[tuple[int, int]] = []
+    for t in expected:
+        if t > stop:
+            break
+        if t in present:
+            continue
+        if ranges and ranges[-1][1] == intervals.prev_open(interval, t):
+            ranges[-1] = (ranges[-1][0], t)
+        else:
+            ranges.append((t, t))
+    return ranges

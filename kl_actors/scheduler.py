@@ -19,7 +19,7 @@ from collections import OrderedDict, defaultdict
 import requests
 import zmq
 
-from . import boundaries, intervals, planner
+from . import boundaries, intervals, klines, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
@@ -58,6 +58,9 @@ class Scheduler(Actor):
         if c.exchange.proxy:
             self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
         self.trading: dict[str, SymbolInfo] = {}
+        self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
+        # Where 3d candles open: learned from stored candles or the exchange (see _learn_phase_3d).
+        self.phase_3d_ms: int | None = None
         self.known_symbols = False
         self.started = time.monotonic()
         self.started_local_ms = local_ms()
@@ -122,23 +125,65 @@ class Scheduler(Actor):
         if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
             self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
         new = {s.symbol: s for s in found.trading}
-        listed = sorted(set(new) - set(self.trading))
-        delisted = sorted(set(self.trading) - set(new)) if self.known_symbols else []
+        halted = {s.symbol: s for s in found.halted}
+        known = set(self.trading) | set(self.halted)
+        listed = sorted(set(new) - known)
+        resumed = sorted(set(new) & set(self.halted))
+        delisted = sorted(known - set(new) - set(halted)) if self.known_symbols else []
         for symbol in delisted:
             dropped = self.book.drop_symbol(symbol)
             self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
+        for symbol in sorted(set(halted) & set(self.trading)):
+            dropped = self.book.drop_symbol(symbol)
+            self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
+                          action="nothing live until it trades again; not delisted, data kept")
+        for symbol in resumed:
+            self.log.info("symbol_resumed", symbol=symbol, action="tail backfill, then live")
         self.trading = new
-        if listed and self.known_symbols:
-            self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
+        self.halted = halted
+        if (listed or resumed) and self.known_symbols:
+            if listed:
+                self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
             self.next_plan = 0.0
+        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None and new:
+            self._learn_phase_3d(next(iter(new)))
         self.known_symbols = True
-        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.not_trading, seen_at_ms=self.clock.now_ms()),
-                  block=False)
+        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.halted + found.not_trading,
+                                             seen_at_ms=self.clock.now_ms()), block=False)
         if found.rejected:
             self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
                              reason="not a valid table-name symbol", action="ignored")
-        self.log.info("discovered", trading=len(new), not_trading=len(found.not_trading),
+        self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
                       weight_limit=self.budget.limit)
+
+    def _learn_phase_3d(self, symbol: str) -> None:
+        """Where 3d candles open, from the exchange's own candles: a stored 3d candle, else the
+        newest 3d candle of one trading symbol (one request, weight 1), else the configured
+        `klines.phase_3d_days` (logged). Never from arithmetic the exchange might not share."""
+        source, phase = "config", self.config.klines.phase_3d_days * intervals.DAY_MS
+        store = self._open_store()
+        try:
+            for stored_symbol, tables in (store.kline_tables() if store else {}).items():
+                last = store.last_open_ms(stored_symbol, "3d") if "3d" in tables else None
+                if last is not None:
+                    source, phase = "stored", intervals.phase_of("3d", last)
+                    break
+        finally:
+            if store:
+                store.close()
+        if source == "config" and self.budget.try_spend(1, self.clock.now_ms()):
+            url = self.config.exchange.rest_url + "/fapi/v1/klines"
+            try:
+                response = self.http.get(url, params={"symbol": symbol, "interval": "3d", "limit": 1},
+                                         timeout=self.config.exchange.request_timeout_s)
+                page = klines.decode_page(response.content) if response.status_code == 200 else []
+                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
+                    source, phase = "exchange", intervals.phase_of("3d", page[-1].open_time_ms)
+            except (requests.RequestException, klines.PageError) as exc:
+                self.log.warning("phase_3d_unknown", symbol=symbol, error=str(exc)[:200],
+                                 action=f"assuming epoch day {phase // intervals.DAY_MS} mod 3 for now")
+        self.phase_3d_ms = phase
+        self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
 
     # -- backfill planning -------------------------------------------------------------------------
     def _open_store(self) -> Store | None:
@@ -154,27 +199,35 @@ class Scheduler(Actor):
     def _plan(self) -> None:
         server_now = self.clock.now_ms()
         k = self.config.klines
-        limit = self.config.downloader.page_limit
+        page_limit = self.config.downloader.page_limit
         store = self._open_store()
         self.generation += 1
         added = 0
         try:
             tables = store.kline_tables() if store else {}
-            for symbol, info in self.trading.items():
+            # A halted symbol's history is fetched once (a new table); its tail waits until it
+            # trades again, so a halt never costs a request per plan.
+            plannable = [*self.trading.items(),
+                         *((s, info) for s, info in self.halted.items() if s not in tables)]
+            for symbol, info in plannable:
                 for interval in k.intervals:
                     if self.open_backfill[(symbol, interval)]:
                         continue  # still being filled from an earlier plan
                     exists = interval in tables.get(symbol, {})
                     last = store.last_open_ms(symbol, interval) if exists else None
                     known = last is not None
+                    # A table's own candles say where its 3d candles open.
+                    phase = intervals.phase_of(interval, last) if known else (self.phase_3d_ms or 0)
                     ranges = planner.plan_table(
                         symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
                         last_stored_ms=last, holes=store.holes(symbol, interval) if known else [],
                         first_stored_ms=store.first_open_ms(symbol, interval) if known else None,
-                        exchange_holes=store.exchange_holes(symbol, interval) if known else [])
+                        exchange_holes=store.exchange_holes(symbol, interval) if known else [],
+                        phase_ms=phase)
                     for r in ranges:
-                        for start, end in planner.split_pages(interval, r.first_open_ms, r.last_open_ms, limit):
+                        for start, end, limit in planner.pages(interval, r.first_open_ms, r.last_open_ms,
+                                                               page_limit):
                             self._add_backfill(r.kind, symbol, interval, start, end, limit)
                             added += 1
         finally:
@@ -204,11 +257,11 @@ class Scheduler(Actor):
             # while the clock or the symbols were still unknown, or so shortly before that
             # backfill may have stored a provisional copy, still gets its fetch and re-check.
             since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
-            self.next_boundary_ms = min(intervals.next_boundary(i, since) for i in configured)
+            self.next_boundary_ms = min(intervals.next_boundary(i, since, self.phase_3d_ms or 0) for i in configured)
         live = self.config.live
         while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
             boundary = self.next_boundary_ms
-            closing = intervals.closing_at(boundary, configured)
+            closing = intervals.closing_at(boundary, configured, self.phase_3d_ms or 0)
             double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
                                              self.budget.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
@@ -224,7 +277,8 @@ class Scheduler(Actor):
                           candles=len(closing) * len(self.trading),
                           refetched=",".join(i for i in closing if double[i]) or "-",
                           late_ms=server_now - boundary)
-            self.next_boundary_ms = min(intervals.next_boundary(i, boundary) for i in configured)
+            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self.phase_3d_ms or 0)
+                                        for i in configured)
 
     def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
                       not_before_ms: int) -> None:
@@ -318,6 +372,8 @@ class Scheduler(Actor):
             st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
             if st is not None and r.candles == 0 and st.kind == "hole":
                 self._empty_hole(st)
+            if st is not None and r.missing and st.task.priority == "backfill":
+                self._page_gaps(st.task, r.missing)
             return
         if r.status in ("rate_limited", "banned"):
             self.budget.block(r.retry_after_s, server_now)
@@ -351,6 +407,16 @@ class Scheduler(Actor):
                           start_ms=t.start_ms, end_ms=t.end_ms, action="recorded, not requested again")
         else:
             self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1)
+
+    def _page_gaps(self, t: DownloadTask, missing: list[tuple[int, int]]) -> None:
+        """A page with candles that skipped open times inside its range: the exchange has none
+        there (maintenance, a closed market session). Recorded, so never asked again."""
+        for start_ms, end_ms in missing:
+            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=start_ms,
+                                                end_ms=end_ms))
+        self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
+                      start_ms=missing[0][0], end_ms=missing[-1][1], ranges=len(missing),
+                      source="page", action="recorded, not requested again")
 
     def _on_bus(self, sock: zmq.Socket) -> None:
         for _ in range(1000):
