@@ -49,6 +49,7 @@ class AdminApi:
         app.router.add_post("/_sim/holes", self.holes)
         app.router.add_post("/_sim/list", self.list_symbol)
         app.router.add_post("/_sim/delist", self.delist)
+        app.router.add_post("/_sim/resume", self.resume)
         app.router.add_post("/_sim/ws/drop", self.ws_drop)
         app.router.add_get("/_sim/truth", self.truth)
 
@@ -62,7 +63,8 @@ class AdminApi:
     async def info(self, request):
         st = self.state
         m = st.market
-        return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms,
+        return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms, **m.extras,
+                      "phase_3d_days": tf.phase_3d_days(),
                       "weight_limit": st.limiter.limit, "server_time_ms": st.now_ms(),
                       "options": vars(st.options)})
 
@@ -135,6 +137,18 @@ class AdminApi:
         if self.state.market.spec(symbol) is None:
             return _bad(f"unknown symbol {symbol}")
         self.state.market.delist(symbol, at_ms, status)
+        return _json(self.state.market.spec(symbol).exchange_info())
+
+    async def resume(self, request):
+        try:
+            body = await self._body(request)
+            symbol = str(body["symbol"])
+            at_ms = int(body.get("at_ms") or self.state.now_ms())
+        except (KeyError, ValueError, TypeError, msgspec.DecodeError) as e:
+            return _bad(f"need symbol[, at_ms]: {e}")
+        if self.state.market.spec(symbol) is None:
+            return _bad(f"unknown symbol {symbol}")
+        self.state.market.resume(symbol, at_ms)
         return _json(self.state.market.spec(symbol).exchange_info())
 
     async def ws_drop(self, request):
