@@ -13,6 +13,9 @@ include/exclude lists. By status:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
 import msgspec
 
 from .config import SymbolsConfig
@@ -90,3 +93,21 @@ def parse_exchange_info(body: bytes, rules: SymbolsConfig) -> Discovered:
     key = lambda s: s.symbol  # noqa: E731
     return Discovered(sorted(trading, key=key), sorted(not_trading, key=key), sorted(rejected), limit,
                       halted=sorted(halted, key=key))
+
+
+class Changes(NamedTuple):
+    listed: list[str]     # new to us: backfill from scratch
+    resumed: list[str]    # halted before, trading again: tail backfill, then live (not "listed")
+    halted: list[str]     # trading before, halted now: nothing live, data kept (not "delisted")
+    delisted: list[str]   # followed before (trading or halted), now neither: data kept
+
+
+def changes(trading: Iterable[str], halted: Iterable[str], found: Discovered, first: bool) -> Changes:
+    """What moved between the last list (`trading`, `halted`) and `found`; `first`: no last list."""
+    old_trading, old_halted = set(trading), set(halted)
+    new_trading = {s.symbol for s in found.trading}
+    new_halted = {s.symbol for s in found.halted}
+    known = old_trading | old_halted
+    return Changes(listed=sorted(new_trading - known), resumed=sorted(new_trading & old_halted),
+                   halted=sorted(new_halted & old_trading),
+                   delisted=[] if first else sorted(known - new_trading - new_halted))

@@ -23,7 +23,7 @@ from . import boundaries, intervals, klines, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
-from .discovery import DiscoveryError, parse_exchange_info
+from .discovery import DiscoveryError, changes, parse_exchange_info
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
                        TaskResult, WriteFailed)
 from .store import Store, StoreError
@@ -126,14 +126,12 @@ class Scheduler(Actor):
             self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
         new = {s.symbol: s for s in found.trading}
         halted = {s.symbol: s for s in found.halted}
-        known = set(self.trading) | set(self.halted)
-        listed = sorted(set(new) - known)
-        resumed = sorted(set(new) & set(self.halted))
-        delisted = sorted(known - set(new) - set(halted)) if self.known_symbols else []
-        for symbol in delisted:
+        moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
+        listed, resumed = moved.listed, moved.resumed
+        for symbol in moved.delisted:
             dropped = self.book.drop_symbol(symbol)
             self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
-        for symbol in sorted(set(halted) & set(self.trading)):
+        for symbol in moved.halted:
             dropped = self.book.drop_symbol(symbol)
             self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
                           action="nothing live until it trades again; not delisted, data kept")

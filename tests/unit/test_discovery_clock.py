@@ -80,3 +80,28 @@ def test_crypto_only_when_configured():
                                            ("PENDING_TRADING", False), ("DELIVERING", False)])
 def test_halted_is_not_delisted(status, halted):
     assert discovery.is_halted(status) is halted
+
+
+def _found(trading=(), halted=()):
+    info = lambda s, st: discovery.SymbolInfo(symbol=s, status=st, onboard_ms=1)  # noqa: E731
+    return discovery.Discovered([info(s, "TRADING") for s in trading], [], [], 0,
+                                halted=[info(s, "TRADING_HALT") for s in halted])
+
+
+def test_a_halt_is_neither_a_delisting_nor_a_listing():
+    moved = discovery.changes(["BTCUSDT", "XAUUSDT"], [], _found(["BTCUSDT"], ["XAUUSDT"]), first=False)
+    assert moved == discovery.Changes(listed=[], resumed=[], halted=["XAUUSDT"], delisted=[])
+    # Trading again: resumed (its tail is fetched), not listed as new.
+    moved = discovery.changes(["BTCUSDT"], ["XAUUSDT"], _found(["BTCUSDT", "XAUUSDT"]), first=False)
+    assert moved == discovery.Changes(listed=[], resumed=["XAUUSDT"], halted=[], delisted=[])
+    # Still halted: nothing happens.
+    moved = discovery.changes(["BTCUSDT"], ["XAUUSDT"], _found(["BTCUSDT"], ["XAUUSDT"]), first=False)
+    assert moved == discovery.Changes([], [], [], [])
+    # Gone from both lists (SETTLING, CLOSE): delisted, whether it was trading or halted.
+    moved = discovery.changes(["BTCUSDT", "ETHUSDT"], ["XAUUSDT"], _found(["BTCUSDT"]), first=False)
+    assert moved == discovery.Changes(listed=[], resumed=[], halted=[], delisted=["ETHUSDT", "XAUUSDT"])
+
+
+def test_first_list_lists_everything_and_delists_nothing():
+    moved = discovery.changes([], [], _found(["BTCUSDT"], ["XAUUSDT"]), first=True)
+    assert moved == discovery.Changes(listed=["BTCUSDT"], resumed=[], halted=[], delisted=[])
