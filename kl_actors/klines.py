@@ -3,9 +3,9 @@
 Values stay the exchange's decimal strings; they are compared as `Decimal` for validation only.
 A page is accepted whole or rejected whole: a bad page becomes a failed task, never stored rows.
 
-Where 3d candles open is the exchange's fact, not ours (see `intervals`): a 3d candle is checked
-for a whole-day open and a 3-day span, and a page for 3-day steps between its candles, never for
-one phase, so a wrong phase assumption can never fail every page for ever.
+Where 3d (and weekly) candles open is the exchange's fact, not ours (see `intervals`): such a
+candle is checked for a whole-day open and its span, and a page for whole steps between its
+candles, never for one phase, so a wrong phase assumption can never fail every page for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import msgspec
 from . import intervals
 from .messages import Candle
 
+# Intervals whose phase is the exchange's, not ours: validated by step (whole days apart).
+_PHASED = {"3d": intervals.THREE_DAYS_MS, "1w": intervals.WEEK_MS}
 _DECIMAL_RE = re.compile(r"\d{1,20}(\.\d{1,20})?")
 
 
@@ -109,8 +111,8 @@ def decode_ws_event(raw: bytes | str) -> WsKline | None:
 
 def check_candle(interval: str, c: Candle) -> None:
     """One candle's own consistency; raises PageError."""
-    # 3d: any phase the exchange uses (whole days); the page checks the steps between candles.
-    aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval == "3d"
+    # 3d and 1w: any phase the exchange uses (whole days); the page checks the steps between them.
+    aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval in _PHASED
                else intervals.is_aligned(interval, c.open_time_ms))
     if not aligned:
         raise PageError(f"open time {c.open_time_ms} not aligned to {interval}")
@@ -141,8 +143,8 @@ def validate_page(
         check_candle(interval, c)
         if previous is not None and c.open_time_ms <= previous:
             raise PageError(f"duplicate open time {c.open_time_ms}")
-        if previous is not None and interval == "3d" and (c.open_time_ms - previous) % intervals.THREE_DAYS_MS:
-            raise PageError(f"open time {c.open_time_ms} is not a whole number of 3d steps after {previous}")
+        if previous is not None and interval in _PHASED and (c.open_time_ms - previous) % _PHASED[interval]:
+            raise PageError(f"open time {c.open_time_ms} is not a whole number of {interval} steps after {previous}")
         if not start_ms <= c.open_time_ms <= end_ms:
             raise PageError(f"open time {c.open_time_ms} outside asked range [{start_ms}, {end_ms}]")
         if c.close_time_ms >= now_ms:
@@ -151,30 +153,37 @@ def validate_page(
     return page
 
 
-def missing_ranges(interval: str, page: list[Candle], start_ms: int, end_ms: int, limit: int,
-                   phase_ms: int = 0) -> list[tuple[int, int]]:
+def missing_ranges(interval: str, page: list[Candle], start_ms: int, end_ms: int,
+                   limit: int) -> list[tuple[int, int]]:
     """Open times in [start_ms, end_ms] a valid, sorted, non-empty page leaves out, as ranges.
 
     The exchange answers a range with every candle it has in it, oldest first, up to `limit`:
     what it skips before and between the candles it sent does not exist there (a maintenance
     window, a closed market session). After the newest candle only when the page is shorter
-    than `limit` (a full page may simply have been cut). For 3d the page's own phase counts.
+    than `limit` (a full page may simply have been cut). The grid is the page's own (its first
+    candle's phase), so a 3d or weekly phase we did not expect never looks like missing candles.
     """
     if not page:
         return []
-    if interval == "3d":
-        phase_ms = intervals.phase_of(interval, page[0].open_time_ms)
-    expected = intervals.open_times(interval, start_ms, end_ms, phase_ms)
+    anchor = page[0].open_time_ms
+    if interval == intervals.MONTH:
+        expected = intervals.open_times(interval, start_ms, end_ms)
+    else:
+        step_ms = intervals.nominal_ms(interval)
+        expected = range(anchor - (anchor - start_ms) // step_ms * step_ms, end_ms + 1, step_ms)
     present = {c.open_time_ms for c in page}
     stop = end_ms if len(page) < limit else page[-1].open_time_ms
     ranges: list[tuple[int, int]] = []
+    previous_missing = None
     for t in expected:
         if t > stop:
             break
         if t in present:
+            previous_missing = None
             continue
-        if ranges and ranges[-1][1] == intervals.prev_open(interval, t):
+        if previous_missing is not None:
             ranges[-1] = (ranges[-1][0], t)
         else:
             ranges.append((t, t))
+        previous_missing = t
     return ranges

@@ -65,6 +65,14 @@ def test_3d_page_with_a_broken_step_or_an_off_day_open_is_refused():
         klines.check_candle("3d", candle("1d", D0))
 
 
+def test_weeks_validated_by_step_not_by_weekday():
+    tuesday = D0 + DAY  # 2026-12-01 was a Tuesday: weeks as the docs show them open on Monday
+    page = [candle("1w", tuesday + i * intervals.WEEK_MS) for i in range(3)]
+    assert len(klines.validate_page("1w", page, tuesday, tuesday + 3 * intervals.WEEK_MS, 2**62)) == 3
+    with pytest.raises(klines.PageError, match="1w steps"):
+        klines.validate_page("1w", [page[0], candle("1w", tuesday + 8 * DAY)], tuesday, tuesday + 30 * DAY, 2**62)
+
+
 def test_planner_uses_the_phase_for_a_new_3d_table():
     now = D0 + 10 * DAY + 5 * MIN  # day 10 ≡ 1 (mod 3)
     for phase_days, last in ((0, D0 + 6 * DAY), (1, D0 + 7 * DAY), (2, D0 + 5 * DAY)):
@@ -94,6 +102,14 @@ def test_3d_missing_ranges_on_the_pages_own_phase():
     opens = [D0 + DAY + i * STEP_3D for i in (0, 2)]
     page = [candle("3d", t) for t in opens]
     assert klines.missing_ranges("3d", page, opens[0], opens[-1], limit=3) == [(opens[0] + STEP_3D,) * 2]
+
+
+def test_a_week_phase_we_did_not_expect_is_not_missing_candles():
+    tuesday = D0 + DAY
+    page = [candle("1w", tuesday + i * intervals.WEEK_MS) for i in (0, 1, 3)]
+    monday = tuesday - DAY
+    assert klines.missing_ranges("1w", page, monday, tuesday + 3 * intervals.WEEK_MS, limit=4) == [
+        (tuesday + 2 * intervals.WEEK_MS,) * 2]
 
 
 def test_classify_reports_missing_for_backfill_pages_only():
