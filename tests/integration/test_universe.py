@@ -27,14 +27,16 @@ def server_ms(sim) -> int:
     return sim.info()["server_time_ms"]
 
 
-def expected_rows(sim, symbol, interval, onboard_ms, phase_ms, plan_ms):
-    """The simulator's truth for the window a plan made at `plan_ms` covers."""
+def window(interval, onboard_ms, phase_ms, plan_ms):
+    """[first, last] open times a plan made at `plan_ms` covers for a new table."""
     last = intervals.last_closed_open(interval, plan_ms, phase_ms)
     first = max(intervals.step(interval, last, -(DEPTH[interval] - 1)), intervals.align(interval, onboard_ms, phase_ms))
-    return [r[:11] for r in sim.truth(symbol, interval, first, last)]
+    return first, last
 
 
-def assert_universe_exact(db_path, sim, symbols, phase_ms, started_ms, ended_ms) -> int:
+def assert_universe_exact(db_path, sim, symbols, phase_ms, filled_at, topped_up_at=None) -> int:
+    """Every table equals the simulator's truth from where the first run's plan began (made at
+    one of the times in `filled_at`) to where the latest run's plan ended (`topped_up_at`)."""
     store = Store.open_readonly(path=str(db_path))
     checked = 0
     try:
@@ -42,9 +44,9 @@ def assert_universe_exact(db_path, sim, symbols, phase_ms, started_ms, ended_ms)
         for symbol, spec in symbols.items():
             for interval in DEPTH:
                 rows = stored_rows(store, symbol, interval)
-                # A plan is made once, between the start and the end of the run.
-                truths = [expected_rows(sim, symbol, interval, spec["onboardDate"], phase_ms, t)
-                          for t in (started_ms, ended_ms)]
+                firsts = {window(interval, spec["onboardDate"], phase_ms, t)[0] for t in filled_at}
+                lasts = {window(interval, spec["onboardDate"], phase_ms, t)[1] for t in (topped_up_at or filled_at)}
+                truths = [[r[:11] for r in sim.truth(symbol, interval, a, b)] for a in firsts for b in lasts]
                 assert any(rows == truth for truth in truths), (
                     f"{symbol} {interval}: {len(rows)} rows from {rows[0][0] if rows else None}, truth "
                     f"{[(len(t), t[0][0] if t else None) for t in truths]}")
@@ -79,8 +81,8 @@ def test_whole_universe_exact_then_nothing_asked_for_complete_tables(workdir, si
     assert code == 0, err[-3000:]
     assert f"event=phase_3d epoch_day_mod_3={phase_days} source=exchange" in err
     assert "symbols_rejected" not in err
-    checked = assert_universe_exact(workdir / "db.sqlite", sim, {**trading, **halted}, phase_ms, started,
-                                    server_ms(sim))
+    first_run = (started, server_ms(sim))
+    checked = assert_universe_exact(workdir / "db.sqlite", sim, {**trading, **halted}, phase_ms, first_run)
     assert checked > 18 * 2000
 
     db = workdir / "db.sqlite"
@@ -115,4 +117,4 @@ def test_whole_universe_exact_then_nothing_asked_for_complete_tables(workdir, si
         assert last is not None, f"{key} asked but had no table"
         grid_moved = intervals.last_closed_open(interval, ended, phase_ms) > last
         assert grid_moved and count == 1, (key, count, last)
-    assert_universe_exact(db, sim, {**trading, **halted}, phase_ms, started, ended)
+    assert_universe_exact(db, sim, {**trading, **halted}, phase_ms, first_run, (started, ended))
