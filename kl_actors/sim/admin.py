@@ -1,7 +1,8 @@
 """Admin API of the simulator (`/_sim/...`): JSON in and out, never weighted, never counted.
 
 Routes:
-- `GET  /_sim/info`          seed, n_symbols, anchor_ms, weight_limit, server_time_ms, options
+- `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
+                             weight_limit, server_time_ms, options
 - `GET  /_sim/stats`         requests per path and per "SYMBOL interval", statuses, weight per
                              minute window per IP, kline candles served per minute, WebSocket
                              counters
@@ -10,6 +11,8 @@ Routes:
 - `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}
 - `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual
 - `POST /_sim/delist`        {"symbol", "status"?="SETTLING", "at_ms"?=now}
+- `POST /_sim/resume`        {"symbol", "at_ms"?=now} → a halted symbol trades again (no candles
+                             for the halt itself)
 - `POST /_sim/ws/drop`       close every WebSocket connection now
 - `GET  /_sim/truth?symbol=&interval=&startTime=&endTime=`  final closed candles (holes and
                              listings applied; the final_delay fault does not apply)
