@@ -60,7 +60,6 @@ class WeightBudget:
         self.prev_spent = 0
         self.in_flight: dict[str, tuple[int, int]] = {}  # task id -> (weight, window released in)
         self.blocked_until_ms = 0
-        self.history: dict[int, int] = {}  # window start -> weight we believe was used
 
     def set_limit(self, limit_per_minute: int, usable_fraction: float = 0.9) -> None:
         self.limit = limit_per_minute
@@ -76,7 +75,6 @@ class WeightBudget:
             stale = window - STALE_IN_FLIGHT_MS
             self.in_flight = {k: v for k, v in self.in_flight.items() if v[1] >= stale}
             self.spent = min(self.usable, sum(w for w, _ in self.in_flight.values()))
-            self.history[window] = self.spent
 
     def available(self, now_ms: int) -> int:
         self._roll(now_ms)
@@ -97,7 +95,6 @@ class WeightBudget:
         if self.available(now_ms) < weight:
             return False
         self.spent += weight
-        self.history[self.window_start_ms] = self.spent
         if task_id:
             self.in_flight[task_id] = (weight, self.window_start_ms)
         return True
@@ -120,7 +117,6 @@ class WeightBudget:
         if window == self.window_start_ms:
             if weight_used_1m > self.spent:
                 self.spent = weight_used_1m
-                self.history[self.window_start_ms] = self.spent
         elif window == self.window_start_ms - MINUTE_MS:
             # Only matters while the guard still counts the previous minute.
             self.prev_spent = max(self.prev_spent, weight_used_1m)

@@ -74,6 +74,9 @@ class KlinesConfig(_Section):
     # Where 3d candles open (epoch day mod 3) until the exchange's own candles say: stored 3d
     # candles, else one 3d candle asked at discovery. 1 is what the real spot archive shows.
     phase_3d_days: int = 1
+    # An empty answer inside stored history is asked again this much later before it is recorded
+    # as an exchange hole (never asked again): a blip of the exchange must not become permanent.
+    hole_confirm_s: float = 45.0
 
 
 class DownloaderConfig(_Section):
@@ -83,6 +86,9 @@ class DownloaderConfig(_Section):
     page_limit: int = 499
     lease_s: float = 30.0
     max_attempts: int = 8
+    # Tasks released but not yet committed by the writer, at most: a stalled writer stops the
+    # release of new work instead of filling socket queues with pages (~60 KB each).
+    max_uncommitted: int = 256
 
 
 class WeightConfig(_Section):
@@ -289,6 +295,7 @@ def check(config: Config, source: str) -> Config:
             fail("symbols.contract_types", f"unknown contract type {name!r}; expected some of {', '.join(CONTRACT_TYPES)}")
     if not 0 <= config.klines.phase_3d_days <= 2:
         fail("klines.phase_3d_days", f"must be 0, 1 or 2 (epoch day mod 3), got {config.klines.phase_3d_days}")
+    at_least("klines.hole_confirm_s", config.klines.hole_confirm_s, 0)
     for key in ("include", "exclude"):
         for symbol in getattr(config.symbols, key):
             try:
@@ -304,6 +311,8 @@ def check(config: Config, source: str) -> Config:
         fail("downloader.page_limit", f"must be 1..1500 (the exchange's maximum), got {d.page_limit}")
     positive("downloader.lease_s", d.lease_s)
     at_least("downloader.max_attempts", d.max_attempts, 1)
+    # Fewer than the pool's request slots would leave slots idle at every moment.
+    at_least("downloader.max_uncommitted", d.max_uncommitted, d.processes * d.concurrency)
     if config.weight.limit_per_minute < 0:
         fail("weight.limit_per_minute", "must be 0 (from exchangeInfo) or positive")
     if not 0 < config.weight.usable_fraction <= 1:

@@ -46,7 +46,9 @@ class Downloader(Actor):
         e = self.config.endpoints
         self.tasks_in = self.socket(zmq.PULL, e.tasks, hwm=1)
         self.results_out = self.socket(zmq.PUSH, e.results, hwm=10_000)
-        self.writer = self.socket(zmq.PUSH, e.writer, hwm=10_000)
+        # Pages wait here only while the writer is stalled; the scheduler's max_uncommitted keeps
+        # them far below this.
+        self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
         self.on(self.tasks_in, self._on_tasks)
         self.on(self.bus, self._on_bus)

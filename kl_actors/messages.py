@@ -71,11 +71,14 @@ class TableCommit(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Committed(_Msg, tag="committed"):
-    """Announced by the writer after COMMIT, before anything reaches the feed."""
+    """Announced by the writer after COMMIT, before anything reaches the feed. With both lists
+    empty it is the writer's beacon: nothing is waiting in it (sent about once a second while
+    idle), so a silent writer is a stalled or dead one."""
 
     task_ids: list[str]
     tables: list[TableCommit]
     committed_at_ms: int
+    writer_started_ms: int = 0  # which run of the writer: a new value means it was restarted
 
 
 class WriteFailed(_Msg, tag="write_failed"):

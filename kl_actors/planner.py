@@ -65,10 +65,15 @@ def plan_table(symbol: str, interval: str, *, now_ms: int, onboard_ms: int, dept
     return ranges
 
 
-def pages(interval: str, first_open_ms: int, last_open_ms: int, page_limit: int) -> list[tuple[int, int, int]]:
-    """`split_pages` with each page's `limit`: exactly its number of candles (see module doc)."""
-    return [(start, end, intervals.count_between(interval, start, end))
-            for start, end in split_pages(interval, first_open_ms, last_open_ms, page_limit)]
+def page_limit(interval: str, start_ms: int, end_ms: int) -> int:
+    """The `limit` of a page [start, end]: exactly its number of candles (see module doc)."""
+    return intervals.count_between(interval, start_ms, end_ms)
+
+
+def pages(interval: str, first_open_ms: int, last_open_ms: int, page_limit_max: int) -> list[tuple[int, int, int]]:
+    """`split_pages` with each page's `limit` (`page_limit`)."""
+    return [(start, end, page_limit(interval, start, end))
+            for start, end in split_pages(interval, first_open_ms, last_open_ms, page_limit_max)]
 
 
 def split_pages(interval: str, first_open_ms: int, last_open_ms: int, limit: int) -> list[tuple[int, int]]:
@@ -80,3 +85,51 @@ def split_pages(interval: str, first_open_ms: int, last_open_ms: int, limit: int
         pages.append((start, end))
         start = intervals.next_open(interval, end)
     return pages
+
+
+def subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """Open-time range `piece` minus [start_ms, end_ms], as ranges on the piece's own grid (for
+    3d the table's phase, whatever it is)."""
+    a, b = piece
+    if end_ms < a or start_ms > b:
+        return [piece]
+    if interval == intervals.MONTH:
+        left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
+        right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
+    else:
+        step_ms = intervals.nominal_ms(interval)
+        left_end = a + (start_ms - 1 - a) // step_ms * step_ms
+        right_start = a + ((end_ms - a) // step_ms + 1) * step_ms
+    out = []
+    if left_end >= a:
+        out.append((a, left_end))
+    if right_start <= b:
+        out.append((right_start, b))
+    return out
+
+
+def minus_known(interval: str, gaps: list[tuple[int, int]],
+                known: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`gaps` without the confirmed exchange holes `known`."""
+    result = []
+    for gap in gaps:
+        pieces = [gap]
+        for start_ms, end_ms in known:
+            pieces = [p for piece in pieces for p in subtract(interval, piece, start_ms, end_ms)]
+        result.extend(pieces)
+    return result
+
+
+def page_count(interval: str, first_open_ms: int, last_open_ms: int, limit: int) -> int:
+    return -(-intervals.count_between(interval, first_open_ms, last_open_ms) // limit)
+
+
+def merge_adjacent(interval: str, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with touching neighbours joined (a gap found across two scan chunks)."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(gaps):
+        if merged and a <= intervals.next_open(interval, merged[-1][1]):
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged

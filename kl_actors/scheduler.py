@@ -15,15 +15,18 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import requests
 import zmq
 
-from . import boundaries, intervals, klines, planner
+from . import backlog, boundaries, intervals, klines, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
-from .discovery import DiscoveryError, changes, parse_exchange_info
+from .discovery import Discovered, DiscoveryError, changes, parse_exchange_info
+from .fetch import weight_used
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
                        TaskResult, WriteFailed)
 from .store import Store, StoreError
@@ -32,6 +35,17 @@ from .tasks import TaskBook, TaskState
 CLOCK_WAIT_S = 3.0
 PROGRESS_EVERY_S = 5.0
 EXIT_INCOMPLETE = 3
+# Planning runs a slice at a time between the loop's other work, so heartbeats, results and
+# boundaries never wait for it however large the database.
+PLAN_SLICE_S = 0.05
+# Backfill tasks kept queued in the book; the rest waits as ranges in the backlog.
+QUEUED_BACKFILL = 2000
+# A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
+# has not committed are waited for, not fetched again; a restarted writer gets them again.
+WRITER_SILENT_S = 3.0
+LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
+# More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
+CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 
 
 class Scheduler(Actor):
@@ -59,8 +73,9 @@ class Scheduler(Actor):
             self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
         self.trading: dict[str, SymbolInfo] = {}
         self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
-        # Where 3d candles open: learned from stored candles or the exchange (see _learn_phase_3d).
+        # Where 3d candles open: learned from stored candles or the exchange (`_set_phase_3d`).
         self.phase_3d_ms: int | None = None
+        self.phase_3d_assumed_ms = c.klines.phase_3d_days * intervals.DAY_MS
         self.known_symbols = False
         self.started = time.monotonic()
         self.started_local_ms = local_ms()
@@ -74,20 +89,38 @@ class Scheduler(Actor):
         self.unreleased: defaultdict[int, int] = defaultdict(int)  # boundary -> queued fetch weight
         self.backfill_total = 0
         self.backfill_done = 0
+        self.backfill_open = 0
         self.candles_done = 0
         self.backfill_started = 0.0
         self.planned_once = False
         self.generation = 0
+        self.backlog = backlog.Backlog(c.downloader.page_limit)
+        self.coverage = backlog.Coverage()
+        self.planning: Iterator[None] | None = None
+        self.plan_again = False
+        self.plan_busy_s = 0.0
+        self.discovery: Future | None = None
+        self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
+        self.holding = False  # release held back: too many results wait for the writer
+        self.writer_heard = time.monotonic()
+        self.writer_started_ms = 0
+        self.slowest_tick_s = 0.0  # since the last progress line
+        self.pass_slowest_s = 0.0  # since the current planning pass began
 
     # -- the loop ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
+        started = time.monotonic()
         if not self.clock.synced and now - self.started < CLOCK_WAIT_S and self.mode != "once":
             return  # boundaries need the server clock; backfill can wait a moment for it too
-        if now >= self.next_discovery:
+        if self.discovery is not None or now >= self.next_discovery:
             self._discover(now)
-        if self.known_symbols and now >= self.next_plan and self.mode != "stream-only":
-            self._plan()
-            self.next_plan = now + self.config.symbols.rediscover_s
+        if self.known_symbols and self.mode != "stream-only":
+            if self.planning is None and now >= self.next_plan:
+                self.planning = self._planning_pass()
+                self.next_plan = now + self.config.symbols.rediscover_s
+            if self.planning is not None:
+                self._advance_planning()
+            self._refill()
         if self.known_symbols and self.mode != "once":
             self._plan_boundaries()
         self._expire_leases()
@@ -95,32 +128,45 @@ class Scheduler(Actor):
         self._check_late()
         if now >= self.next_progress:
             self._progress(now)
-        if self.mode == "once" and self.planned_once and self.book.open_count() == 0:
+        if (self.mode == "once" and self.planned_once and self.planning is None and not len(self.backlog)
+                and self.book.open_count() == 0):
             self._finish_once()
+        took = time.monotonic() - started
+        self.slowest_tick_s = max(self.slowest_tick_s, took)
+        self.pass_slowest_s = max(self.pass_slowest_s, took)
 
     def poll_timeout_ms(self) -> int:
         return self.poll_ms
 
     # -- discovery -----------------------------------------------------------------------------
     def _discover(self, now: float) -> None:
-        server_now = self.clock.now_ms()
-        if not self.budget.try_spend(1, server_now):
-            self.next_discovery = now + 1.0
+        """Read exchangeInfo in a thread (a slow exchange must not stall the loop), then apply it."""
+        if self.discovery is None:
+            probe = False
+            if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+                stored = self._stored_phase_3d()
+                if stored is not None:
+                    self._set_phase_3d(stored, "stored")
+                probe = stored is None
+            if not self.budget.try_spend(1 + probe, self.clock.now_ms()):
+                self.next_discovery = now + 1.0
+                return
+            self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
             return
-        url = self.config.exchange.rest_url + "/fapi/v1/exchangeInfo"
+        if not self.discovery.done():
+            return
+        future, self.discovery = self.discovery, None
         try:
-            response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
-            used = response.headers.get("X-MBX-USED-WEIGHT-1M")
-            if used and used.isdigit():
-                self.budget.observe(int(used), server_now, self.clock.now_ms())
-            if response.status_code != 200:
-                raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
-            found = parse_exchange_info(response.content, self.config.symbols)
+            used, sent_ms, found, phase, phase_error = future.result()
         except (requests.RequestException, DiscoveryError) as exc:
             self.next_discovery = now + 5.0
             self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
                              action="keeping last list, retry in 5.0s")
             return
+        if used >= 0:
+            self.budget.observe(used, sent_ms, self.clock.now_ms())
+        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+            self._set_phase_3d(phase, "exchange", phase_error)
         self.next_discovery = now + self.config.symbols.rediscover_s
         if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
             self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
@@ -129,10 +175,10 @@ class Scheduler(Actor):
         moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
         listed, resumed = moved.listed, moved.resumed
         for symbol in moved.delisted:
-            dropped = self.book.drop_symbol(symbol)
+            dropped = self._drop_symbol(symbol)
             self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
         for symbol in moved.halted:
-            dropped = self.book.drop_symbol(symbol)
+            dropped = self._drop_symbol(symbol)
             self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
                           action="nothing live until it trades again; not delisted, data kept")
         for symbol in resumed:
@@ -143,8 +189,7 @@ class Scheduler(Actor):
             if listed:
                 self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
             self.next_plan = 0.0
-        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None and new:
-            self._learn_phase_3d(next(iter(new)))
+            self.plan_again = self.planning is not None
         self.known_symbols = True
         self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.halted + found.not_trading,
                                              seen_at_ms=self.clock.now_ms()), block=False)
@@ -154,34 +199,65 @@ class Scheduler(Actor):
         self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
                       weight_limit=self.budget.limit)
 
-    def _learn_phase_3d(self, symbol: str) -> None:
-        """Where 3d candles open, from the exchange's own candles: a stored 3d candle, else the
-        newest 3d candle of one trading symbol (one request, weight 1), else the configured
-        `klines.phase_3d_days` (logged). Never from arithmetic the exchange might not share."""
-        source, phase = "config", self.config.klines.phase_3d_days * intervals.DAY_MS
+    def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
+        """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
+        the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
+        url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
+        response = self.http.get(url, timeout=self.config.exchange.request_timeout_s)
+        if response.status_code != 200:
+            raise DiscoveryError(f"HTTP {response.status_code}: {response.text[:200]}")
+        found = parse_exchange_info(response.content, self.config.symbols)
+        phase, error = None, ""
+        if probe_3d and found.trading:
+            try:
+                answer = self.http.get(self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/klines",
+                                       params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
+                                       timeout=self.config.exchange.request_timeout_s)
+                page = klines.decode_page(answer.content) if answer.status_code == 200 else []
+                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
+                    phase = intervals.phase_of("3d", page[-1].open_time_ms)
+                else:
+                    error = f"HTTP {answer.status_code}, {len(page)} candles"
+            except (requests.RequestException, klines.PageError) as exc:
+                error = str(exc)[:200]
+        return weight_used(response.headers), sent_ms, found, phase, error
+
+    def _stored_phase_3d(self) -> int | None:
+        """Where the stored 3d candles open (any 3d table: they all come from the exchange)."""
         store = self._open_store()
         try:
-            for stored_symbol, tables in (store.kline_tables() if store else {}).items():
-                last = store.last_open_ms(stored_symbol, "3d") if "3d" in tables else None
+            for symbol, tables in (store.kline_tables() if store else {}).items():
+                last = store.last_open_ms(symbol, "3d") if "3d" in tables else None
                 if last is not None:
-                    source, phase = "stored", intervals.phase_of("3d", last)
-                    break
+                    return intervals.phase_of("3d", last)
+            return None
         finally:
             if store:
                 store.close()
-        if source == "config" and self.budget.try_spend(1, self.clock.now_ms()):
-            url = self.config.exchange.rest_url + "/fapi/v1/klines"
-            try:
-                response = self.http.get(url, params={"symbol": symbol, "interval": "3d", "limit": 1},
-                                         timeout=self.config.exchange.request_timeout_s)
-                page = klines.decode_page(response.content) if response.status_code == 200 else []
-                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
-                    source, phase = "exchange", intervals.phase_of("3d", page[-1].open_time_ms)
-            except (requests.RequestException, klines.PageError) as exc:
-                self.log.warning("phase_3d_unknown", symbol=symbol, error=str(exc)[:200],
-                                 action=f"assuming epoch day {phase // intervals.DAY_MS} mod 3 for now")
+
+    def _set_phase_3d(self, phase: int | None, source: str, error: str = "") -> None:
+        """Never from arithmetic the exchange might not share: stored candles, else the exchange's
+        newest 3d candle, else (logged) `klines.phase_3d_days` until the next discovery asks again."""
+        if phase is None:
+            assumed = self.config.klines.phase_3d_days
+            self.log.warning("phase_3d_unknown", error=error or "no trading symbol",
+                             action=f"assuming epoch day {assumed} mod 3, asking again at the next discovery")
+            self.phase_3d_assumed_ms = assumed * intervals.DAY_MS
+            return
         self.phase_3d_ms = phase
         self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
+
+    def _phase_3d(self) -> int:
+        return self.phase_3d_ms if self.phase_3d_ms is not None else self.phase_3d_assumed_ms
+
+    def _drop_symbol(self, symbol: str) -> int:
+        """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""
+        dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
+        self.coverage.forget(symbol)
+        for key in [k for k in self.open_backfill if k[0] == symbol]:
+            del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
+        self.backfill_open = sum(self.open_backfill.values())
+        return dropped
 
     # -- backfill planning -------------------------------------------------------------------------
     def _open_store(self) -> Store | None:
@@ -194,57 +270,104 @@ class Scheduler(Actor):
             self.log.warning("inventory_unreadable", path=path, error=str(exc)[:200], action="planning as empty")
             return None
 
-    def _plan(self) -> None:
+    def _advance_planning(self) -> None:
+        deadline = time.monotonic() + PLAN_SLICE_S
+        started = time.monotonic()
+        try:
+            while time.monotonic() < deadline:
+                next(self.planning)
+        except StopIteration:
+            self.planning = None
+            if self.plan_again:
+                self.plan_again, self.next_plan = False, 0.0
+        finally:
+            self.plan_busy_s += time.monotonic() - started
+
+    def _planning_pass(self) -> Iterator[None]:
+        """One look at every table, a slice per tick: what is missing goes to the backlog as ranges.
+
+        A table already being filled is skipped (its gaps are planned once it is done); a table's
+        history proven complete by an earlier pass is not read again (`backlog.Coverage`)."""
         server_now = self.clock.now_ms()
         k = self.config.klines
-        page_limit = self.config.downloader.page_limit
-        store = self._open_store()
+        started = time.monotonic()
+        self.plan_busy_s = self.pass_slowest_s = 0.0
         self.generation += 1
-        added = 0
+        tables_planned = rows_checked = pages = 0
+        store = self._open_store()
         try:
             tables = store.kline_tables() if store else {}
+            yield
             # A halted symbol's history is fetched once (a new table); its tail waits until it
-            # trades again, so a halt never costs a request per plan.
+            # trades again, so a halt never costs a request per pass.
             plannable = [*self.trading.items(),
                          *((s, info) for s, info in self.halted.items() if s not in tables)]
             for symbol, info in plannable:
                 for interval in k.intervals:
-                    if self.open_backfill[(symbol, interval)]:
-                        continue  # still being filled from an earlier plan
-                    exists = interval in tables.get(symbol, {})
-                    last = store.last_open_ms(symbol, interval) if exists else None
-                    known = last is not None
+                    if symbol not in self.trading and symbol not in self.halted:
+                        break  # delisted while this pass ran
+                    if (symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval):
+                        continue  # still being filled
+                    first = last = None
+                    holes: list[tuple[int, int]] = []
+                    known: list[tuple[int, int]] = []
+                    if store is not None and interval in tables.get(symbol, {}):
+                        first, last = store.first_last(symbol, interval)
+                    if last is not None:
+                        found = []
+                        for lo, hi in backlog.chunks(interval, self.coverage.scan_from(symbol, interval, first), last):
+                            expected = intervals.count_between(interval, lo, hi)
+                            if store.count_between(symbol, interval, lo, hi) < expected:
+                                found.extend(store.gaps_between(symbol, interval, lo, hi))
+                            rows_checked += expected
+                            yield
+                        known = store.exchange_holes(symbol, interval)
+                        holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
+                        self.coverage.proven(symbol, interval, first, last, holes)
                     # A table's own candles say where its 3d candles open.
-                    phase = intervals.phase_of(interval, last) if known else (self.phase_3d_ms or 0)
+                    phase = intervals.phase_of(interval, last) if last is not None else self._phase_3d()
                     ranges = planner.plan_table(
                         symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
-                        last_stored_ms=last, holes=store.holes(symbol, interval) if known else [],
-                        first_stored_ms=store.first_open_ms(symbol, interval) if known else None,
-                        exchange_holes=store.exchange_holes(symbol, interval) if known else [],
+                        last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
                         phase_ms=phase)
-                    for r in ranges:
-                        for start, end, limit in planner.pages(interval, r.first_open_ms, r.last_open_ms,
-                                                               page_limit):
-                            self._add_backfill(r.kind, symbol, interval, start, end, limit)
-                            added += 1
+                    if ranges:
+                        pages += self.backlog.add(ranges)
+                    tables_planned += 1
+                    yield
         finally:
             if store:
                 store.close()
         self.planned_once = True
-        if added:
-            if not self.backfill_started:
-                self.backfill_started = time.monotonic()
-            self.log.info("planned", tasks=added, symbols=len(self.trading), intervals=",".join(k.intervals))
+        self.backfill_total += pages
+        if pages and not self.backfill_started:
+            self.backfill_started = time.monotonic()
+        busy_ms = self.plan_busy_s * 1000
+        self.log.info("planned", tasks=pages, symbols=len(self.trading), intervals=",".join(k.intervals),
+                      tables=tables_planned, rows_checked=rows_checked, busy_ms=round(busy_ms, 1),
+                      per_table_ms=round(busy_ms / max(tables_planned, 1), 3),
+                      seconds=round(time.monotonic() - started, 2),
+                      slowest_tick_ms=round(self.pass_slowest_s * 1000, 1))
+
+    def _refill(self) -> None:
+        """Cut pages off the backlog while the queue is short: tasks exist only shortly before
+        they are released, whatever the plan's size."""
+        want = QUEUED_BACKFILL - self.backfill_open
+        if want <= 0 or not len(self.backlog):
+            return
+        for kind, symbol, interval, start, end in self.backlog.take(want):
+            # Each page asks for exactly its candles: a short tail costs weight 1 (planner.page_limit).
+            self._add_backfill(kind, symbol, interval, start, end, planner.page_limit(interval, start, end))
 
     def _add_backfill(self, kind: str, symbol: str, interval: str, start: int, end: int, limit: int,
-                      empty_answers: int = 0) -> None:
+                      empty_answers: int = 0, not_before_ms: int = 0) -> None:
         task_id = f"{kind}:{symbol}:{interval}:{start}-{end}:{self.generation}.{empty_answers}"
         task = DownloadTask(task_id=task_id, symbol=symbol, interval=interval, start_ms=start, end_ms=end,
                             limit=limit, priority="backfill")
-        self.book.add(TaskState(task=task, kind=kind, empty_answers=empty_answers, created_ms=self.clock.now_ms()))
+        self.book.add(TaskState(task=task, kind=kind, empty_answers=empty_answers, not_before_ms=not_before_ms,
+                                created_ms=self.clock.now_ms()))
         self.open_backfill[(symbol, interval)] += 1
-        self.backfill_total += 1
+        self.backfill_open += 1
 
     # -- boundaries ----------------------------------------------------------------------------
     def _plan_boundaries(self) -> None:
@@ -255,11 +378,13 @@ class Scheduler(Actor):
             # while the clock or the symbols were still unknown, or so shortly before that
             # backfill may have stored a provisional copy, still gets its fetch and re-check.
             since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
-            self.next_boundary_ms = min(intervals.next_boundary(i, since, self.phase_3d_ms or 0) for i in configured)
+            self.next_boundary_ms = min(intervals.next_boundary(i, since, self._phase_3d()) for i in configured)
         live = self.config.live
+        if server_now - self.next_boundary_ms > CLOCK_JUMP_MS:
+            self._clock_jumped(server_now)
         while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
             boundary = self.next_boundary_ms
-            closing = intervals.closing_at(boundary, configured, self.phase_3d_ms or 0)
+            closing = intervals.closing_at(boundary, configured, self._phase_3d())
             double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
                                              self.budget.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
@@ -275,8 +400,29 @@ class Scheduler(Actor):
                           candles=len(closing) * len(self.trading),
                           refetched=",".join(i for i in closing if double[i]) or "-",
                           late_ms=server_now - boundary)
-            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self.phase_3d_ms or 0)
+            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self._phase_3d())
                                         for i in configured)
+
+    def _clock_jumped(self, server_now: int) -> None:
+        """Minutes of boundaries passed unseen (suspend and resume, a bad serverTime): fetch each
+        interval's newest closed candle once, not every missed boundary for every symbol in one
+        tick; the planning pass fills what lies between as backfill."""
+        configured = self.config.klines.intervals
+        edge = server_now - self.config.live.boundary_margin_ms
+        self.log.warning("clock_jump", missed_s=round((server_now - self.next_boundary_ms) / 1000, 1),
+                         action="newest candle of each interval now, the rest by backfill")
+        for interval in configured:
+            open_ms = intervals.last_closed_open(interval, edge)
+            boundary = intervals.next_open(interval, open_ms)
+            # Closed long enough ago to be final: one fetch now; else one at the re-check time.
+            at_ms = max(0, boundary + self.config.live.final_recheck_ms - server_now)
+            for symbol in self.trading:
+                self._add_boundary(symbol, interval, open_ms, boundary, boundaries.SINGLE,
+                                   server_now + at_ms if at_ms else 0)
+            if self.trading:
+                self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval, len(self.trading))
+        self.next_boundary_ms = min(intervals.next_boundary(i, edge) for i in configured)
+        self.next_plan = 0.0
 
     def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
                       not_before_ms: int) -> None:
@@ -307,6 +453,8 @@ class Scheduler(Actor):
             st = self.book.next_ready(server_now)
             if st is None:
                 return
+            if self._hold(st):
+                return
             weight = weight_for_limit(st.task.limit)
             room = self.budget.available(server_now)
             window = server_now - server_now % intervals.MINUTE_MS
@@ -323,6 +471,20 @@ class Scheduler(Actor):
             self.book.dispatched(st.task.task_id, server_now)
             if st.task.priority == "boundary":
                 self._released(st.boundary_ms, weight)
+
+    def _hold(self, st: TaskState) -> bool:
+        """Backpressure: while `max_uncommitted` released tasks wait for the writer, release no more
+        backfill (boundary fetches, one candle each, get four times the room). Memory stays bounded
+        by pages that exist, not by how long the writer is away."""
+        cap = self.config.downloader.max_uncommitted
+        out = len(self.book.in_flight)
+        if not self.holding and out >= cap:
+            self.holding = True
+            self.log.warning("release_held", uncommitted=out, limit=cap, action="waiting for the writer to commit")
+        elif self.holding and out < cap // 2:  # hysteresis: one line per stall, not per task
+            self.holding = False
+            self.log.info("release_resumed", uncommitted=out)
+        return out >= (cap if st.task.priority == "backfill" else 4 * cap)
 
     def _released(self, boundary_ms: int, weight: int) -> None:
         left = self.unreleased.get(boundary_ms, 0) - weight
@@ -342,7 +504,13 @@ class Scheduler(Actor):
 
     def _expire_leases(self) -> None:
         server_now = self.clock.now_ms()
+        writer_silent = time.monotonic() - self.writer_heard > WRITER_SILENT_S
         for task_id in self.book.expired(server_now):
+            st = self.book.states[task_id]
+            if st.result_ok and writer_silent and st.leases_kept < LEASES_KEPT_MAX:
+                st.leases_kept += 1  # its page waits in the writer's queue: fetching it again adds a copy
+                st.lease_until_ms = server_now + self.book.lease_ms
+                continue
             self.budget.settle(task_id, 0, server_now)
             st = self._retry(task_id, server_now, 0, "lease expired", count_attempt=True)
             self.log.warning("lease_expired", task_id=task_id,
@@ -396,7 +564,7 @@ class Scheduler(Actor):
                           action=f"retry in {delay / 1000:.1f}s")
 
     def _empty_hole(self, st: TaskState) -> None:
-        """The exchange answered nothing for a range inside our history: confirm once, then record."""
+        """The exchange answered nothing for a range inside our history: confirm later, then record."""
         t = st.task
         if st.empty_answers >= 1:
             self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
@@ -404,7 +572,13 @@ class Scheduler(Actor):
             self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
                           start_ms=t.start_ms, end_ms=t.end_ms, action="recorded, not requested again")
         else:
-            self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1)
+            # Asked again later, not at once: a blip of the exchange lasts seconds, and a hole once
+            # recorded is never asked again.
+            delay_ms = int(self.config.klines.hole_confirm_s * 1000)
+            self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1,
+                               not_before_ms=self.clock.now_ms() + delay_ms)
+            self.log.info("hole_empty_once", symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
+                          end_ms=t.end_ms, action=f"asking again in {delay_ms / 1000:.0f}s before recording it")
 
     def _page_gaps(self, t: DownloadTask, missing: list[tuple[int, int]]) -> None:
         """A page with candles that skipped open times inside its range: the exchange has none
@@ -422,6 +596,7 @@ class Scheduler(Actor):
                 return
             msg = self.receive(sock)
             if isinstance(msg, Committed):
+                self._writer_heard(msg.writer_started_ms)
                 for task_id in msg.task_ids:
                     st = self.book.committed(task_id)
                     if st is not None:
@@ -434,6 +609,22 @@ class Scheduler(Actor):
                                  action="tasks re-issued in 1.0s")
             elif isinstance(msg, ClockSync):
                 self.clock.update(msg)
+
+    def _writer_heard(self, started_ms: int) -> None:
+        self.writer_heard = time.monotonic()
+        if started_ms == self.writer_started_ms:
+            return
+        restarted = self.writer_started_ms != 0
+        self.writer_started_ms = started_ms
+        if not restarted:
+            return
+        # Pages fetched for the writer's earlier run may have died with it: fetch them again now.
+        server_now = self.clock.now_ms()
+        waiting = [tid for tid in self.book.in_flight if self.book.states[tid].result_ok]
+        for task_id in waiting:
+            self.budget.settle(task_id, 0, server_now)
+            self._retry(task_id, server_now, 0, "writer restarted", count_attempt=False)
+        self.log.info("writer_restarted", reissued=len(waiting), action="uncommitted pages fetched again")
 
     def _done(self, st: TaskState, committed_at_ms: int) -> None:
         self.recently_done[st.task.task_id] = st
@@ -458,12 +649,16 @@ class Scheduler(Actor):
         if st.task.priority == "backfill":
             key = (st.task.symbol, st.task.interval)
             self.open_backfill[key] = max(0, self.open_backfill[key] - 1)
+            if not self.open_backfill[key]:
+                del self.open_backfill[key]
+            self.backfill_open = max(0, self.backfill_open - 1)
             self.backfill_done += 1
 
     # -- reporting -----------------------------------------------------------------------------
     def _progress(self, now: float) -> None:
         self.next_progress = now + PROGRESS_EVERY_S
-        open_backfill = sum(self.open_backfill.values())
+        open_backfill = self.backfill_open + self.backlog.pages_left
+        slowest_ms, self.slowest_tick_s = round(self.slowest_tick_s * 1000, 1), 0.0
         if not self.backfill_started or (open_backfill == 0 and self.mode != "once"):
             return
         elapsed = max(now - self.backfill_started, 1e-3)
@@ -473,19 +668,19 @@ class Scheduler(Actor):
         self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
                       candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
                       weight_used=self.budget.spent, weight_limit=self.budget.limit,
-                      failed=len(self.book.failed))
+                      failed=self.book.failed_total, slowest_tick_ms=slowest_ms)
 
     def _finish_once(self) -> None:
         elapsed = time.monotonic() - (self.backfill_started or self.started)
         failed = self.book.failed
         self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
-                      seconds=round(elapsed, 2), failed=len(failed))
+                      seconds=round(elapsed, 2), failed=self.book.failed_total)
         for st in list(failed.values())[:20]:
             self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
                            start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
-        self.exit_code = EXIT_INCOMPLETE if failed else 0
+        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total else 0
         self.stop()
 
     def teardown(self) -> None:
+        self.discovery_pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
-

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import apsw
 from msgspec.structs import astuple
 
-from . import intervals
+from . import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
 from .symbols import is_valid_symbol, parse_table_name, table_base, table_name
@@ -442,6 +442,55 @@ class Store:
             f"(ORDER BY open_time) AS next_open FROM {table}) WHERE next_open - open_time > ?",
             (step_ms,))]
 
+    def first_last(self, symbol: str, interval: str) -> tuple[int | None, int | None]:
+        """First and last stored open time (two primary-key lookups, whatever the table's size)."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return None, None
+        return (self._scalar(f"SELECT open_time FROM {table} ORDER BY open_time LIMIT 1"),
+                self._scalar(f"SELECT open_time FROM {table} ORDER BY open_time DESC LIMIT 1"))
+
+    def count_between(self, symbol: str, interval: str, first_ms: int, last_ms: int) -> int:
+        """Rows with open time in [first_ms, last_ms]: a primary-key range walk, ~10x cheaper than
+        listing the gaps, so a full range is proven complete without reading its rows."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return 0
+        return self._scalar(f"SELECT count(*) FROM {table} WHERE open_time BETWEEN ? AND ?",
+                            (first_ms, last_ms))
+
+    def gaps_between(self, symbol: str, interval: str, first_ms: int, last_ms: int) -> list[tuple[int, int]]:
+        """Aligned open times missing in [first_ms, last_ms] (both aligned), as ranges, edges
+        included: the caller chooses a range inside stored history."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return [(first_ms, last_ms)]
+        if interval == intervals.MONTH:
+            gaps, expected = [], first_ms
+            for (open_ms,) in self._cursor.execute(
+                    f"SELECT open_time FROM {table} WHERE open_time BETWEEN ? AND ? ORDER BY open_time",
+                    (first_ms, last_ms)):
+                if open_ms > expected:
+                    gaps.append((expected, intervals.prev_open(interval, open_ms)))
+                expected = intervals.next_open(interval, open_ms)
+            if expected <= last_ms:
+                gaps.append((expected, last_ms))
+            return gaps
+        step_ms = intervals.nominal_ms(interval)
+        low, high = next(self._cursor.execute(
+            f"SELECT min(open_time), max(open_time) FROM {table} WHERE open_time BETWEEN ? AND ?",
+            (first_ms, last_ms)))
+        if low is None:
+            return [(first_ms, last_ms)]
+        gaps = [(first_ms, low - step_ms)] if low > first_ms else []
+        gaps += [(a + step_ms, b - step_ms) for a, b in self._cursor.execute(
+            f"SELECT open_time, next_open FROM (SELECT open_time, LEAD(open_time) OVER "
+            f"(ORDER BY open_time) AS next_open FROM {table} WHERE open_time BETWEEN ? AND ?) "
+            f"WHERE next_open - open_time > ?", (first_ms, last_ms, step_ms))]
+        if high < last_ms:
+            gaps.append((high + step_ms, last_ms))
+        return gaps
+
     def holes(self, symbol: str, interval: str) -> list[tuple[int, int]]:
         """Ranges [first_missing, last_missing] of open times missing inside stored history,
         minus the exchange holes recorded in `meta_holes`."""
@@ -454,7 +503,7 @@ class Store:
             pieces = [gap]
             for hole_start, hole_end in known:
                 pieces = [p for piece in pieces
-                          for p in _subtract(interval, piece, hole_start, hole_end)]
+                          for p in planner.subtract(interval, piece, hole_start, hole_end)]
             result.extend(pieces)
         return result
 
@@ -465,24 +514,3 @@ class Store:
 
     def schema_version(self) -> int | None:
         return self._scalar("SELECT max(version) FROM meta_schema")
-
-
-def _subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """Open-time range `piece` minus [start_ms, end_ms], as ranges on the piece's own grid (for
-    3d the table's phase, whatever it is)."""
-    a, b = piece
-    if end_ms < a or start_ms > b:
-        return [piece]
-    if interval == intervals.MONTH:
-        left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
-        right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
-    else:
-        step_ms = intervals.nominal_ms(interval)
-        left_end = a + (start_ms - 1 - a) // step_ms * step_ms
-        right_start = a + ((end_ms - a) // step_ms + 1) * step_ms
-    out = []
-    if left_end >= a:
-        out.append((a, left_end))
-    if right_start <= b:
-        out.append((right_start, b))
-    return out

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import msgspec
 
 from . import boundaries
 from .messages import DownloadTask
+
+FAILED_KEPT = 1000  # given-up tasks kept for the report; older ones are only counted
 
 
 @dataclass
@@ -31,6 +34,7 @@ class TaskState:
     empty_answers: int = 0
     last_error: str = ""
     created_ms: int = 0
+    leases_kept: int = 0                 # lease renewed while the writer was silent
 
 
 @dataclass
@@ -42,7 +46,8 @@ class TaskBook:
     states: dict[str, TaskState] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
     done: int = 0
-    failed: dict[str, TaskState] = field(default_factory=dict)
+    failed: OrderedDict[str, TaskState] = field(default_factory=OrderedDict)  # the latest given up
+    failed_total: int = 0
     _seq: itertools.count = field(default_factory=itertools.count)
 
     @staticmethod
@@ -81,9 +86,6 @@ class TaskBook:
             heapq.heappop(self.ready)  # given up, committed or already out: a stale entry
         return None
 
-    def next_due_ms(self) -> int | None:
-        return self.delayed[0][0] if self.delayed else None
-
     def dispatched(self, task_id: str, now_ms: int) -> None:
         if self.ready and self.ready[0][2] == task_id:
             heapq.heappop(self.ready)
@@ -120,6 +122,9 @@ class TaskBook:
         if attempt > self.max_attempts:
             self.states.pop(task_id)
             self.failed[task_id] = st
+            self.failed_total += 1
+            while len(self.failed) > FAILED_KEPT:
+                self.failed.popitem(last=False)
             return None
         st.task = msgspec.structs.replace(st.task, attempt=attempt)
         st.not_before_ms = now_ms + delay_ms

@@ -66,6 +66,7 @@ GC_GEN0_THRESHOLD = 50_000
 # timeout); waits beyond it happen in the loop, with heartbeats.
 BUSY_SLICE_MS = 250
 HOLD_RETRY_S = 0.25        # busy: next attempt
+BEACON_EVERY_S = 1.0       # an idle writer's "alive, nothing waiting" on the bus
 HOLD_RETRY_SLOW_S = 2.0    # disk full, read-only, I/O error: next attempt
 TEARDOWN_RETRY_S = 3.0     # at stop, how long a blocked database may still be waited for
 CHECKPOINT_EVERY_S = 5.0
@@ -197,6 +198,8 @@ class Writer(Actor):
         self.summary_rows = 0
         self.last_commit = time.monotonic()
         self.next_checkpoint = self.last_commit + CHECKPOINT_EVERY_S
+        self.started_ms = now_ms()
+        self.next_beacon = 0.0
         self._open_store(time.monotonic())
         self.log.info("ready", database=self.config.database.path, inbox=e.writer,
                       max_rows_per_txn=self.settings.max_rows_per_txn,
@@ -239,10 +242,19 @@ class Writer(Actor):
                 self._retry(now)
         elif self.group_deadline is not None and now >= self.group_deadline:
             self._commit()
+        if self.hold is None and not self.pending and now >= self.next_beacon:
+            self._beacon(now)
         if now >= self.next_checkpoint:
             self._checkpoint(now)
         if now >= self.summary_at:
             self._summary(now)
+
+    def _beacon(self, now: float) -> None:
+        """Tell the scheduler this writer is alive with nothing waiting: while it hears nothing,
+        released work is not issued again (a stalled writer will still commit it)."""
+        self.next_beacon = now + BEACON_EVERY_S
+        self.send(self.bus, messages.Committed(task_ids=[], tables=[], committed_at_ms=now_ms(),
+                                               writer_started_ms=self.started_ms), block=False)
 
     def teardown(self) -> None:
         # Accepted means delivered to this process: take what is queued, then commit it all.
@@ -501,7 +513,9 @@ class Writer(Actor):
         if task_ids or tables:
             commits = [messages.TableCommit(s, i, n, lo, hi) for (s, i), (n, lo, hi) in tables.items()]
             self.send(self.bus, messages.Committed(task_ids=task_ids, tables=commits,
-                                                   committed_at_ms=now_ms()))
+                                                   committed_at_ms=now_ms(),
+                                                   writer_started_ms=self.started_ms))
+            self.next_beacon = time.monotonic() + BEACON_EVERY_S
         for item, result in zip(group, results):
             if result.stored and isinstance(item, _Pending):
                 self._publish_feed(item.batch, result.stored)

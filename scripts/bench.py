@@ -9,6 +9,10 @@ pass; `--repeat` re-serves the same pages to measure the warm row cache.
 `live`: candle close -> database commit and -> feed consumer, p50/p99, over the WebSocket path
 and the REST boundary path (see scripts/live_bench.py); `live --universe`: the top of the day with
 550 symbols x 15 intervals, close -> REST confirmation per interval (scripts/universe_live_bench.py).
+
+`universe`: 550 symbols x 15 intervals backfilled from empty with `--once`, limit lifted,
+heartbeat timeout 2 s: wall time, restarts, slowest scheduler tick, planning cost per table
+(scripts/universe_backfill_bench.py).
 """
 
 from __future__ import annotations
@@ -107,6 +111,14 @@ def bench_live(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_universe(a: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import universe_backfill_bench
+
+    universe_backfill_bench.run(symbols=a.symbols)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the top of the day: 550 symbols x 15 intervals, stream-only, real limit "
                              "(--minutes after 00:00 UTC, default 6 with this flag)")
     p_live.set_defaults(func=bench_live)
+    p_universe = sub.add_parser("universe", help="550 x 15 backfill from empty, --once: restarts, slowest tick")
+    p_universe.add_argument("--symbols", type=int, default=550)
+    p_universe.set_defaults(func=bench_universe)
     a = parser.parse_args(argv)
     return a.func(a)
 

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs the test suite on a fresh machine: makes .venv, installs the project with its test extras,
 # runs pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -q).
+# The suite waits on real time (minute boundaries, leases, a stalled writer) far more than it
+# computes, so four worker processes overlap the waits; pass `-n 0` to run in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-exec "$VENV/bin/python" -m pytest "$@"
+workers=(-n 4 --dist worksteal)
+for arg in "$@"; do
+  case "$arg" in -n|-n*|--numprocesses*) workers=() ;; esac
+done
+exec "$VENV/bin/python" -m pytest "${workers[@]}" "$@"

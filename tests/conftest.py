@@ -47,3 +47,9 @@ def sim_factory():
     yield start
     for process in started:
         process.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first: with several workers (scripts/test.sh runs four) their real-time waits
+    overlap from the start instead of queueing at the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -8,7 +8,8 @@ Routes:
                              counters
 - `POST /_sim/stats/reset`
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py)
-- `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}
+- `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}, or
+                             {"symbol", "clear": true} to serve that symbol's candles again
 - `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual
 - `POST /_sim/delist`        {"symbol", "status"?="SETTLING", "at_ms"?=now}
 - `POST /_sim/resume`        {"symbol", "at_ms"?=now} → a halted symbol trades again (no candles
@@ -109,6 +110,9 @@ class AdminApi:
     async def holes(self, request):
         try:
             body = await self._body(request)
+            if body.get("clear") is True and isinstance(body.get("symbol"), str):
+                self.state.market.clear_holes(body["symbol"])
+                return _json({"ok": True, "holes": [vars(h) for h in self.state.market.holes]})
             symbol, start, end = body["symbol"], int(body["start_ms"]), int(body["end_ms"])
         except (KeyError, ValueError, TypeError, msgspec.DecodeError) as e:
             return _bad(f"need symbol, start_ms, end_ms: {e}")

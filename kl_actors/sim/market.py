@@ -184,6 +184,11 @@ class Market:
         self.holes.append(Hole(symbol, start_ms, end_ms))
         self.version += 1
 
+    def clear_holes(self, symbol: str) -> None:
+        """The exchange serves a symbol's candles again (a blip is over)."""
+        self.holes = [h for h in self.holes if h.symbol != symbol]
+        self.version += 1
+
     # -- existence and selection ----------------------------------------------------------
     def _holes_for(self, symbol: str) -> list[Hole]:
         return [h for h in self.holes if h.symbol in ("*", symbol)]

@@ -189,6 +189,9 @@ class SimProcess:
     def add_hole(self, symbol: str, start_ms: int, end_ms: int) -> dict:
         return self.admin("holes", {"symbol": symbol, "start_ms": start_ms, "end_ms": end_ms})
 
+    def clear_holes(self, symbol: str) -> dict:
+        return self.admin("holes", {"symbol": symbol, "clear": True})
+
     def list_symbol(self, symbol: str, onboard_ms: int | None = None) -> dict:
         return self.admin("list", {"symbol": symbol, "onboard_ms": onboard_ms})
 

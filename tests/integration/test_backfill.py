@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import apsw
 
 from backfill_check import assert_exact, run_once, trading_symbols
 from kl_actors import intervals
-from procs import ROOT, make_config, wait_for, write_toml
+from procs import ROOT, RunningService, make_config, wait_for, write_toml
 
 FOUR = {"1m": 1000, "5m": 1000, "1h": 1000, "1d": 500}
 
@@ -33,6 +35,7 @@ def server_ms(sim):
     return sim.info()["server_time_ms"]
 
 
+@pytest.mark.slow
 def test_fifty_symbols_four_intervals_from_empty_then_only_tail(workdir, sim_factory):
     sim = sim_factory(symbols=50, weight_limit=1_000_000)
     symbols = trading_symbols(sim)
@@ -65,7 +68,7 @@ def test_punched_holes_refilled_and_maintenance_hole_recorded_once(workdir, sim_
     # The exchange itself has no candles for BTCUSDT 1h in a 3-hour window (maintenance).
     hole_start, hole_end = intervals.step("1h", last_hour, -100), intervals.step("1h", last_hour, -98)
     sim.add_hole("BTCUSDT", hole_start, intervals.next_open("1h", hole_end))
-    config = service_config(workdir, sim, depth)
+    config = service_config(workdir, sim, depth, klines={"hole_confirm_s": 1.0})
     code, err = run_once(config, workdir)
     assert code == 0, err[-3000:]
     # The page around the maintenance window came back without it: recorded at once, from the
@@ -101,6 +104,45 @@ def test_punched_holes_refilled_and_maintenance_hole_recorded_once(workdir, sim_
     assert "exchange_hole_confirmed" not in err
 
 
+def test_an_empty_answer_for_a_moment_is_not_recorded_as_a_hole(workdir, sim_factory):
+    """A blip: the exchange answers nothing for a range it has, then serves it again. The first
+    empty answer is asked again only `hole_confirm_s` later, so the range is stored, not recorded."""
+    sim = sim_factory(symbols=2, weight_limit=1_000_000)
+    symbols = trading_symbols(sim)
+    depth = {"1h": 300}
+    config = service_config(workdir, sim, depth, klines={"hole_confirm_s": 3.0})
+    code, err = run_once(config, workdir)
+    assert code == 0, err[-3000:]
+    last_hour = intervals.last_closed_open("1h", server_ms(sim))
+    gone_start, gone_end = intervals.step("1h", last_hour, -40), intervals.step("1h", last_hour, -30)
+    db = apsw.Connection(str(workdir / "db.sqlite"))
+    db.execute("DELETE FROM k_btc_1h WHERE open_time BETWEEN ? AND ?", (gone_start, gone_end))
+    db.close()
+    sim.add_hole("BTCUSDT", gone_start, intervals.next_open("1h", gone_end))
+    service = RunningService(config, workdir, extra_args=["--once"])
+    try:
+        def first_empty_answer():
+            if "event=hole_empty_once symbol=BTCUSDT" in service.log_text():
+                return True
+            assert service.proc.poll() is None, service.log_text()[-3000:]  # ended without asking
+            return False
+
+        wait_for(first_empty_answer, 90, what="first empty answer")
+        sim.clear_holes("BTCUSDT")  # the blip is over before the second look
+        service.proc.wait(timeout=120)
+        code, err = service.stop()
+    finally:
+        service.cleanup()
+    assert code == 0, err[-3000:]
+    assert "exchange_hole_confirmed" not in err
+    with apsw.Connection(str(workdir / "db.sqlite")) as conn:
+        assert conn.execute("SELECT count(*) FROM meta_holes").fetchall() == [(0,)]
+        assert conn.execute("SELECT count(*) FROM k_btc_1h WHERE open_time BETWEEN ? AND ?",
+                            (gone_start, gone_end)).fetchall() == [(11,)]
+    assert_exact(workdir / "db.sqlite", sim, symbols, depth, 0, server_ms(sim))
+
+
+@pytest.mark.slow
 def test_low_weight_limit_four_downloaders_never_throttled(workdir, sim_factory):
     sim = sim_factory(symbols=8, weight_limit=60)
     symbols = trading_symbols(sim)
@@ -143,6 +185,7 @@ def _retry_info(sim):
     return wait_for(ok, timeout=20, what="exchangeInfo without a fault")
 
 
+@pytest.mark.slow
 def test_kill9_downloader_and_scheduler_mid_backfill_still_exact(workdir, sim_factory):
     sim = sim_factory(symbols=20, weight_limit=1_000_000, latency_ms=300)
     symbols = trading_symbols(sim)

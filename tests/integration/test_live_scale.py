@@ -9,6 +9,8 @@ next minute (shortest interval first) while the WebSocket closes stand in.
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 from backfill_check import stored_rows, trading_symbols, truth_rows
@@ -27,6 +29,7 @@ def _offset_before_five_minute_boundary() -> int:
     return boundary - LEAD_MS - local
 
 
+@pytest.mark.slow
 def test_two_hundred_symbols_two_intervals_live(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=SYMBOLS, weight_limit=WEIGHT_LIMIT, ws_push_ms=1000,
                       clock_offset_ms=_offset_before_five_minute_boundary())

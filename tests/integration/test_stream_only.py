@@ -4,6 +4,8 @@ that drop as a seq jump on every topic, and still gets every stored closed candl
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import time
@@ -14,6 +16,7 @@ from kl_actors.store import Store
 from procs import FeedCollector, make_config, wait_for
 
 
+@pytest.mark.slow
 def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=4, weight_limit=1_000_000, final_delay_ms=1000, ws_push_ms=200)
     symbols = trading_symbols(sim)

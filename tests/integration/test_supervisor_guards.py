@@ -232,7 +232,7 @@ def test_database_turning_read_only_stops_the_service_without_crash_loop(workdir
         code, err = service.stop()
         assert code == 2, err
         assert "kl-actors: actor writer cannot run (see its last log line); stopping the service" in err
-        assert "event=database_unwritable" in err
+        assert "event=database_unusable" in err
         assert err.count("event=actor_started name=writer") == 2  # the first start and one restart
         assert "Traceback" not in err
     finally:

@@ -62,6 +62,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offset_ms", [4000, -3000])
 def test_publishes_clock_sync_with_the_simulators_offset(sim_factory, workdir, offset_ms):
     sim = sim_factory(symbols=2, clock_offset_ms=offset_ms)

@@ -585,6 +585,7 @@ def test_read_only_database_is_one_line_and_exit_status_2(workdir, writer_factor
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_full_disk_holds_the_batches_until_space_comes_back(workdir, writer_factory):
     data = workdir / "data"
     data.mkdir()

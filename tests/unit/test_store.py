@@ -319,3 +319,25 @@ def test_holes_of_a_3d_table_on_any_phase(db):
 def candle3d(open_ms):
     from kl_actors.messages import Candle
     return Candle(open_ms, "1.0", "1.0", "1.0", "1.0", "1", open_ms + 3 * 86_400_000 - 1, "1", 1, "0", "0")
+@pytest.mark.parametrize("interval", ["1m", "1h", "1M"])
+def test_chunked_counts_and_gaps_find_exactly_the_holes_a_full_scan_finds(db, interval):
+    import random
+
+    from kl_actors import backlog, planner
+
+    rng = random.Random(5)
+    opens = list(intervals.open_times(interval, intervals.align(interval, T0),
+                                      intervals.step(interval, intervals.align(interval, T0), 2999 if interval != "1M" else 99)))
+    kept = [o for o in opens if rng.random() > 0.03 or o in (opens[0], opens[-1])]
+    with db.transaction():
+        db.upsert("BTCUSDT", interval, "rest", [candle(o, interval) for o in kept])
+    first, last = db.first_last("BTCUSDT", interval)
+    assert (first, last) == (opens[0], opens[-1])
+    found = []
+    for lo, hi in backlog.chunks(interval, first, last, rows=137):
+        if db.count_between("BTCUSDT", interval, lo, hi) < intervals.count_between(interval, lo, hi):
+            found.extend(db.gaps_between("BTCUSDT", interval, lo, hi))
+    assert planner.merge_adjacent(interval, found) == db.holes("BTCUSDT", interval)
+    missing = sorted(set(opens) - set(kept))
+    assert sum(intervals.count_between(interval, a, b) for a, b in found) == len(missing)
+    assert db.first_last("ETHUSDT", interval) == (None, None)
