@@ -73,6 +73,7 @@ class Scheduler(Actor):
             self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
         self.trading: dict[str, SymbolInfo] = {}
         self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
+        self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
         # Where 3d candles open: learned from stored candles or the exchange (`_set_phase_3d`).
         self.phase_3d_ms: int | None = None
         self.phase_3d_assumed_ms = c.klines.phase_3d_days * intervals.DAY_MS
@@ -299,9 +300,12 @@ class Scheduler(Actor):
             tables = store.kline_tables() if store else {}
             yield
             # A halted symbol's history is fetched once (a new table); its tail waits until it
-            # trades again, so a halt never costs a request per pass.
-            plannable = [*self.trading.items(),
-                         *((s, info) for s, info in self.halted.items() if s not in tables)]
+            # trades again, so a halt never costs a request per pass (once per process, even when
+            # the exchange has nothing in the window and no table appears).
+            fresh_halted = {s: info for s, info in self.halted.items()
+                            if s not in tables and s not in self.halted_planned}
+            self.halted_planned.update(fresh_halted)
+            plannable = [*self.trading.items(), *fresh_halted.items()]
             for symbol, info in plannable:
                 for interval in k.intervals:
                     if symbol not in self.trading and symbol not in self.halted:
