@@ -100,6 +100,7 @@ class Scheduler(Actor):
         self.planning: Iterator[None] | None = None
         self.plan_again = False
         self.plan_busy_s = 0.0
+        self.slice_started = 0.0
         self.discovery: Future | None = None
         self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
         self.holding = False  # release held back: too many results wait for the writer
@@ -272,8 +273,8 @@ class Scheduler(Actor):
             return None
 
     def _advance_planning(self) -> None:
-        deadline = time.monotonic() + PLAN_SLICE_S
-        started = time.monotonic()
+        started = self.slice_started = time.monotonic()
+        deadline = started + PLAN_SLICE_S
         try:
             while time.monotonic() < deadline:
                 next(self.planning)
@@ -315,17 +316,23 @@ class Scheduler(Actor):
                     first = last = None
                     holes: list[tuple[int, int]] = []
                     known: list[tuple[int, int]] = []
+                    # One query per step: while the writer creates tables, each query of this
+                    # reader may reload the whole schema (~0.1 s at 8,000 tables).
                     if store is not None and interval in tables.get(symbol, {}):
                         first, last = store.first_last(symbol, interval)
+                        yield
                     if last is not None:
                         found = []
                         for lo, hi in backlog.chunks(interval, self.coverage.scan_from(symbol, interval, first), last):
                             expected = intervals.count_between(interval, lo, hi)
-                            if store.count_between(symbol, interval, lo, hi) < expected:
-                                found.extend(store.gaps_between(symbol, interval, lo, hi))
-                            rows_checked += expected
+                            short = store.count_between(symbol, interval, lo, hi) < expected
                             yield
+                            if short:
+                                found.extend(store.gaps_between(symbol, interval, lo, hi))
+                                yield
+                            rows_checked += expected
                         known = store.exchange_holes(symbol, interval)
+                        yield
                         holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
                         self.coverage.proven(symbol, interval, first, last, holes)
                     # A table's own candles say where its 3d candles open.
@@ -346,7 +353,7 @@ class Scheduler(Actor):
         self.backfill_total += pages
         if pages and not self.backfill_started:
             self.backfill_started = time.monotonic()
-        busy_ms = self.plan_busy_s * 1000
+        busy_ms = (self.plan_busy_s + time.monotonic() - self.slice_started) * 1000
         self.log.info("planned", tasks=pages, symbols=len(self.trading), intervals=",".join(k.intervals),
                       tables=tables_planned, rows_checked=rows_checked, busy_ms=round(busy_ms, 1),
                       per_table_ms=round(busy_ms / max(tables_planned, 1), 3),

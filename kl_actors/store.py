@@ -368,7 +368,12 @@ class Store:
     def kline_tables(self) -> dict[str, dict[str, str]]:
         """symbol -> interval -> table, for every table whose name parses as a kline table."""
         found: dict[str, dict[str, str]] = {}
-        for name in self._table_names():
+        names = self._table_names()
+        if self.readonly:
+            # Each later query then skips its own existence check: while the writer creates
+            # tables, every query of a reader reloads the schema (~0.1 s at 8,000 tables).
+            self._known_tables.update(names)
+        for name in names:
             parsed = parse_table_name(name)
             if parsed is not None:
                 symbol, interval = parsed
@@ -381,6 +386,8 @@ class Store:
             return table
         exists = self._scalar(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,))
+        if exists and self.readonly:
+            self._known_tables.add(table)  # a committed table is never dropped
         return table if exists else None
 
     def last_open_ms(self, symbol: str, interval: str) -> int | None:

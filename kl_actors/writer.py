@@ -42,6 +42,7 @@ import operator
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Collection
 from typing import NamedTuple
 
@@ -67,6 +68,7 @@ GC_GEN0_THRESHOLD = 50_000
 BUSY_SLICE_MS = 250
 HOLD_RETRY_S = 0.25        # busy: next attempt
 BEACON_EVERY_S = 1.0       # an idle writer's "alive, nothing waiting" on the bus
+CREATE_SLICE_S = 0.2       # tables made ahead of their first batch, per transaction
 HOLD_RETRY_SLOW_S = 2.0    # disk full, read-only, I/O error: next attempt
 TEARDOWN_RETRY_S = 3.0     # at stop, how long a blocked database may still be waited for
 CHECKPOINT_EVERY_S = 5.0
@@ -200,6 +202,7 @@ class Writer(Actor):
         self.next_checkpoint = self.last_commit + CHECKPOINT_EVERY_S
         self.started_ms = now_ms()
         self.next_beacon = 0.0
+        self.tables_wanted: deque[tuple[str, str]] = deque()
         self._open_store(time.monotonic())
         self.log.info("ready", database=self.config.database.path, inbox=e.writer,
                       max_rows_per_txn=self.settings.max_rows_per_txn,
@@ -242,6 +245,8 @@ class Writer(Actor):
                 self._retry(now)
         elif self.group_deadline is not None and now >= self.group_deadline:
             self._commit()
+        if self.tables_wanted and self.hold is None and not self.pending and self.store is not None:
+            self._create_some(now)
         if self.hold is None and not self.pending and now >= self.next_beacon:
             self._beacon(now)
         if now >= self.next_checkpoint:
@@ -380,9 +385,35 @@ class Writer(Actor):
             return _Applied(written, [r[0] for r in rows] if written else (), None)
         if isinstance(item, SymbolsUpdate):
             self.store.record_symbols(item.symbols, item.seen_at_ms)
+            self._create_tables(item)
         else:
             self.store.record_hole(item.symbol, item.interval, item.start_ms, item.end_ms, now_ms())
         return _NOTHING
+
+    def _create_tables(self, update: SymbolsUpdate) -> None:
+        """Queue every table a trading symbol will need; `_create_some` makes them a few hundred
+        per transaction. Created one by one as a bootstrap's batches arrive, each new table would
+        make every reader (the scheduler's planning, a user's pandas) reload the whole schema
+        (~0.1 s at 8,000 tables) on its next query; all in one transaction would take seconds."""
+        for info in update.symbols:
+            if info.status == "TRADING":
+                self.tables_wanted.extend((info.symbol, interval) for interval in self.config.klines.intervals)
+
+    def _create_some(self, now: float) -> None:
+        deadline = now + CREATE_SLICE_S
+        try:
+            with self.store.transaction():
+                while self.tables_wanted and time.monotonic() < deadline:
+                    symbol, interval = self.tables_wanted.popleft()
+                    try:
+                        self.store.ensure_table(symbol, interval)
+                    except SymbolError:
+                        pass  # not a table-name symbol: its batches are refused with one line each
+        except apsw.Error as exc:
+            # Tables are also made by the first batch that needs them: nothing is lost.
+            self.log.warning("tables_not_created", error=str(exc)[:200], left=len(self.tables_wanted),
+                             action="each is created with its first batch instead")
+            self.tables_wanted.clear()
 
     def _newer_only(self, batch: KlineBatch, rows: list[tuple], staged: dict) -> list[tuple]:
         """The rows of a REST batch minus candles whose stored copy came from a later request.

@@ -50,10 +50,11 @@ def _run_once(config: cfg.Config, workdir: Path, label: str, timeout_s: float) -
     log = proc.stderr
     restarts = len(re.findall(r"event=actor_started .*restarts=[1-9]", log))
     silent = log.count("event=actor_silent")
+    which = sorted(set(re.findall(r"event=actor_(?:silent|exited) name=(\S+)", log)))
     summary = re.search(r"event=once_summary tasks=(\d+) candles=(\d+)", log)
     slowest = max([float(x) for x in re.findall(r"slowest_tick_ms=([\d.]+)", log)] or [0.0])
     print(f"{label}: exit {proc.returncode} in {wall:.0f} s ({wall / 60:.1f} min; target < 10 min), "
-          f"restarts {restarts}, silent {silent}, "
+          f"restarts {restarts} ({','.join(which) or '-'}), silent {silent}, "
           f"tasks {summary.group(1) if summary else '?'}, candles {summary.group(2) if summary else '?'}, "
           f"slowest scheduler tick {slowest:.0f} ms (heartbeat timeout 2000 ms)")
     for m in _PLANNED.finditer(log):

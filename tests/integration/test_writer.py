@@ -424,6 +424,24 @@ def test_symbols_and_exchange_holes_are_recorded(writer):
     assert "event=invalid_hole" in writer.stderr()
 
 
+def test_tables_of_trading_symbols_are_made_before_their_first_batch(writer):
+    """Made together, a few hundred per transaction, not one schema change per first batch."""
+    trading = [messages.SymbolInfo(f"S{i}USDT", "TRADING", 1) for i in range(300)]
+    writer.send(messages.SymbolsUpdate([*trading, messages.SymbolInfo("OLDUSDT", "SETTLING", 1),
+                                        messages.SymbolInfo("币安人生USDT", "TRADING", 1)], seen_at_ms=5))
+    configured = set(writer.config.klines.intervals)
+    store = writer.reader()
+    try:
+        wait_for(lambda: len(store.kline_tables()) == 300, 30, what="300 symbols' tables")
+        tables = store.kline_tables()
+        assert all(set(tables[f"S{i}USDT"]) == configured for i in range(300))
+        assert "OLDUSDT" not in tables
+        assert store.count("S7USDT", "1m") == 0  # empty until a batch comes
+    finally:
+        store.close()
+    assert writer.proc.poll() is None
+
+
 class OutsideWriteLock:
     """Another process's write transaction on the file (here: this test's own connection)."""
 
