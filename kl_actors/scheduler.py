@@ -44,6 +44,8 @@ QUEUED_BACKFILL = 2000
 # has not committed are waited for, not fetched again; a restarted writer gets them again.
 WRITER_SILENT_S = 3.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
+# Stored 3d tables read for their phase before the exchange is asked instead.
+STORED_PHASE_TABLES = 20
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 
@@ -225,11 +227,13 @@ class Scheduler(Actor):
         return weight_used(response.headers), sent_ms, found, phase, error
 
     def _stored_phase_3d(self) -> int | None:
-        """Where the stored 3d candles open (any 3d table: they all come from the exchange)."""
+        """Where the stored 3d candles open (any 3d table: they all come from the exchange). At
+        most a few tables are read (the writer makes empty ones ahead): else the exchange is asked."""
         store = self._open_store()
         try:
-            for symbol, tables in (store.kline_tables() if store else {}).items():
-                last = store.last_open_ms(symbol, "3d") if "3d" in tables else None
+            with_3d = [symbol for symbol, tables in (store.kline_tables() if store else {}).items() if "3d" in tables]
+            for symbol in with_3d[:STORED_PHASE_TABLES]:
+                last = store.last_open_ms(symbol, "3d")
                 if last is not None:
                     return intervals.phase_of("3d", last)
             return None
