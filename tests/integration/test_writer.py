@@ -432,9 +432,12 @@ def test_tables_of_trading_symbols_are_made_before_their_first_batch(writer):
     configured = set(writer.config.klines.intervals)
     store = writer.reader()
     try:
-        wait_for(lambda: len(store.kline_tables()) == 300, 30, what="300 symbols' tables")
+        wait_for(lambda: len(store.kline_tables()) == 301, 30, what="301 symbols' tables")
         tables = store.kline_tables()
         assert all(set(tables[f"S{i}USDT"]) == configured for i in range(300))
+        # A name outside [A-Z0-9] gets its hex-named tables like any other (issue 12).
+        assert set(tables["币安人生USDT"]) == configured
+        assert all(name.startswith("k_x_") for name in tables["币安人生USDT"].values())
         assert "OLDUSDT" not in tables
         assert store.count("S7USDT", "1m") == 0  # empty until a batch comes
     finally:
