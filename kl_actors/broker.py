@@ -145,7 +145,7 @@ class Broker(Actor):
         try:
             expected = messages.feed_topic(kline.symbol, kline.interval)
         except UnicodeError:
-            self._drop_feed(f"symbol or interval outside ASCII: {kline.symbol[:40]!r} {kline.interval[:10]!r}")
+            self._drop_feed(f"symbol or interval not encodable: {kline.symbol[:40]!r} {kline.interval[:10]!r}")
             return
         if topic != expected:
             self._drop_feed(f"topic {topic[:60]!r} does not match its body")
@@ -166,7 +166,7 @@ class Broker(Actor):
                 self._drop_feed(f"gap for a topic that is not a kline topic: {name[:60]!r}")
                 return
         for name in gap.topics:
-            topic = name.encode("ascii", "replace")
+            topic = name.encode("utf-8", "replace")
             self.seq_by_topic[topic] = self.seq_by_topic.get(topic, 0) + 1
         self.feed_gaps += 1
         self.log.info("feed_gap", topics=len(gap.topics), reason=gap.reason, gaps_total=self.feed_gaps)

@@ -44,9 +44,14 @@ class ExchangeConfig(_Section):
     request_timeout_s: float = 10.0
 
 
+CONTRACT_TYPES = ("PERPETUAL", "TRADIFI_PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER")
+
+
 class SymbolsConfig(_Section):
     quote_asset: str = "USDT"
-    contract_type: str = "PERPETUAL"
+    # TradFi perpetuals (gold, indices, stocks) are USDT-margined perpetuals too; a user who
+    # wants only crypto says ["PERPETUAL"].
+    contract_types: list[str] = msgspec.field(default_factory=lambda: ["PERPETUAL", "TRADIFI_PERPETUAL"])
     # Non-empty: only these symbols (still subject to the exchange's list).
     include: list[str] = []
     exclude: list[str] = []
@@ -66,6 +71,9 @@ class KlinesConfig(_Section):
     depth: dict[str, int] = msgspec.field(default_factory=lambda: dict(DEFAULT_DEPTH))
     # True: new symbols are fetched from their listing date (onboardDate), ignoring depth.
     since_listing: bool = False
+    # Where 3d candles open (epoch day mod 3) until the exchange's own candles say: stored 3d
+    # candles, else one 3d candle asked at discovery. 1 is what the real spot archive shows.
+    phase_3d_days: int = 1
     # An empty answer inside stored history is asked again this much later before it is recorded
     # as an exchange hole (never asked again): a blip of the exchange must not become permanent.
     hole_confirm_s: float = 45.0
@@ -280,6 +288,13 @@ def check(config: Config, source: str) -> Config:
             fail(f"klines.depth.{name}", "not an interval")
         if not 1 <= depth <= MAX_DEPTH:
             fail(f"klines.depth.{name}", f"must be 1..{MAX_DEPTH}, got {depth}")
+    if not config.symbols.contract_types:
+        fail("symbols.contract_types", "at least one contract type is needed")
+    for name in config.symbols.contract_types:
+        if name not in CONTRACT_TYPES:
+            fail("symbols.contract_types", f"unknown contract type {name!r}; expected some of {', '.join(CONTRACT_TYPES)}")
+    if not 0 <= config.klines.phase_3d_days <= 2:
+        fail("klines.phase_3d_days", f"must be 0, 1 or 2 (epoch day mod 3), got {config.klines.phase_3d_days}")
     at_least("klines.hole_confirm_s", config.klines.hole_confirm_s, 0)
     for key in ("include", "exclude"):
         for symbol in getattr(config.symbols, key):

@@ -159,8 +159,10 @@ def classify(task: DownloadTask, status: int, headers: Mapping[str, str], body: 
                           f"{page[-1].close_time_ms}, server now {server_now_ms}", **common), None
     first = page[0].open_time_ms if page else 0
     last = page[-1].open_time_ms if page else 0
+    missing = (klines.missing_ranges(task.interval, page, task.start_ms, task.end_ms, task.limit)
+               if task.priority == "backfill" else [])
     return TaskResult(status="ok", candles=len(page), first_open_ms=first, last_open_ms=last,
-                      **common), page
+                      missing=missing, **common), page
 
 
 def network_failure(task: DownloadTask, exc: BaseException) -> TaskResult:

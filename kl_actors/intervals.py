@@ -1,9 +1,13 @@
 """Interval arithmetic for the 14 futures kline intervals (pure: no clocks, no I/O).
 
 Every function takes times as Unix milliseconds (UTC) and is told `now` where it needs it.
-Alignment follows the exchange: minute, hour and day multiples are counted from the Unix epoch
-(so 3d candles open on days divisible by three since 1970-01-01), weeks open on Monday 00:00 UTC,
-and months are calendar months opening on the 1st at 00:00 UTC.
+Alignment follows the exchange: minute, hour and day multiples are counted from the Unix epoch,
+weeks open on Monday 00:00 UTC, and months are calendar months opening on the 1st at 00:00 UTC.
+Where 3d candles open is not established (the real spot archive opens them on epoch days ≡ 1 mod
+3, the simulator can do either): it is a parameter, `phase_ms` (3d open times ≡ phase_ms mod 3
+days; 0 = multiples of three days since 1970-01-01), which the caller learns from the exchange's
+own candles (`phase_of`). Every function that depends on alignment takes it; other intervals
+ignore it.
 """
 
 from __future__ import annotations
@@ -68,18 +72,37 @@ def _add_months(open_ms: int, months: int) -> int:
     return calendar.timegm((index // 12, index % 12 + 1, 1, 0, 0, 0)) * 1000
 
 
-def align(interval: str, t_ms: int) -> int:
+THREE_DAYS_MS = 3 * DAY_MS
+# The real spot archive's 3d candles (binance-api.md section 7) open on epoch days ≡ 1 (mod 3).
+ARCHIVE_3D_PHASE_MS = DAY_MS
+
+
+def phase_of(interval: str, open_ms: int) -> int:
+    """The phase a real candle's open time shows: for 3d, its offset from a multiple of 3 days
+    (always a whole day); 0 for every other interval."""
+    if interval != "3d":
+        return 0
+    return open_ms % THREE_DAYS_MS
+
+
+def _origin(interval: str, phase_ms: int) -> int:
+    if interval == "1w":
+        return _FIRST_MONDAY_MS
+    if interval == "3d":
+        return phase_ms % THREE_DAYS_MS
+    return 0
+
+
+def align(interval: str, t_ms: int, phase_ms: int = 0) -> int:
     """Open time of the candle that contains `t_ms`."""
     if interval == MONTH:
         return _month_start(t_ms)
     step = _FIXED_MS[check(interval)]
-    if interval == "1w":
-        return t_ms - (t_ms - _FIRST_MONDAY_MS) % WEEK_MS
-    return t_ms - t_ms % step
+    return t_ms - (t_ms - _origin(interval, phase_ms)) % step
 
 
-def is_aligned(interval: str, t_ms: int) -> bool:
-    return align(interval, t_ms) == t_ms
+def is_aligned(interval: str, t_ms: int, phase_ms: int = 0) -> bool:
+    return align(interval, t_ms, phase_ms) == t_ms
 
 
 def next_open(interval: str, open_ms: int) -> int:
@@ -107,14 +130,14 @@ def close_time(interval: str, open_ms: int) -> int:
     return next_open(interval, open_ms) - 1
 
 
-def next_boundary(interval: str, t_ms: int) -> int:
+def next_boundary(interval: str, t_ms: int, phase_ms: int = 0) -> int:
     """First candle open strictly after `t_ms`: the moment the candle containing `t_ms` closes."""
-    return next_open(interval, align(interval, t_ms))
+    return next_open(interval, align(interval, t_ms, phase_ms))
 
 
-def last_closed_open(interval: str, now_ms: int) -> int:
+def last_closed_open(interval: str, now_ms: int, phase_ms: int = 0) -> int:
     """Open time of the newest candle that is closed at `now_ms`."""
-    return prev_open(interval, align(interval, now_ms))
+    return prev_open(interval, align(interval, now_ms, phase_ms))
 
 
 def count_between(interval: str, first_open_ms: int, last_open_ms: int) -> int:
@@ -128,9 +151,9 @@ def count_between(interval: str, first_open_ms: int, last_open_ms: int) -> int:
     return (last_open_ms - first_open_ms) // _FIXED_MS[check(interval)] + 1
 
 
-def open_times(interval: str, first_open_ms: int, last_open_ms: int) -> Iterator[int]:
+def open_times(interval: str, first_open_ms: int, last_open_ms: int, phase_ms: int = 0) -> Iterator[int]:
     """Every aligned open time in [first, last]."""
-    t = align(interval, first_open_ms)
+    t = align(interval, first_open_ms, phase_ms)
     if t < first_open_ms:
         t = next_open(interval, t)
     while t <= last_open_ms:
@@ -138,6 +161,7 @@ def open_times(interval: str, first_open_ms: int, last_open_ms: int) -> Iterator
         t = next_open(interval, t)
 
 
-def closing_at(boundary_ms: int, intervals: tuple[str, ...] | list[str] = INTERVALS) -> list[str]:
+def closing_at(boundary_ms: int, intervals: tuple[str, ...] | list[str] = INTERVALS,
+               phase_ms: int = 0) -> list[str]:
     """The intervals whose candle closes exactly at `boundary_ms`, shortest first."""
-    return [i for i in INTERVALS if i in intervals and is_aligned(i, boundary_ms)]
+    return [i for i in INTERVALS if i in intervals and is_aligned(i, boundary_ms, phase_ms)]

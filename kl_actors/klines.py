@@ -2,6 +2,10 @@
 
 Values stay the exchange's decimal strings; they are compared as `Decimal` for validation only.
 A page is accepted whole or rejected whole: a bad page becomes a failed task, never stored rows.
+
+Where 3d (and weekly) candles open is the exchange's fact, not ours (see `intervals`): such a
+candle is checked for a whole-day open and its span, and a page for whole steps between its
+candles, never for one phase, so a wrong phase assumption can never fail every page for ever.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import msgspec
 from . import intervals
 from .messages import Candle
 
+# Intervals whose phase is the exchange's, not ours: validated by step (whole days apart).
+_PHASED = {"3d": intervals.THREE_DAYS_MS, "1w": intervals.WEEK_MS}
 # ASCII only: `\d` also matches other scripts' digits ("١٢"), which SQLite then reads as 0.
 _DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
 MAX_SQL_INT = 2**63 - 1          # SQLite's INTEGER; msgspec reads up to 2**64 - 1
@@ -111,7 +117,9 @@ def check_candle(interval: str, c: Candle) -> None:
     if not (0 <= c.open_time_ms <= MAX_TIME_MS and 0 <= c.close_time_ms <= MAX_TIME_MS):
         raise PageError(f"open/close time {c.open_time_ms}/{c.close_time_ms} out of range")
     try:
-        aligned = intervals.is_aligned(interval, c.open_time_ms)
+        # 3d and 1w: any phase the exchange uses (whole days); the page checks the steps between them.
+        aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval in _PHASED
+                   else intervals.is_aligned(interval, c.open_time_ms))
         close_ms = intervals.close_time(interval, c.open_time_ms) if aligned else 0
     except (intervals.IntervalError, ValueError, OverflowError, OSError) as exc:
         # An unknown interval, or an open time no calendar holds (year 146 million).
@@ -145,9 +153,47 @@ def validate_page(
         check_candle(interval, c)
         if previous is not None and c.open_time_ms <= previous:
             raise PageError(f"duplicate open time {c.open_time_ms}")
+        if previous is not None and interval in _PHASED and (c.open_time_ms - previous) % _PHASED[interval]:
+            raise PageError(f"open time {c.open_time_ms} is not a whole number of {interval} steps after {previous}")
         if not start_ms <= c.open_time_ms <= end_ms:
             raise PageError(f"open time {c.open_time_ms} outside asked range [{start_ms}, {end_ms}]")
         if c.close_time_ms >= now_ms:
             raise PageError(f"candle {c.open_time_ms} is not closed yet (close {c.close_time_ms})")
         previous = c.open_time_ms
     return page
+
+
+def missing_ranges(interval: str, page: list[Candle], start_ms: int, end_ms: int,
+                   limit: int) -> list[tuple[int, int]]:
+    """Open times in [start_ms, end_ms] a valid, sorted, non-empty page leaves out, as ranges.
+
+    The exchange answers a range with every candle it has in it, oldest first, up to `limit`:
+    what it skips before and between the candles it sent does not exist there (a maintenance
+    window, a closed market session). After the newest candle only when the page is shorter
+    than `limit` (a full page may simply have been cut). The grid is the page's own (its first
+    candle's phase), so a 3d or weekly phase we did not expect never looks like missing candles.
+    """
+    if not page:
+        return []
+    anchor = page[0].open_time_ms
+    if interval == intervals.MONTH:
+        expected = intervals.open_times(interval, start_ms, end_ms)
+    else:
+        step_ms = intervals.nominal_ms(interval)
+        expected = range(anchor - (anchor - start_ms) // step_ms * step_ms, end_ms + 1, step_ms)
+    present = {c.open_time_ms for c in page}
+    stop = end_ms if len(page) < limit else page[-1].open_time_ms
+    ranges: list[tuple[int, int]] = []
+    previous_missing = None
+    for t in expected:
+        if t > stop:
+            break
+        if t in present:
+            previous_missing = None
+            continue
+        if previous_missing is not None:
+            ranges[-1] = (ranges[-1][0], t)
+        else:
+            ranges.append((t, t))
+        previous_missing = t
+    return ranges

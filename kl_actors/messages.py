@@ -10,7 +10,8 @@ as the exchange sent it. `Candle` is array-like so that one candle is the exchan
 row, both in REST JSON and on our wire.
 
 Feed messages (`FeedKline`) go to outside consumers as two frames: the topic
-`kline.<SYMBOL>.<interval>` in ASCII, then the MessagePack body; see README "Consumer feed".
+`kline.<SYMBOL>.<interval>` in UTF-8 (ASCII for every plain symbol; the exchange lists some
+outside ASCII), then the MessagePack body; see README "Consumer feed".
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class TaskResult(_Msg, tag="result"):
     http_status: int = 0
     detail: str = ""
     requested_at_ms: int = 0  # server time the request was sent (0: none sent); dates weight_used_1m
+    # [first, last] open times an ok backfill page skipped inside the asked range: the exchange
+    # has no candles there (maintenance, a closed market session).
+    missing: list[tuple[int, int]] = []
 
 
 class ClockSync(_Msg, tag="clock"):
@@ -262,4 +266,4 @@ def decode_feed_gap(frame: bytes) -> FeedGap | DecodeError:
 
 
 def feed_topic(symbol: str, interval: str) -> bytes:
-    return f"kline.{symbol}.{interval}".encode("ascii")
+    return f"kline.{symbol}.{interval}".encode("utf-8")

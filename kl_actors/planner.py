@@ -7,7 +7,17 @@
   (a backfill interrupted after some later pages were committed leaves exactly that), unless the
   exchange confirmed it has nothing there.
 - Holes inside stored history (already minus confirmed exchange holes) are fetched as well.
-Ranges are inclusive [first_open_ms, last_open_ms] of aligned open times.
+- A tail or head the exchange confirmed it has nothing for (`meta_holes`: a closed market
+  session, a halt) is not asked again.
+Ranges are inclusive [first_open_ms, last_open_ms] of aligned open times; 3d ranges use the
+table's phase (`phase_ms`, see `intervals`).
+
+Page sizes (`pages`): the exchange charges by `limit` (docs: weight 1 below 100, 2 below 500;
+measured: 1 up to 100, 2 up to 500). Full pages take `page_limit` candles (499: weight 2 under
+both readings, 249.5 candles per weight unit, the most there is), and the last page of a range
+asks exactly for what is left: 37 candles are one `limit=37` request of weight 1, never a
+`limit=499` one. With weight 1 for up to 99 and 2 for up to 499 candles this greedy cut is the
+cheapest there is for any range.
 """
 
 from __future__ import annotations
@@ -28,9 +38,9 @@ class Range(NamedTuple):
 def plan_table(symbol: str, interval: str, *, now_ms: int, onboard_ms: int, depth: int,
                since_listing: bool, last_stored_ms: int | None, holes: list[tuple[int, int]],
                first_stored_ms: int | None = None,
-               exchange_holes: list[tuple[int, int]] = ()) -> list[Range]:
-    last_closed = intervals.last_closed_open(interval, now_ms)
-    listed = intervals.align(interval, onboard_ms) if onboard_ms > 0 else None
+               exchange_holes: list[tuple[int, int]] = (), phase_ms: int = 0) -> list[Range]:
+    last_closed = intervals.last_closed_open(interval, now_ms, phase_ms)
+    listed = intervals.align(interval, onboard_ms, phase_ms) if onboard_ms > 0 else None
     first = listed if (since_listing and listed is not None) else intervals.step(interval, last_closed, -(depth - 1))
     if listed is not None:
         first = max(first, listed)
@@ -47,9 +57,23 @@ def plan_table(symbol: str, interval: str, *, now_ms: int, onboard_ms: int, dept
     for first, last in holes:
         ranges.append(Range(symbol, interval, first, last, "hole"))
     tail_first = intervals.next_open(interval, last_stored_ms)
+    for a, b in exchange_holes:
+        if a <= tail_first <= b:
+            tail_first = intervals.next_open(interval, b)  # confirmed empty: start after it
     if tail_first <= last_closed:
         ranges.append(Range(symbol, interval, tail_first, last_closed, "tail"))
     return ranges
+
+
+def page_limit(interval: str, start_ms: int, end_ms: int) -> int:
+    """The `limit` of a page [start, end]: exactly its number of candles (see module doc)."""
+    return intervals.count_between(interval, start_ms, end_ms)
+
+
+def pages(interval: str, first_open_ms: int, last_open_ms: int, page_limit_max: int) -> list[tuple[int, int, int]]:
+    """`split_pages` with each page's `limit` (`page_limit`)."""
+    return [(start, end, page_limit(interval, start, end))
+            for start, end in split_pages(interval, first_open_ms, last_open_ms, page_limit_max)]
 
 
 def split_pages(interval: str, first_open_ms: int, last_open_ms: int, limit: int) -> list[tuple[int, int]]:
@@ -64,12 +88,18 @@ def split_pages(interval: str, first_open_ms: int, last_open_ms: int, limit: int
 
 
 def subtract(interval: str, piece: tuple[int, int], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """Open-time range `piece` minus [start_ms, end_ms], as aligned ranges."""
+    """Open-time range `piece` minus [start_ms, end_ms], as ranges on the piece's own grid (for
+    3d the table's phase, whatever it is)."""
     a, b = piece
     if end_ms < a or start_ms > b:
         return [piece]
-    left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
-    right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
+    if interval == intervals.MONTH:
+        left_end = intervals.align(interval, start_ms - 1)  # newest open before start_ms
+        right_start = intervals.next_open(interval, intervals.align(interval, end_ms))
+    else:
+        step_ms = intervals.nominal_ms(interval)
+        left_end = a + (start_ms - 1 - a) // step_ms * step_ms
+        right_start = a + ((end_ms - a) // step_ms + 1) * step_ms
     out = []
     if left_end >= a:
         out.append((a, left_end))

@@ -21,11 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import requests
 import zmq
 
-from . import backlog, boundaries, intervals, planner
+from . import backlog, boundaries, intervals, klines, planner
 from .actor import Actor
 from .budget import WeightBudget, reserved_weight, weight_for_limit
 from .clock import ServerClock, local_ms
-from .discovery import Discovered, DiscoveryError, parse_exchange_info
+from .discovery import Discovered, DiscoveryError, changes, parse_exchange_info
 from .fetch import error_text, weight_used
 from .httpcap import EXCHANGE_INFO_CAP_BYTES, BodyTooLarge, get_capped
 from .messages import (ClockSync, Committed, DownloadTask, ExchangeHole, SymbolInfo, SymbolsUpdate,
@@ -45,6 +45,8 @@ QUEUED_BACKFILL = 2000
 # has not committed are waited for, not fetched again; a restarted writer gets them again.
 WRITER_SILENT_S = 3.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
+# Stored 3d tables read for their phase before the exchange is asked instead.
+STORED_PHASE_TABLES = 20
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 
@@ -73,6 +75,11 @@ class Scheduler(Actor):
         if c.exchange.proxy:
             self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
         self.trading: dict[str, SymbolInfo] = {}
+        self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
+        self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
+        # Where 3d candles open: learned from stored candles or the exchange (`_set_phase_3d`).
+        self.phase_3d_ms: int | None = None
+        self.phase_3d_assumed_ms = c.klines.phase_3d_days * intervals.DAY_MS
         self.known_symbols = False
         self.started = time.monotonic()
         self.started_local_ms = local_ms()
@@ -140,16 +147,22 @@ class Scheduler(Actor):
     def _discover(self, now: float) -> None:
         """Read exchangeInfo in a thread (a slow exchange must not stall the loop), then apply it."""
         if self.discovery is None:
-            if not self.budget.try_spend(1, self.clock.now_ms()):
+            probe = False
+            if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+                stored = self._stored_phase_3d()
+                if stored is not None:
+                    self._set_phase_3d(stored, "stored")
+                probe = stored is None
+            if not self.budget.try_spend(1 + probe, self.clock.now_ms()):
                 self.next_discovery = now + 1.0
                 return
-            self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms())
+            self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
             return
         if not self.discovery.done():
             return
         future, self.discovery = self.discovery, None
         try:
-            used, sent_ms, found = future.result()
+            used, sent_ms, found, phase, phase_error = future.result()
         except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
             self.next_discovery = now + 5.0
             self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
@@ -157,41 +170,103 @@ class Scheduler(Actor):
             return
         if used >= 0:
             self.budget.observe(used, sent_ms, self.clock.now_ms())
+        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+            self._set_phase_3d(phase, "exchange", phase_error)
         self.next_discovery = now + self.config.symbols.rediscover_s
         if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
             self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
         new = {s.symbol: s for s in found.trading}
-        listed = sorted(set(new) - set(self.trading))
-        delisted = sorted(set(self.trading) - set(new)) if self.known_symbols else []
-        for symbol in delisted:
-            dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
-            self.coverage.forget(symbol)
-            for key in [k for k in self.open_backfill if k[0] == symbol]:
-                del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
-            self.backfill_open = sum(self.open_backfill.values())
+        halted = {s.symbol: s for s in found.halted}
+        moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
+        listed, resumed = moved.listed, moved.resumed
+        for symbol in moved.delisted:
+            dropped = self._drop_symbol(symbol)
             self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
+        for symbol in moved.halted:
+            dropped = self._drop_symbol(symbol)
+            self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
+                          action="nothing live until it trades again; not delisted, data kept")
+        for symbol in resumed:
+            self.log.info("symbol_resumed", symbol=symbol, action="tail backfill, then live")
         self.trading = new
-        if listed and self.known_symbols:
-            self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
+        self.halted = halted
+        if (listed or resumed) and self.known_symbols:
+            if listed:
+                self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
             self.next_plan = 0.0
             self.plan_again = self.planning is not None
         self.known_symbols = True
-        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.not_trading, seen_at_ms=self.clock.now_ms()),
-                  block=False)
+        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.halted + found.not_trading,
+                                             seen_at_ms=self.clock.now_ms()), block=False)
         if found.rejected:
             self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
                              reason="not a valid table-name symbol", action="ignored")
-        self.log.info("discovered", trading=len(new), not_trading=len(found.not_trading),
+        self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
                       weight_limit=self.budget.limit)
 
-    def _fetch_exchange_info(self, sent_ms: int) -> tuple[int, int, Discovered]:
-        """In the discovery thread: GET and parse; touches no actor state."""
+    def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
+        """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
+        the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
         url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
         response, body = get_capped(self.http, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
                                     timeout_s=self.config.exchange.request_timeout_s)
         if response.status_code != 200:
             raise DiscoveryError(f"HTTP {response.status_code}: {error_text(body)[:200]}")
-        return weight_used(response.headers), sent_ms, parse_exchange_info(body, self.config.symbols)
+        found = parse_exchange_info(body, self.config.symbols)
+        phase, error = None, ""
+        if probe_3d and found.trading:
+            try:
+                answer, page_body = get_capped(
+                    self.http, self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/klines",
+                    params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
+                    cap_bytes=64 * 1024, timeout_s=self.config.exchange.request_timeout_s)
+                page = klines.decode_page(page_body) if answer.status_code == 200 else []
+                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
+                    phase = intervals.phase_of("3d", page[-1].open_time_ms)
+                else:
+                    error = f"HTTP {answer.status_code}, {len(page)} candles"
+            except (requests.RequestException, klines.PageError, BodyTooLarge) as exc:
+                error = str(exc)[:200]
+        return weight_used(response.headers), sent_ms, found, phase, error
+
+    def _stored_phase_3d(self) -> int | None:
+        """Where the stored 3d candles open (any 3d table: they all come from the exchange). At
+        most a few tables are read (the writer makes empty ones ahead): else the exchange is asked."""
+        store = self._open_store()
+        try:
+            with_3d = [symbol for symbol, tables in (store.kline_tables() if store else {}).items() if "3d" in tables]
+            for symbol in with_3d[:STORED_PHASE_TABLES]:
+                last = store.last_open_ms(symbol, "3d")
+                if last is not None:
+                    return intervals.phase_of("3d", last)
+            return None
+        finally:
+            if store:
+                store.close()
+
+    def _set_phase_3d(self, phase: int | None, source: str, error: str = "") -> None:
+        """Never from arithmetic the exchange might not share: stored candles, else the exchange's
+        newest 3d candle, else (logged) `klines.phase_3d_days` until the next discovery asks again."""
+        if phase is None:
+            assumed = self.config.klines.phase_3d_days
+            self.log.warning("phase_3d_unknown", error=error or "no trading symbol",
+                             action=f"assuming epoch day {assumed} mod 3, asking again at the next discovery")
+            self.phase_3d_assumed_ms = assumed * intervals.DAY_MS
+            return
+        self.phase_3d_ms = phase
+        self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
+
+    def _phase_3d(self) -> int:
+        return self.phase_3d_ms if self.phase_3d_ms is not None else self.phase_3d_assumed_ms
+
+    def _drop_symbol(self, symbol: str) -> int:
+        """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""
+        dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
+        self.coverage.forget(symbol)
+        for key in [k for k in self.open_backfill if k[0] == symbol]:
+            del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
+        self.backfill_open = sum(self.open_backfill.values())
+        return dropped
 
     # -- backfill planning -------------------------------------------------------------------------
     def _open_store(self) -> Store | None:
@@ -232,9 +307,16 @@ class Scheduler(Actor):
         try:
             tables = store.kline_tables() if store else {}
             yield
-            for symbol, info in list(self.trading.items()):
+            # A halted symbol's history is fetched once (a new table); its tail waits until it
+            # trades again, so a halt never costs a request per pass (once per process, even when
+            # the exchange has nothing in the window and no table appears).
+            fresh_halted = {s: info for s, info in self.halted.items()
+                            if s not in tables and s not in self.halted_planned}
+            self.halted_planned.update(fresh_halted)
+            plannable = [*self.trading.items(), *fresh_halted.items()]
+            for symbol, info in plannable:
                 for interval in k.intervals:
-                    if symbol not in self.trading:
+                    if symbol not in self.trading and symbol not in self.halted:
                         break  # delisted while this pass ran
                     if (symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval):
                         continue  # still being filled
@@ -260,10 +342,13 @@ class Scheduler(Actor):
                         yield
                         holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
                         self.coverage.proven(symbol, interval, first, last, holes)
+                    # A table's own candles say where its 3d candles open.
+                    phase = intervals.phase_of(interval, last) if last is not None else self._phase_3d()
                     ranges = planner.plan_table(
                         symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
-                        last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known)
+                        last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
+                        phase_ms=phase)
                     if ranges:
                         pages += self.backlog.add(ranges)
                     tables_planned += 1
@@ -288,9 +373,9 @@ class Scheduler(Actor):
         want = QUEUED_BACKFILL - self.backfill_open
         if want <= 0 or not len(self.backlog):
             return
-        limit = self.config.downloader.page_limit
         for kind, symbol, interval, start, end in self.backlog.take(want):
-            self._add_backfill(kind, symbol, interval, start, end, limit)
+            # Each page asks for exactly its candles: a short tail costs weight 1 (planner.page_limit).
+            self._add_backfill(kind, symbol, interval, start, end, planner.page_limit(interval, start, end))
 
     def _add_backfill(self, kind: str, symbol: str, interval: str, start: int, end: int, limit: int,
                       empty_answers: int = 0, not_before_ms: int = 0) -> None:
@@ -311,13 +396,13 @@ class Scheduler(Actor):
             # while the clock or the symbols were still unknown, or so shortly before that
             # backfill may have stored a provisional copy, still gets its fetch and re-check.
             since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
-            self.next_boundary_ms = min(intervals.next_boundary(i, since) for i in configured)
+            self.next_boundary_ms = min(intervals.next_boundary(i, since, self._phase_3d()) for i in configured)
         live = self.config.live
         if server_now - self.next_boundary_ms > CLOCK_JUMP_MS:
             self._clock_jumped(server_now)
         while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
             boundary = self.next_boundary_ms
-            closing = intervals.closing_at(boundary, configured)
+            closing = intervals.closing_at(boundary, configured, self._phase_3d())
             double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
                                              self.budget.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
@@ -333,7 +418,8 @@ class Scheduler(Actor):
                           candles=len(closing) * len(self.trading),
                           refetched=",".join(i for i in closing if double[i]) or "-",
                           late_ms=server_now - boundary)
-            self.next_boundary_ms = min(intervals.next_boundary(i, boundary) for i in configured)
+            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self._phase_3d())
+                                        for i in configured)
 
     def _clock_jumped(self, server_now: int) -> None:
         """Minutes of boundaries passed unseen (suspend and resume, a bad serverTime): fetch each
@@ -470,6 +556,8 @@ class Scheduler(Actor):
             st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
             if st is not None and r.candles == 0 and st.kind == "hole":
                 self._empty_hole(st)
+            if st is not None and r.missing and st.task.priority == "backfill":
+                self._page_gaps(st.task, r.missing)
             return
         if r.status in ("rate_limited", "banned"):
             # Any float is safe here (budget.hold_until_ms): a hostile Retry-After was already
@@ -510,6 +598,16 @@ class Scheduler(Actor):
                                not_before_ms=self.clock.now_ms() + delay_ms)
             self.log.info("hole_empty_once", symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
                           end_ms=t.end_ms, action=f"asking again in {delay_ms / 1000:.0f}s before recording it")
+
+    def _page_gaps(self, t: DownloadTask, missing: list[tuple[int, int]]) -> None:
+        """A page with candles that skipped open times inside its range: the exchange has none
+        there (maintenance, a closed market session). Recorded, so never asked again."""
+        for start_ms, end_ms in missing:
+            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=start_ms,
+                                                end_ms=end_ms))
+        self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
+                      start_ms=missing[0][0], end_ms=missing[-1][1], ranges=len(missing),
+                      source="page", action="recorded, not requested again")
 
     def _on_bus(self, sock: zmq.Socket) -> None:
         for _ in range(1000):

@@ -5,13 +5,16 @@ Owns every SQL statement of the project. Only the writer opens the file read-wri
 `Store.open_readonly`, which SQLite itself enforces.
 
 Kline tables are `k_<base>_<interval>` (see `symbols.table_name`, the only place a table name is
-built; nothing from outside is ever quoted into SQL). Values stay TEXT exactly as the exchange
+built; nothing from outside is ever quoted into SQL; a symbol outside `[A-Z0-9]+USDT` has the base
+`x_<hex of its UTF-8>`). Values stay TEXT exactly as the exchange
 sent them. A REST candle is authoritative: the upsert never lets a WebSocket candle overwrite it,
 REST overwrites anything, and the same batch applied twice leaves the table unchanged.
 
 Meta tables are prefixed `meta_` so they never parse as kline tables:
 - `meta_schema(version)`: the schema version (1);
-- `meta_symbols`: symbols with their exchange status, listing time and when we saw them;
+- `meta_symbols`: symbols with their exchange status, listing time, when we saw them and
+  `table_base`, the part of their table names between `k_` and `_<interval>` (so a user can map
+  `k_x_e5b881...` back to `币安人生USDT` in SQL; added to older files by a guarded ALTER);
 - `meta_holes`: ranges the exchange confirmed it has no candles for (maintenance), so the hole
   finder does not report them forever.
 
@@ -31,7 +34,7 @@ from msgspec.structs import astuple
 from . import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
-from .symbols import parse_table_name, table_name
+from .symbols import is_valid_symbol, parse_table_name, table_base, table_name
 
 SCHEMA_VERSION = 1
 SOURCES = ("rest", "ws")
@@ -65,7 +68,8 @@ CREATE TABLE IF NOT EXISTS meta_symbols (
     status TEXT,
     onboard_ms INTEGER,
     first_seen_ms INTEGER,
-    last_seen_ms INTEGER
+    last_seen_ms INTEGER,
+    table_base TEXT
 );
 CREATE TABLE IF NOT EXISTS meta_holes (
     symbol TEXT,
@@ -225,6 +229,9 @@ class Store:
             self._cursor.execute(_META_SQL)
             if self._scalar("SELECT count(*) FROM meta_schema") == 0:
                 self._cursor.execute("INSERT INTO meta_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            columns = {row[1] for row in self._cursor.execute("PRAGMA table_info(meta_symbols)")}
+            if "table_base" not in columns:  # a file made before the column existed
+                self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN table_base TEXT")
         self._known_tables = set(self._table_names())
 
     # -- the WAL --------------------------------------------------------------------------------
@@ -328,11 +335,14 @@ class Store:
         return {row[0] for row in self._cursor.executemany(sql, rows)}
 
     def record_symbols(self, symbols: Iterable[SymbolInfo], seen_at_ms: int) -> None:
+        """Record symbols; one that cannot name a table (discovery reports those) is left out."""
+        rows = [(s.symbol, s.status, s.onboard_ms, seen_at_ms, table_base(s.symbol))
+                for s in symbols if is_valid_symbol(s.symbol)]
         self._cursor.executemany(
-            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms) "
-            "VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
-            "onboard_ms=excluded.onboard_ms, last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
-            [(s.symbol, s.status, s.onboard_ms, seen_at_ms) for s in symbols])
+            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms, table_base) "
+            "VALUES (?1, ?2, ?3, ?4, ?4, ?5) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
+            "onboard_ms=excluded.onboard_ms, last_seen_ms=max(last_seen_ms, excluded.last_seen_ms), "
+            "table_base=excluded.table_base", rows)
 
     def record_hole(self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int) -> None:
         """Record a confirmed exchange hole [start_ms, end_ms] (open times, both inclusive)."""

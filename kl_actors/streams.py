@@ -4,6 +4,8 @@ Owns the rules the websocket actor follows but no sockets, threads or clocks: ev
 needs the time takes it as an argument. It must never import zmq, requests or websocket.
 
 - Stream names: `<symbol lower>@kline_<interval>`, or `<pair lower>_perpetual@continuousKline_<i>`.
+  The exchange's stream names are lower case, so two symbols that differ only in case share one
+  stream; the event's own `s` field names the symbol (`stream_key` is only a lower-case guess).
 - Groups: streams are split into groups of at most N (the exchange allows 200 per connection);
   one group is one combined connection `{ws_url}/stream?streams=a/b/c`, streams in the URL, so no
   SUBSCRIBE messages count against the 10 incoming messages/s limit. When the symbol list
@@ -18,7 +20,7 @@ needs the time takes it as an argument. It must never import zmq, requests or we
 from __future__ import annotations
 
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 MINUTE_MS = 60_000
 # The exchange sent closed candles up to ~2 s after the close in a real capture (binance-api.md
@@ -70,8 +72,11 @@ def plan_groups(previous: list[tuple[str, ...]], wanted: list[str], per_connecti
 
 
 def combined_url(ws_url: str, streams: tuple[str, ...] | list[str]) -> str:
-    """`wss://host/market` + streams -> `wss://host/market/stream?streams=a/b/c`."""
-    return f"{ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+    """`wss://host/market` + streams -> `wss://host/market/stream?streams=a/b/c`.
+
+    A symbol outside ASCII (`币安人生usdt@kline_1m`) is percent-encoded as UTF-8, as any URL must
+    carry it; plain stream names are unchanged."""
+    return f"{ws_url.rstrip('/')}/stream?streams={quote('/'.join(streams), safe='/@_-.')}"
 
 
 def backoff_s(failures: int, initial_s: float, max_s: float, jitter: float) -> float:

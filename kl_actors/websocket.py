@@ -411,7 +411,10 @@ class WebSocketActor(Actor):
     def _send_gap(self, streams: list[str], reason: str) -> None:
         """Tell the broker these topics lost events, so consumers see a seq jump, not silence.
         The closed candles of the gap reach the database (and the feed) by REST regardless."""
-        topics = [messages.feed_topic(*stream_key(s)).decode() for s in streams]
+        # The symbol as listed (stream names are lower case: `BtcUSDT` and `BTCUSDT` share one).
+        by_stream = {stream_names([sym], [i], self.stream_kind)[0]: (sym, i)
+                     for sym in self.symbols for i in self.config.klines.intervals}
+        topics = [messages.feed_topic(*by_stream.get(s, stream_key(s))).decode() for s in streams]
         gap = messages.FeedGap(topics=topics, reason=reason[:200])
         try:
             self.feed.send_multipart([messages.FEED_GAP_TOPIC, messages.encode(gap)], zmq.NOBLOCK)

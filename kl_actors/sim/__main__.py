@@ -43,6 +43,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
     p.add_argument("--final-delay-ms", type=int, default=0)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--row-cache", type=int, default=400_000)
+    p.add_argument("--tradfi-symbols", type=int, default=0,
+                   help="TRADIFI_PERPETUAL symbols added (XAUUSDT, TSLAUSDT, ...; every other one "
+                        "closed daily 21:00-22:00 UTC)")
+    p.add_argument("--odd-symbols", type=int, default=0,
+                   help="USDT perpetuals named outside [A-Z0-9] added (币安人生USDT, BtcUSDT, BTC-USDT, ...)")
+    p.add_argument("--halted-symbols", type=int, default=0,
+                   help="USDT perpetuals in status TRADING_HALT added (POST /_sim/resume)")
+    p.add_argument("--phase-3d-days", type=int, default=0, choices=(0, 1, 2),
+                   help="3d candles open on epoch days = this mod 3")
     a = p.parse_args(argv)
     if not a.allow_non_loopback and not _is_loopback(a.host):
         sys.stderr.write(f"refusing to listen on non-loopback host {a.host!r} "
@@ -54,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
         ws_push_ms=a.ws_push_ms, ws_ping_s=a.ws_ping_s, ws_pong_timeout_s=a.ws_pong_timeout_s,
         ws_close_delay_ms=a.ws_close_delay_ms, max_streams_per_conn=a.max_streams_per_conn,
         ws_max_msgs_per_s=a.ws_max_msgs_per_s,
-        ws_max_conns_per_5min=a.ws_max_conns_per_5min, row_cache=a.row_cache)
+        ws_max_conns_per_5min=a.ws_max_conns_per_5min, row_cache=a.row_cache,
+        tradfi_symbols=a.tradfi_symbols, odd_symbols=a.odd_symbols, halted_symbols=a.halted_symbols,
+        phase_3d_days=a.phase_3d_days)
     faults = {"ws_lifetime_s": a.ws_lifetime_s, "clock_offset_ms": a.clock_offset_ms,
               "final_delay_ms": a.final_delay_ms, "latency_ms": a.latency_ms}
     return options, faults

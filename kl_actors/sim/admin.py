@@ -1,7 +1,8 @@
 """Admin API of the simulator (`/_sim/...`): JSON in and out, never weighted, never counted.
 
 Routes:
-- `GET  /_sim/info`          seed, n_symbols, anchor_ms, weight_limit, server_time_ms, options
+- `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
+                             weight_limit, server_time_ms, options
 - `GET  /_sim/stats`         requests per path and per "SYMBOL interval", statuses, weight per
                              minute window per IP, kline candles served per minute, WebSocket
                              counters
@@ -11,6 +12,8 @@ Routes:
                              {"symbol", "clear": true} to serve that symbol's candles again
 - `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual
 - `POST /_sim/delist`        {"symbol", "status"?="SETTLING", "at_ms"?=now}
+- `POST /_sim/resume`        {"symbol", "at_ms"?=now} → a halted symbol trades again (no candles
+                             for the halt itself)
 - `POST /_sim/ws/drop`       close every WebSocket connection now
 - `POST /_sim/ws/inject`     {"text": [str], "binary_hex": [hex], "big_text_bytes": n} raw frames
                              to every WebSocket connection, sent as they are
@@ -52,6 +55,7 @@ class AdminApi:
         app.router.add_post("/_sim/holes", self.holes)
         app.router.add_post("/_sim/list", self.list_symbol)
         app.router.add_post("/_sim/delist", self.delist)
+        app.router.add_post("/_sim/resume", self.resume)
         app.router.add_post("/_sim/ws/drop", self.ws_drop)
         app.router.add_post("/_sim/ws/inject", self.ws_inject)
         app.router.add_get("/_sim/truth", self.truth)
@@ -66,7 +70,8 @@ class AdminApi:
     async def info(self, request):
         st = self.state
         m = st.market
-        return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms,
+        return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms, **m.extras,
+                      "phase_3d_days": tf.phase_3d_days(),
                       "weight_limit": st.limiter.limit, "server_time_ms": st.now_ms(),
                       "options": vars(st.options)})
 
@@ -142,6 +147,18 @@ class AdminApi:
         if self.state.market.spec(symbol) is None:
             return _bad(f"unknown symbol {symbol}")
         self.state.market.delist(symbol, at_ms, status)
+        return _json(self.state.market.spec(symbol).exchange_info())
+
+    async def resume(self, request):
+        try:
+            body = await self._body(request)
+            symbol = str(body["symbol"])
+            at_ms = int(body.get("at_ms") or self.state.now_ms())
+        except (KeyError, ValueError, TypeError, msgspec.DecodeError) as e:
+            return _bad(f"need symbol[, at_ms]: {e}")
+        if self.state.market.spec(symbol) is None:
+            return _bad(f"unknown symbol {symbol}")
+        self.state.market.resume(symbol, at_ms)
         return _json(self.state.market.spec(symbol).exchange_info())
 
     async def ws_drop(self, request):

@@ -15,7 +15,8 @@ Model:
   fraction; it converges to the final row at the boundary;
 - a candle exists iff its open is ≥ the open of the candle containing onboardDate (that first,
   partial candle exists), its open is ≤ the candle containing `delist_ms` (if any), and its whole
-  span [open, close] is not inside a maintenance hole of its symbol or of "*".
+  span [open, close] is not inside a maintenance hole of its symbol or of "*", nor inside one
+  daily closed market session of its symbol (`closed_daily`, TradFi).
 """
 
 from __future__ import annotations
@@ -132,12 +133,14 @@ class PriceModel:
 class Market:
     """The symbol universe, its prices and which candles exist; mutable by admin actions."""
 
-    def __init__(self, seed: int = 1, n_symbols: int = 20, anchor_ms: int | None = None):
+    def __init__(self, seed: int = 1, n_symbols: int = 20, anchor_ms: int | None = None,
+                 tradfi: int = 0, odd: int = 0, halted: int = 0):
         if anchor_ms is None:
             anchor_ms = int(time.time() * 1000) // tf.DAY * tf.DAY
         self.seed, self.n_symbols, self.anchor_ms = seed, n_symbols, anchor_ms
+        self.extras = {"tradfi": tradfi, "odd": odd, "halted": halted}
         self.specs: dict[str, SymbolSpec] = {
-            s.symbol: s for s in build_universe(seed, n_symbols, anchor_ms)}
+            s.symbol: s for s in build_universe(seed, n_symbols, anchor_ms, tradfi, odd, halted)}
         self.models: dict[str, PriceModel] = {k: PriceModel(s) for k, s in self.specs.items()}
         self.holes: list[Hole] = []
         self.version = 0  # bumped on every change that can alter served history
@@ -168,6 +171,15 @@ class Market:
         spec.delist_ms = at_ms
         self.version += 1
 
+    def resume(self, symbol: str, at_ms: int) -> None:
+        """A halted symbol trades again from `at_ms`: nothing exists for the halt itself."""
+        spec = self.specs[symbol]
+        if spec.delist_ms is not None and at_ms > spec.delist_ms + 1:
+            self.holes.append(Hole(symbol, spec.delist_ms + 1, at_ms - 1))
+        spec.status = "TRADING"
+        spec.delist_ms = None
+        self.version += 1
+
     def add_hole(self, symbol: str, start_ms: int, end_ms: int) -> None:
         self.holes.append(Hole(symbol, start_ms, end_ms))
         self.version += 1
@@ -190,13 +202,21 @@ class Market:
             last = min(last, tf.floor_open(interval, spec.delist_ms))
         return first, last
 
+    def _closed(self, symbol: str, open_ms: int, close_ms: int) -> bool:
+        """The candle lies wholly inside one daily closed session of its symbol."""
+        session = self.specs[symbol].closed_daily
+        if session is None:
+            return False
+        day = open_ms - open_ms % tf.DAY
+        return day + session[0] <= open_ms and close_ms < day + session[1]
+
     def exists(self, symbol: str, interval: str, open_ms: int, now_ms: int) -> bool:
         first, last = self.bounds(symbol, interval, now_ms)
         if not first <= open_ms <= last or tf.floor_open(interval, open_ms) != open_ms:
             return False
         close = tf.close_time(interval, open_ms)
-        return not any(h.start_ms <= open_ms and close <= h.end_ms
-                       for h in self._holes_for(symbol))
+        return not (any(h.start_ms <= open_ms and close <= h.end_ms for h in self._holes_for(symbol))
+                    or self._closed(symbol, open_ms, close))
 
     def select_opens(self, symbol: str, interval: str, start_ms: int | None,
                      end_ms: int | None, limit: int, now_ms: int) -> list[int]:
@@ -211,9 +231,10 @@ class Market:
         if lo > hi or limit <= 0:
             return []
         holes = self._holes_for(symbol)
+        closed = self.specs[symbol].closed_daily is not None
         step = tf.FIXED_MS.get(interval)
         ascending = start_ms is not None
-        if step is not None and not holes:
+        if step is not None and not holes and not closed:
             if ascending:
                 return list(range(lo, min(hi, lo + (limit - 1) * step) + 1, step))
             return list(range(max(lo, hi - (limit - 1) * step), hi + 1, step))
@@ -224,7 +245,8 @@ class Market:
         out = []
         for o in candidates:
             close = (o + step - 1) if step is not None else tf.close_time(interval, o)
-            if not any(h.start_ms <= o and close <= h.end_ms for h in holes):
+            if not (any(h.start_ms <= o and close <= h.end_ms for h in holes)
+                    or (closed and self._closed(symbol, o, close))):
                 out.append(o)
                 if len(out) == limit:
                     break

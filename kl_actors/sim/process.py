@@ -201,6 +201,9 @@ class SimProcess:
     def drop_ws(self) -> dict:
         return self.admin("ws/drop", {})
 
+    def resume(self, symbol: str, at_ms: int | None = None) -> dict:
+        return self.admin("resume", {"symbol": symbol, **({"at_ms": at_ms} if at_ms else {})})
+
     def truth(self, symbol: str, interval: str, start_ms: int = 0,
               end_ms: int | None = None) -> list[list]:
         params = {"symbol": symbol, "interval": interval, "startTime": start_ms}
@@ -213,4 +216,5 @@ class SimProcess:
         from .market import Market
         info = self.info()
         return Market(seed=info["seed"], n_symbols=info["n_symbols"],
-                      anchor_ms=info["anchor_ms"])
+                      anchor_ms=info["anchor_ms"], tradfi=info.get("tradfi", 0),
+                      odd=info.get("odd", 0), halted=info.get("halted", 0))

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import timeframes as tf
 from .faults import FaultDice, Faults
 from .market import Market
 from .pages import PageRenderer
@@ -35,6 +36,10 @@ class Options:
     ws_max_msgs_per_s: int = 10
     ws_max_conns_per_5min: int = 300
     row_cache: int = 400_000
+    tradfi_symbols: int = 0
+    odd_symbols: int = 0
+    halted_symbols: int = 0
+    phase_3d_days: int = 0
 
 
 class Stats:
@@ -74,7 +79,9 @@ class SimState:
 
     def __post_init__(self):
         o = self.options
-        self.market = Market(seed=o.seed, n_symbols=o.symbols, anchor_ms=o.anchor_ms)
+        tf.set_phase_3d(o.phase_3d_days)
+        self.market = Market(seed=o.seed, n_symbols=o.symbols, anchor_ms=o.anchor_ms,
+                             tradfi=o.tradfi_symbols, odd=o.odd_symbols, halted=o.halted_symbols)
         self.renderer = PageRenderer(self.market, max_rows=o.row_cache)
         self.limiter = WeightLimiter(o.weight_limit, o.ban_base_s, o.abuse_after)
         self.dice = FaultDice(self.faults, o.seed)

@@ -7,7 +7,9 @@ service.
 
 Alignment chosen (binance-api.md §2.1):
 - minute/hour/day multiples: open time ≡ 0 mod length, counted from the Unix epoch;
-- 3d: epoch-anchored, open times ≡ 0 mod 259 200 000 ms (UNVERIFIED on the real exchange);
+- 3d: open on epoch days ≡ D (mod 3), D = `--phase-3d-days` (default 0: multiples of
+  259 200 000 ms; the real spot archive shows D = 1, futures unknown). Set once per process by
+  `set_phase_3d` before the market is built;
 - 1w: Monday 00:00 UTC (1970-01-05 is the first Monday after the epoch);
 - 1M: calendar months, the 1st at 00:00 UTC (UNVERIFIED by a recording).
 """
@@ -33,7 +35,16 @@ FIXED_MS: dict[str, int] = {
     "1h": HOUR, "2h": 2 * HOUR, "4h": 4 * HOUR, "6h": 6 * HOUR, "8h": 8 * HOUR, "12h": 12 * HOUR,
     "1d": DAY, "3d": 3 * DAY, "1w": WEEK,
 }
-_OFFSET = {"1w": MONDAY_OFFSET}
+_OFFSET = {"1w": MONDAY_OFFSET, "3d": 0}
+
+
+def set_phase_3d(days: int) -> None:
+    """3d candles open on epoch days ≡ `days` (mod 3) from now on, in this process."""
+    _OFFSET["3d"] = (days % 3) * DAY
+
+
+def phase_3d_days() -> int:
+    return _OFFSET["3d"] // DAY
 
 
 def is_interval(name: str) -> bool:

@@ -13,6 +13,15 @@ Onboard dates are spread from ~6 years before `anchor_ms` to 3 days before it; a
 symbol in four is listed within the last 40 days, so a 1000-candle 1h backfill reaches its listing.
 BTCUSDT keeps its real onboardDate 1567965300000. SETTLING/CLOSE symbols stopped trading
 (`delist_ms`) some days before the anchor; their history up to then stays queryable.
+
+Added on request (all off by default, added to the N crypto perpetuals, never in their place):
+- `tradfi` TradFi perpetuals (contractType TRADIFI_PERPETUAL: XAUUSDT, TSLAUSDT, ...); every
+  other one (the first, third, ...) has a closed market session every day 21:00-22:00 UTC with
+  no candles at all (a candle lies wholly inside it: none; 1d and longer candles still exist);
+- `odd` symbols outside `[A-Z0-9]+USDT`: non-ASCII (`币安人生USDT`), one differing from BTCUSDT
+  only in case (`BtcUSDT`), one only in punctuation (`BTC-USDT`), then more non-ASCII ones;
+- `halted` USDT perpetuals with status TRADING_HALT, halted (no candles) from 2 days before the
+  anchor; `Market.resume` lets one trade again.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ class SymbolSpec:
     seed: int  # 62-bit per-symbol hash seed
     notional_per_min: float
     delist_ms: int | None = None  # no candle opens after this time
+    underlying_type: str = "COIN"
+    # (start, end) ms after 00:00 UTC of a daily closed market session: no candle lies in it.
+    closed_daily: tuple[int, int] | None = None
 
     def exchange_info(self) -> dict:
         """The symbol's exchangeInfo entry, keys in the order of the 2026 recording."""
@@ -57,7 +69,7 @@ class SymbolSpec:
             "quoteAsset": self.quote_asset, "marginAsset": self.quote_asset,
             "pricePrecision": self.price_precision,
             "quantityPrecision": self.quantity_precision,
-            "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN",
+            "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": self.underlying_type,
             "underlyingSubType": ["Crypto"] if self.seed % 3 else [],
             "triggerProtect": "0.0500", "liquidationFee": "0.012500",
             "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
@@ -106,8 +118,18 @@ def make_spec(rng: random.Random, symbol: str, *, base_asset: str, quote: str = 
         delist_ms=delist_ms)
 
 
-def build_universe(seed: int, n_symbols: int, anchor_ms: int) -> list[SymbolSpec]:
-    """All symbols, deterministic from (seed, n_symbols, anchor_ms)."""
+TRADFI = (("XAUUSDT", "XAU", 2650.0, "COMMODITY"), ("TSLAUSDT", "TSLA", 410.0, "EQUITY"),
+          ("XAGUSDT", "XAG", 31.0, "COMMODITY"), ("NVDAUSDT", "NVDA", 140.0, "EQUITY"),
+          ("SPXUSDT", "SPX", 6000.0, "INDEX"), ("AAPLUSDT", "AAPL", 230.0, "EQUITY"),
+          ("EURUSDT", "EUR", 1.05, "FX"), ("0700HKUSDT", "0700HK", 52.0, "HK_EQUITY"))
+ODD = ("币安人生USDT", "BtcUSDT", "BTC-USDT", "我踏马来了USDT", "Pepe.USDT")
+CLOSED_SESSION = (21 * 3_600_000, 22 * 3_600_000)
+HALTED_FOR_MS = 2 * DAY
+
+
+def build_universe(seed: int, n_symbols: int, anchor_ms: int, tradfi: int = 0, odd: int = 0,
+                   halted: int = 0) -> list[SymbolSpec]:
+    """All symbols, deterministic from (seed, n_symbols, anchor_ms, tradfi, odd, halted)."""
     rng = random.Random(seed * 1_000_003 + 17)
     anchor_day = floor_open("1d", anchor_ms)
     six_years = 6 * 365 * DAY
@@ -120,6 +142,7 @@ def build_universe(seed: int, n_symbols: int, anchor_ms: int) -> list[SymbolSpec
                   onboard_ms=anchor_day - 1400 * DAY + 7_200_000, base_price=0.0235),
     ]
     fixed = {"BTCUSDC", "ETHUSDC", "BTCSTUSDT", "SRMUSDT", "BTSUSDT", "BTCBUSD"}
+    fixed |= {t[0] for t in TRADFI[:tradfi]} | {f"HALT{chr(65 + i)}USDT" for i in range(min(halted, 26))}
     names = {s.symbol for s in specs} | fixed
     for i in range(max(0, n_symbols - len(specs))):
         while True:
@@ -157,6 +180,26 @@ def build_universe(seed: int, n_symbols: int, anchor_ms: int) -> list[SymbolSpec
         make_spec(rng, "BTCBUSD", base_asset="BTC", quote="BUSD",
                   onboard_ms=anchor_day - 1100 * DAY, base_price=59990.0),
     ]
+    # Extras draw from their own generator, so the default universe stays byte-identical.
+    extra = random.Random(seed * 7_919 + 3)
+    for i in range(tradfi):
+        symbol, base, price, kind = TRADFI[i] if i < len(TRADFI) else (f"EQ{i}USDT", f"EQ{i}", 100.0, "EQUITY")
+        spec = make_spec(extra, symbol, base_asset=base, contract_type="TRADIFI_PERPETUAL",
+                         onboard_ms=anchor_day - extra.randint(60, 400) * DAY, base_price=price)
+        spec.underlying_type = kind
+        spec.closed_daily = CLOSED_SESSION if i % 2 == 0 else None
+        specs.append(spec)
+    for i in range(odd):
+        symbol = ODD[i] if i < len(ODD) else f"币{i}USDT"
+        onboard = anchor_day - extra.randint(30, 700) * DAY + extra.choice((0, 15 * 60_000))
+        specs.append(make_spec(extra, symbol, base_asset=symbol[:-4], onboard_ms=onboard,
+                               base_price=10 ** extra.uniform(-2, 2)))
+    for i in range(halted):
+        symbol = f"HALT{chr(65 + i % 26)}{i // 26 or ''}USDT"
+        specs.append(make_spec(extra, symbol, base_asset=symbol[:-4], status="TRADING_HALT",
+                               onboard_ms=anchor_day - extra.randint(100, 700) * DAY,
+                               base_price=10 ** extra.uniform(-2, 2),
+                               delist_ms=anchor_ms - HALTED_FOR_MS))
     return specs
 
 

@@ -41,7 +41,8 @@ from .state import SimState
 
 _encode = msgspec.json.Encoder().encode
 _IV = "|".join(tf.INTERVALS)
-_KLINE = re.compile(rf"^([a-z0-9_]+)@kline_({_IV})$")
+# Any lower-case symbol name without separators (odd symbols: `币安人生usdt@kline_1m`, `btc-usdt@kline_1m`).
+_KLINE = re.compile(rf"^([^@/?&#\sA-Z]+)@kline_({_IV})$")
 _CONT = re.compile(rf"^([a-z0-9]+)_(perpetual|current_quarter|next_quarter)"
                    rf"@continuousKline_({_IV})$")
 

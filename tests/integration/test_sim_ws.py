@@ -231,3 +231,22 @@ def test_connection_attempts_per_ip_limited(sim_factory):
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         connect(sim.ws_url + "/ws/btcusdt@kline_1m")
     assert err.value.status_code == 429
+
+
+def test_odd_symbol_streams_through_a_percent_encoded_url(sim_factory):
+    from kl_actors.streams import combined_url, stream_names
+
+    sim = sim_factory(symbols=4, odd_symbols=3)
+    names = stream_names(["币安人生USDT", "BTC-USDT"], ["1m"])
+    url = combined_url(sim.ws_url, names)
+    assert url.isascii() and "%E5%B8%81" in url
+    ws = connect(url)
+    try:
+        seen = {}
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            msg = next_json(ws, lambda m: "stream" in m)
+            seen[msg["stream"]] = msg["data"]["s"]
+    finally:
+        ws.close()
+    assert seen == {"币安人生usdt@kline_1m": "币安人生USDT", "btc-usdt@kline_1m": "BTC-USDT"}

@@ -262,7 +262,7 @@ def test_invalid_batches_fail_alone_and_store_nothing(writer):
     writer.send(KlineBatch("ETHUSDT", "1m", "rest", misaligned, task_id="bad-align"))
     writer.send(KlineBatch("ETHUSDT", "1m", "rest", bad_decimal, task_id="bad-decimal"))
     writer.send(KlineBatch("BTCUSDT", "1m", "rest", good, task_id="good"))
-    writer.send(KlineBatch("BTC;DROP", "1m", "rest", good, task_id="bad-symbol"))
+    writer.send(KlineBatch("BTC'); DROP TABLE x; --", "1m", "rest", good, task_id="bad-symbol"))
     writer.send(KlineBatch("ETHUSDT", "7m", "rest", good, task_id="bad-interval"))
     writer.send(KlineBatch("SOLUSDT", "1m", "rest", bad_bounds, task_id="bad-bounds"))
     errors = {t: writer.wait_failed(t).error for t in
@@ -413,7 +413,7 @@ def test_check_batch_agrees_with_check_candle(interval):
 def test_symbols_and_exchange_holes_are_recorded(writer):
     writer.send(messages.SymbolsUpdate([messages.SymbolInfo("BTCUSDT", "TRADING", 123)], seen_at_ms=1000))
     writer.send(messages.ExchangeHole("BTCUSDT", "1m", T0 + 60_000, T0 + 120_000))
-    writer.send(messages.ExchangeHole("BTC;DROP", "1m", T0, T0))  # dropped, logged
+    writer.send(messages.ExchangeHole("BTC'); DROP TABLE x; --", "1m", T0, T0))  # dropped, logged
     batch = [c for i, c in enumerate(minutes(0, 6)) if i not in (1, 2, 4)]
     writer.send(KlineBatch("BTCUSDT", "1m", "rest", batch, task_id="h"))
     writer.wait_committed("h")
@@ -435,9 +435,12 @@ def test_tables_of_trading_symbols_are_made_before_their_first_batch(writer):
     configured = set(writer.config.klines.intervals)
     store = writer.reader()
     try:
-        wait_for(lambda: len(store.kline_tables()) == 300, 30, what="300 symbols' tables")
+        wait_for(lambda: len(store.kline_tables()) == 301, 30, what="301 symbols' tables")
         tables = store.kline_tables()
         assert all(set(tables[f"S{i}USDT"]) == configured for i in range(300))
+        # A name outside [A-Z0-9] gets its hex-named tables like any other (issue 12).
+        assert set(tables["币安人生USDT"]) == configured
+        assert all(name.startswith("k_x_") for name in tables["币安人生USDT"].values())
         assert "OLDUSDT" not in tables
         assert store.count("S7USDT", "1m") == 0  # empty until a batch comes
     finally:

@@ -161,7 +161,7 @@ def test_kline_tables_ignore_meta_and_foreign_tables(db):
 
 
 def test_bad_names_never_reach_sql(db):
-    for symbol in ("BTC;DROP", "btcusdt", "BTCUSDT_261225", ""):
+    for symbol in ("BTC'); DROP TABLE x; --", "BTC/USDT", "BTC USDT", ""):
         with pytest.raises(ValueError):
             with db.transaction():
                 db.upsert(symbol, "1m", "rest", minutes(0))
@@ -268,6 +268,57 @@ def test_open_writer_of_a_file_that_is_not_a_database_is_a_store_error(tmp_path)
         Store.open_writer(DatabaseConfig(path=str(path)))
 
 
+def test_odd_symbols_get_hex_tables_and_meta_symbols_maps_them(db):
+    odd = ["币安人生USDT", "BtcUSDT", "BTC;DROP", "btcusdt"]
+    with db.transaction():
+        for symbol in ["BTCUSDT", *odd]:
+            db.upsert(symbol, "1m", "rest", minutes(0))
+        db.record_symbols([SymbolInfo(s, "TRADING", 1) for s in ["BTCUSDT", *odd, "BAD/USDT"]], 1000)
+    tables = db.kline_tables()
+    assert set(tables) == {"BTCUSDT", *odd}
+    assert tables["BTCUSDT"] == {"1m": "k_btc_1m"}
+    assert all(tables[s]["1m"].startswith("k_x_") for s in odd)
+    assert all(db.count(s, "1m") == 1 for s in odd)
+    bases = dict(db.conn.execute("SELECT symbol, table_base FROM meta_symbols"))
+    assert bases["BTCUSDT"] == "btc" and "BAD/USDT" not in bases
+    for symbol in odd:
+        assert f"k_{bases[symbol]}_1m" == tables[symbol]["1m"]
+
+
+def test_table_base_column_added_to_an_older_file(tmp_path):
+    import apsw
+    path = str(tmp_path / "old.sqlite")
+    conn = apsw.Connection(path)
+    conn.execute("CREATE TABLE meta_symbols (symbol TEXT PRIMARY KEY, status TEXT, onboard_ms INTEGER, "
+                 "first_seen_ms INTEGER, last_seen_ms INTEGER)")
+    conn.execute("INSERT INTO meta_symbols VALUES ('BTCUSDT', 'TRADING', 1, 2, 3)")
+    conn.close()
+    store = Store.open_writer(DatabaseConfig(), path)
+    try:
+        with store.transaction():
+            store.record_symbols([SymbolInfo("ETHUSDT", "TRADING", 5)], 10)
+        rows = sorted(store.conn.execute("SELECT symbol, table_base FROM meta_symbols"))
+        assert rows == [("BTCUSDT", None), ("ETHUSDT", "eth")]
+        assert [r.symbol for r in store.symbols()] == ["BTCUSDT", "ETHUSDT"]
+    finally:
+        store.close()
+    Store.open_writer(DatabaseConfig(), path).close()  # the guarded ALTER runs only once
+
+
+def test_holes_of_a_3d_table_on_any_phase(db):
+    day, step = 86_400_000, 3 * 86_400_000
+    base = 20_002 * day  # epoch day ≡ 1 (mod 3): not the phase-0 grid
+    assert base % step == day
+    opens = [base + i * step for i in (0, 1, 5, 9, 10)]
+    with db.transaction():
+        db.upsert("BTCUSDT", "3d", "rest", [candle3d(t) for t in opens])
+        db.record_hole("BTCUSDT", "3d", base + 2 * step, base + 2 * step, 1)
+    assert db.holes("BTCUSDT", "3d") == [(base + 3 * step, base + 4 * step), (base + 6 * step, base + 8 * step)]
+
+
+def candle3d(open_ms):
+    from kl_actors.messages import Candle
+    return Candle(open_ms, "1.0", "1.0", "1.0", "1.0", "1", open_ms + 3 * 86_400_000 - 1, "1", 1, "0", "0")
 @pytest.mark.parametrize("interval", ["1m", "1h", "1M"])
 def test_chunked_counts_and_gaps_find_exactly_the_holes_a_full_scan_finds(db, interval):
     import random

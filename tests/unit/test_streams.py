@@ -109,3 +109,16 @@ def test_pure_core_imports_no_io_library():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"zmq", "requests", "websocket", "apsw", "time", "socket"}
+
+
+def test_odd_symbol_streams_are_lower_case_and_percent_encoded_in_the_url():
+    from kl_actors import messages
+
+    names = stream_names(["币安人生USDT", "BTC-USDT", "BTCUSDT"], ["1m"])
+    assert names == ["币安人生usdt@kline_1m", "btc-usdt@kline_1m", "btcusdt@kline_1m"]
+    url = combined_url("wss://fstream.binance.com/market", names)
+    assert url == ("wss://fstream.binance.com/market/stream?streams="
+                   "%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9Fusdt@kline_1m/btc-usdt@kline_1m/btcusdt@kline_1m")
+    assert combined_url("ws://h/market", ["btcusdt@kline_1m"]) == "ws://h/market/stream?streams=btcusdt@kline_1m"
+    assert messages.feed_topic("币安人生USDT", "1m") == "kline.币安人生USDT.1m".encode("utf-8")
+    assert messages.feed_topic("BTCUSDT", "1m") == b"kline.BTCUSDT.1m"

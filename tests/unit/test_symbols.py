@@ -1,7 +1,10 @@
+import re
+
 import pytest
 
 from kl_actors import intervals
-from kl_actors.symbols import SymbolError, is_valid_symbol, parse_table_name, table_name, validate_symbol
+from kl_actors.symbols import (SymbolError, is_valid_symbol, parse_table_name, table_base, table_name,
+                               validate_symbol)
 
 
 @pytest.mark.parametrize("symbol,table", [
@@ -37,8 +40,8 @@ def test_other_tables_do_not_parse(name):
 
 
 @pytest.mark.parametrize("bad", [
-    "BTCUSDT_261225", "BTCUSDC", "btcusdt", "USDT", "BTC USDT", "BTC;USDT", "BTC'USDT", "币安人生USDT",
-    "A" * 40 + "USDT", "", None, 5,
+    "BTC USDT", "BTC'USDT", "BTC/USDT", "btc@kline", "BTC\nUSDT", "BTC\x00USDT", "A" * 40 + "USDT", "", None, 5,
+    "BTC\u200bUSDT", "\ud800USDT",
 ])
 def test_invalid_symbols_rejected(bad):
     assert not is_valid_symbol(bad)
@@ -47,3 +50,36 @@ def test_invalid_symbols_rejected(bad):
     if isinstance(bad, str):
         with pytest.raises(SymbolError):
             table_name(bad, "1m")
+
+
+ODD = ["币安人生USDT", "BtcUSDT", "BTC-USDT", "Pepe.USDT", "BTCUSDT_261225", "btcusdt", "USDT", "BTC;USDT",
+       "我踏马来了USDT", "X" * 32]
+
+
+@pytest.mark.parametrize("symbol", ODD)
+def test_odd_symbols_round_trip_through_an_ascii_hex_name(symbol):
+    for interval in intervals.INTERVALS:
+        name = table_name(symbol, interval)
+        assert name.isascii() and re.fullmatch(r"k_x_[0-9a-f]+_[0-9a-z]+", name), name
+        assert parse_table_name(name) == (symbol, interval)
+
+
+def test_plain_symbols_keep_their_readable_names():
+    assert table_name("XAUUSDT", "1d") == "k_xau_1d"  # TradFi perpetuals are plain names too
+    assert table_base("1000PEPEUSDT") == "1000pepe"
+    assert table_base("币安人生USDT") == "x_" + "币安人生USDT".encode().hex()
+
+
+def test_names_differing_only_in_case_or_punctuation_never_collide_even_ignoring_case():
+    symbols = ["BTCUSDT", "BtcUSDT", "btcUSDT", "BTC-USDT", "BTC.USDT", "BTC_USDT", "XUSDT", "币安人生USDT"]
+    names = [table_name(s, i).lower() for s in symbols for i in intervals.INTERVALS]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("name", [
+    "k_x_42544355534454_1m",              # hex of the plain BTCUSDT: not the name table_name gives it
+    "k_x_4_1m", "k_x_zz_1m", "k_x__1m", "k_x_ff_1m",  # odd length, not hex, empty, not UTF-8
+    "k_x_42545c555344_1m",                # a symbol validation refuses (a backslash)
+])
+def test_hex_names_that_table_name_never_makes_do_not_parse(name):
+    assert parse_table_name(name) is None
