@@ -16,8 +16,8 @@ from typing import Literal
 
 import msgspec
 
-from . import intervals
-from .symbols import SymbolError, validate_symbol
+from .core import intervals
+from .core.symbols import SymbolError, validate_symbol
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import requests
 
-from .fetch import ascii_int
+from .core.answers import ascii_int
 
 CHUNK_BYTES = 64 * 1024
 EXCHANGE_INFO_CAP_BYTES = 32 * 1024 * 1024  # the live exchangeInfo is ~1 MiB

@@ -10,27 +10,16 @@ import one another.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 import msgspec
 
+from .actors import registry
 from .config import Config
 
-# Actor kind -> (module, class). A name is the kind, or kind-N for pooled actors (downloader-2).
-ACTOR_KINDS = {
-    "broker": ("kl_actors.broker", "Broker"),
-    "writer": ("kl_actors.writer", "Writer"),
-    "scheduler": ("kl_actors.scheduler", "Scheduler"),
-    "downloader": ("kl_actors.downloader", "Downloader"),
-    "websocket": ("kl_actors.websocket", "WebSocketActor"),
-    "timesync": ("kl_actors.timesync", "TimeSync"),
-}
-
-
 def kind_of(name: str) -> str:
-    kind = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
-    if kind not in ACTOR_KINDS:
+    kind = registry.kind_of(name)
+    if kind is None:
         raise SystemExit(f"kl-actors: unknown actor {name!r}")
     return kind
 
@@ -44,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with open(args.config_file, "rb") as f:
         config = msgspec.json.decode(f.read(), type=Config)
-    module_name, class_name = ACTOR_KINDS[kind_of(args.name)]
-    actor_class = getattr(importlib.import_module(module_name), class_name)
+    actor_class = registry.actor_class(kind_of(args.name))
     return actor_class(config, args.name, parent_pid=args.parent_pid, restarts=args.restarts).run()
 
 

@@ -31,10 +31,10 @@ from typing import NamedTuple
 import apsw
 from msgspec.structs import astuple
 
-from . import intervals, planner
+from .core import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
-from .symbols import is_valid_symbol, parse_table_name, table_base, table_name
+from .core.symbols import is_valid_symbol, parse_table_name, table_base, table_name
 
 SCHEMA_VERSION = 1
 SOURCES = ("rest", "ws")

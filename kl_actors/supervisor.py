@@ -7,7 +7,7 @@ restarts, last heartbeat) in `status.json` beside it. An actor that exits or goe
 than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
 and one line naming the actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a
 restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
-SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actor.py).
+SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actors/base.py).
 
 Before any actor (or the `--sim` simulator) starts, it takes an exclusive lock in the runtime dir
 and one beside the database (`<db>.lock`, see locks.py) and checks the database can be written:
@@ -35,7 +35,7 @@ from . import cli, messages
 from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
-from .restarts import RestartPolicy
+from .core.restarts import RestartPolicy
 
 
 def actor_names(config: cfg.Config) -> list[str]:

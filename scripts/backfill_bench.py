@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kl_actors import config as cfg  # noqa: E402
-from kl_actors.budget import weight_for_limit  # noqa: E402
+from kl_actors.core.budget import weight_for_limit  # noqa: E402
 from kl_actors.sim.process import SimProcess  # noqa: E402
 
 

@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kl_actors import config as cfg  # noqa: E402
-from kl_actors import intervals, messages  # noqa: E402
+from kl_actors.core import intervals  # noqa: E402
+from kl_actors import messages
 from kl_actors.sim.process import SimProcess  # noqa: E402
 from kl_actors.supervisor import actor_names  # noqa: E402
 

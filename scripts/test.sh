@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the test suite on a fresh machine: makes .venv, installs the project with its test extras,
-# runs pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -q).
+# runs pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/core -q).
 # The suite waits on real time (minute boundaries, leases, a stalled writer) far more than it
 # computes, so four worker processes overlap the waits; pass `-n 0` to run in one process.
 set -euo pipefail

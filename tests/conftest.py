@@ -10,16 +10,20 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests" / "actors", ROOT / "tests" / "service"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from kl_actors.sim.process import SimProcess  # noqa: E402
+from harness import RunningService  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -47,6 +51,28 @@ def sim_factory():
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def workdir():
+    # ipc:// paths must stay short (about 100 bytes), so not under pytest's long tmp_path.
+    path = Path(tempfile.mkdtemp(prefix="kl-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def service_factory(workdir):
+    started: list[RunningService] = []
+
+    def start(config, extra_args=None) -> RunningService:
+        service = RunningService(config, workdir, extra_args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.cleanup()
 
 
 def pytest_collection_modifyitems(items):

@@ -1,0 +1,1 @@
+"""The actors: one module per actor kind, the shell they share (`base`), the registry."""

@@ -1,0 +1,175 @@
+"""The common shell of every actor process: context, sockets, one poll loop, heartbeat, stop.
+
+An actor subclass declares its sockets in `setup()` (with `self.socket(...)` and
+`self.on(socket, handler)`), does periodic work in `tick(now)`, and hands back or finishes work in
+`teardown()`. The base owns what every actor must get right the same way:
+- one `zmq.Context` created here, after the process started (never inherited across fork);
+- a heartbeat to the supervisor every `supervisor.heartbeat_s`;
+- clean stop on SIGTERM/SIGINT: the loop ends, `teardown()` runs, sockets close with a bounded
+  linger;
+- exit when the supervisor is gone (parent-death signal plus a parent-pid check), so no orphan
+  outlives a killed supervisor;
+- `receive()` decodes with the typed wire decoder and drops, counts and logs a malformed frame
+  instead of raising.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import zmq
+
+from .. import messages
+from ..config import Config
+from ..log import Logger
+
+LINGER_MS = 500
+_PR_SET_PDEATHSIG = 1
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # Not Linux: the parent-pid check in the loop still catches it.
+    if parent_pid and os.getppid() != parent_pid:
+        sys.exit(0)
+
+
+class Actor:
+    """Base of every actor process. Subclasses set `kind` and override setup/tick/teardown."""
+
+    poll_ms = 100
+
+    def __init__(self, config: Config, name: str, parent_pid: int = 0, restarts: int = 0) -> None:
+        self.config = config
+        self.name = name
+        self.parent_pid = parent_pid
+        self.restarts = restarts
+        self.log = Logger(name, config.log.level)
+        self.context: zmq.Context | None = None
+        self.poller = zmq.Poller()
+        self._handlers: dict[zmq.Socket, Callable[[zmq.Socket], None]] = {}
+        self._sockets: list[zmq.Socket] = []
+        self._running = False
+        self._heartbeat: zmq.Socket | None = None
+        self._next_heartbeat = 0.0
+        self.handled = 0
+        self.dropped_malformed = 0
+        self.exit_code = 0
+
+    # -- sockets --------------------------------------------------------------------------------
+    def socket(self, kind: int, endpoint: str, bind: bool = False, hwm: int | None = None,
+               subscribe: bytes | None = None) -> zmq.Socket:
+        assert self.context is not None
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        if hwm is not None:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        if subscribe is not None:
+            sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+        self._sockets.append(sock)
+        return sock
+
+    def on(self, sock: zmq.Socket, handler: Callable[[zmq.Socket], None]) -> None:
+        self._handlers[sock] = handler
+        self.poller.register(sock, zmq.POLLIN)
+
+    def receive(self, sock: zmq.Socket) -> messages.Message | None:
+        """One frame from `sock`, typed; None (counted, logged) if it is malformed."""
+        frame = sock.recv(copy=True)
+        message = messages.decode(frame)
+        if isinstance(message, messages.DecodeError):
+            self.dropped_malformed += 1
+            self.log.warning("malformed_message", size=message.size, reason=message.reason,
+                             dropped_total=self.dropped_malformed, action="dropped")
+            return None
+        self.handled += 1
+        return message
+
+    def send(self, sock: zmq.Socket, message: messages.Message, block: bool = True) -> bool:
+        """Send one message; with block=False a full or absent peer drops it and returns False."""
+        try:
+            sock.send(messages.encode(message), 0 if block else zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    # -- the hooks ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create sockets and register handlers."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work; called at least every `poll_ms`."""
+
+    def teardown(self) -> None:
+        """Finish or hand back the work in hand; sockets are closed afterwards."""
+
+    def poll_timeout_ms(self) -> int:
+        return self.poll_ms
+
+    # -- the loop -------------------------------------------------------------------------------
+    def stop(self, *_args: object) -> None:
+        self._running = False
+
+    def run(self) -> int:
+        die_with_parent(self.parent_pid)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.context = zmq.Context()
+        self._heartbeat = self.socket(zmq.PUSH, self.config.endpoints.control, hwm=10)
+        try:
+            self.setup()
+            self.log.info("started", pid=os.getpid())
+            self._running = True
+            while self._running:
+                self._beat()
+                events = self._wait(self.poll_timeout_ms())
+                for sock, handler in self._handlers.items():
+                    if sock in events:
+                        handler(sock)
+                self.tick(time.monotonic())
+                self.log.flush()  # counts of rate-limited warnings whose window has passed
+                if self.parent_pid and os.getppid() != self.parent_pid:
+                    self.log.warning("supervisor_gone", action="exiting")
+                    break
+            self.teardown()
+            self.log.info("stopped", handled=self.handled, dropped_malformed=self.dropped_malformed)
+            return self.exit_code
+        finally:
+            for sock in self._sockets:
+                sock.close(linger=LINGER_MS)
+            self.context.term()
+
+    def _wait(self, timeout_ms: int) -> dict:
+        if not self._handlers:
+            # zmq_poll over no sockets returns at once instead of waiting: an actor that only
+            # sends (time-sync) would spin a core.
+            time.sleep(timeout_ms / 1000)
+            return {}
+        return dict(self.poller.poll(timeout_ms))
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.config.supervisor.heartbeat_s
+        beat = messages.Heartbeat(actor=self.name, pid=os.getpid(), sent_at_ms=now_ms(),
+                                  handled=self.handled, dropped_malformed=self.dropped_malformed)
+        self.send(self._heartbeat, beat, block=False)

@@ -1,0 +1,217 @@
+"""The downloader actor: fetches kline pages over REST, `downloader.concurrency` at a time.
+
+Sockets (all touched by the actor thread only):
+- `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH. Read only while a request slot is
+            free (unregistered from the poller otherwise), so no process hoards work.
+- `results` PUSH to the scheduler: exactly one `TaskResult` per task taken.
+- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches).
+- `bus_sub` SUB: `ClockSync` feeds the `ServerClock` (a candle is closed by the server's clock,
+            not ours); other bus traffic is ignored.
+
+Worker threads (one keep-alive `requests.Session` each) never touch ZeroMQ: tasks go to them on a
+queue, outcomes come back on another queue and a byte on a pipe whose read end sits in the poller
+wakes the loop. So a worker stuck in a slow request can never block the context from closing.
+
+A good page goes to the writer first and its result second (an empty page too: the writer's
+`Committed` for it is how the scheduler learns the range is done). A failed task sends no page.
+After a 429/418 no request starts until `Retry-After` has passed; tasks that come meanwhile are
+answered `rate_limited` at once without touching the exchange. It never retries on its own: the
+scheduler owns retries and the weight budget. What an answer means lives in `core/answers.py`. A body is
+read only up to a cap derived from the page's limit (`httpcap.klines_cap_bytes`): past it the task
+is `invalid` ("body too large") and the rest is never read.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+
+import requests
+import zmq
+
+from ..core import answers
+from .base import Actor
+from ..core.budget import hold_until_ms
+from ..core.clock import ServerClock
+from ..httpcap import BodyTooLarge, get_capped, klines_cap_bytes
+from ..messages import Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
+
+STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
+MAX_READS_PER_WAKE = 256  # bound one handler call so no socket starves the others
+
+
+class Downloader(Actor):
+
+    # -- sockets and state -------------------------------------------------------------------
+    def setup(self) -> None:
+        e = self.config.endpoints
+        self.tasks_in = self.socket(zmq.PULL, e.tasks, hwm=1)
+        self.results_out = self.socket(zmq.PUSH, e.results, hwm=10_000)
+        # Pages wait here only while the writer is stalled; the scheduler's max_uncommitted keeps
+        # them far below this.
+        self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
+        self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
+        self.on(self.tasks_in, self._on_tasks)
+        self.on(self.bus, self._on_bus)
+
+        self.clock = ServerClock()
+        self.slots = self.config.downloader.concurrency
+        self.in_flight: dict[str, DownloadTask] = {}
+        self.blocked_until = 0.0  # monotonic; no request starts before it (Retry-After)
+        self.fetched_candles = 0
+        self.stopping = False
+        self.work: queue.Queue[DownloadTask | None] = queue.Queue()
+        self.outcomes: queue.Queue[tuple[DownloadTask, TaskResult, list[Candle] | None]] = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.on(self.wake_r, self._on_outcomes)  # type: ignore[arg-type]  # a raw fd polls too
+        self.workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
+                        for i in range(self.slots)]
+        for worker in self.workers:
+            worker.start()
+
+    # -- the actor thread: tasks in ----------------------------------------------------------
+    def _on_tasks(self, sock: zmq.Socket) -> None:
+        for _ in range(MAX_READS_PER_WAKE):
+            if len(self.in_flight) >= self.slots or not sock.poll(0):
+                break
+            msg = self.receive(sock)
+            if msg is None:
+                continue  # malformed: counted and logged by receive()
+            if not isinstance(msg, DownloadTask):
+                self.log.warning("unexpected_message", socket="tasks", kind=type(msg).__name__,
+                                 action="dropped")
+                continue
+            self._start(msg)
+        self._arm()
+
+    def _start(self, task: DownloadTask) -> None:
+        wait_s = self.blocked_until - time.monotonic()
+        if wait_s > 0:
+            self._report(task, answers.held_back(task, wait_s), None)
+            return
+        if task.task_id in self.in_flight:
+            self.log.warning("duplicate_task", task_id=task.task_id, action="dropped")
+            return
+        self.in_flight[task.task_id] = task
+        self.work.put(task)
+
+    def _arm(self) -> None:
+        """Poll the tasks socket only while a request slot is free, so tasks stay with the scheduler."""
+        registered = any(s is self.tasks_in for s, _ in self.poller.sockets)
+        if len(self.in_flight) < self.slots:
+            if not registered:
+                self.poller.register(self.tasks_in, zmq.POLLIN)
+        elif registered:
+            self.poller.unregister(self.tasks_in)
+
+    def _on_bus(self, sock: zmq.Socket) -> None:
+        for _ in range(MAX_READS_PER_WAKE):
+            if not sock.poll(0):
+                return
+            msg = self.receive(sock)
+            if isinstance(msg, ClockSync):
+                self.clock.update(msg)
+
+    # -- the actor thread: outcomes back -----------------------------------------------------
+    def _on_outcomes(self, _fd: int) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                task, result, page = self.outcomes.get_nowait()
+            except queue.Empty:
+                break
+            self.in_flight.pop(task.task_id, None)
+            if result.status in ("rate_limited", "banned"):
+                # Any value (the next-window sentinel, a 3-day ban) becomes a bounded hold here;
+                # no worker waits it out: tasks meanwhile are answered `held_back` at once.
+                server_now = self.clock.now_ms()
+                wait_s = (hold_until_ms(result.retry_after_s, server_now) - server_now) / 1000
+                self.blocked_until = max(self.blocked_until, time.monotonic() + wait_s)
+            self._report(task, result, page)
+        self._arm()
+        if not self.stopping and len(self.in_flight) < self.slots:
+            self._on_tasks(self.tasks_in)  # take the next task now, not one poll later
+
+    def _report(self, task: DownloadTask, result: TaskResult, page: list[Candle] | None) -> None:
+        if result.status == "ok" and page is not None:
+            # The page first: the scheduler may count the task done only after the writer commits.
+            self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval, source="rest",
+                                              candles=page, task_id=task.task_id,
+                                              live=task.priority == "boundary",
+                                              requested_at_ms=result.requested_at_ms))
+            self.fetched_candles += len(page)
+            self.log.debug("fetched", task_id=task.task_id, symbol=task.symbol, interval=task.interval,
+                           candles=len(page), weight_used=result.weight_used_1m)
+        else:
+            self.log.warning("task_failed", task_id=task.task_id, symbol=task.symbol,
+                             interval=task.interval, status=result.status, http=result.http_status,
+                             retry_after_s=result.retry_after_s, detail=result.detail[:200],
+                             action="reported")
+        self.send(self.results_out, result)
+
+    # -- stop --------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        self.stopping = True  # tasks not taken yet stay with the scheduler
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.in_flight and time.monotonic() < deadline:
+            if zmq.select([self.wake_r], [], [], 0.05)[0]:
+                self._on_outcomes(self.wake_r)
+        if self.in_flight:
+            self.log.warning("stop_with_requests_in_flight", tasks=sorted(self.in_flight),
+                             action="not reported; the scheduler's lease re-issues them")
+        for _ in self.workers:
+            self.work.put(None)
+        for worker in self.workers:
+            worker.join(timeout=0.2)  # daemon threads: one stuck in a request cannot hold the exit
+        self.log.info("downloader_stopped", fetched_candles=self.fetched_candles)
+
+    # -- worker threads (no ZeroMQ here) -----------------------------------------------------
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = True  # HTTP(S)_PROXY / NO_PROXY apply unless a proxy is configured
+        if self.config.exchange.proxy:
+            session.proxies.update({"http": self.config.exchange.proxy,
+                                    "https": self.config.exchange.proxy})
+        return session
+
+    def _worker(self) -> None:
+        session = self._session()
+        url = answers.klines_url(self.config.exchange.rest_url)
+        timeout_s = self.config.exchange.request_timeout_s
+        try:
+            while True:
+                task = self.work.get()
+                if task is None:
+                    return
+                page = None
+                requested_at_ms = self.clock.now_ms()
+                try:
+                    response, body = get_capped(session, url, params=answers.klines_params(task),
+                                                timeout_s=timeout_s, cap_bytes=klines_cap_bytes(task.limit))
+                    result, page = answers.classify(task, response.status_code, response.headers,
+                                                  body, self.clock.now_ms())
+                    result.requested_at_ms = requested_at_ms
+                except BodyTooLarge as exc:
+                    result = answers.too_large(task, exc.status, exc.headers, str(exc))
+                    result.requested_at_ms = requested_at_ms
+                except requests.RequestException as exc:
+                    result = answers.network_failure(task, exc)
+                    result.requested_at_ms = requested_at_ms  # it may have reached the exchange
+                except Exception as exc:  # noqa: BLE001 - a bug here must still free the slot
+                    result = TaskResult(task_id=task.task_id, status="invalid",
+                                        detail=f"downloader error {type(exc).__name__}: {exc}"[:300])
+                self.outcomes.put((task, result, page))
+                try:
+                    os.write(self.wake_w, b"!")
+                except OSError:
+                    pass  # the pipe is full of wake-ups already: the loop will drain the queue
+        finally:
+            session.close()

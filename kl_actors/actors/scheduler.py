@@ -1,0 +1,712 @@
+"""The scheduler actor: what to fetch and when, within the shared weight budget.
+
+It discovers the trading USDT perpetuals, compares them with the database (read-only), plans
+backfill (new symbols, tails, holes), and at every interval boundary (server time) plans the
+fetch of each just-closed candle, then once more after the finality window. It hands page tasks to
+the downloader pool, holds a lease on each, and counts a task done only when the writer announces
+its rows committed. It owns the request-weight budget. Its state can always be rebuilt from the
+database and the exchange: a restarted scheduler simply plans again.
+
+It never writes the database and never fetches klines itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import requests
+import zmq
+
+from ..core import backlog, boundaries, intervals, klines, planner
+from .base import Actor
+from ..core.budget import WeightBudget, reserved_weight, weight_for_limit
+from ..core.clock import ServerClock, local_ms
+from ..core.discovery import Discovered, DiscoveryError, changes, parse_exchange_info
+from ..core.answers import error_text, weight_used
+from ..httpcap import EXCHANGE_INFO_CAP_BYTES, BodyTooLarge, get_capped
+from ..messages import (
+    ClockSync,
+    Committed,
+    DownloadTask,
+    ExchangeHole,
+    SymbolInfo,
+    SymbolsUpdate,
+    TaskResult,
+    WriteFailed,
+)
+from ..store import Store, StoreError
+from ..core.tasks import TaskBook, TaskState
+
+CLOCK_WAIT_S = 3.0
+PROGRESS_EVERY_S = 5.0
+EXIT_INCOMPLETE = 3
+# Planning runs a slice at a time between the loop's other work, so heartbeats, results and
+# boundaries never wait for it however large the database.
+PLAN_SLICE_S = 0.05
+# Backfill tasks kept queued in the book; the rest waits as ranges in the backlog.
+QUEUED_BACKFILL = 2000
+# A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
+# has not committed are waited for, not fetched again; a restarted writer gets them again.
+WRITER_SILENT_S = 3.0
+LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
+# Stored 3d tables read for their phase before the exchange is asked instead.
+STORED_PHASE_TABLES = 20
+# More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
+CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
+
+
+class Scheduler(Actor):
+    poll_ms = 20
+
+    # -- sockets and state ---------------------------------------------------------------------
+    def setup(self) -> None:
+        e = self.config.endpoints
+        self.tasks_out = self.socket(zmq.PUSH, e.tasks, bind=True, hwm=1)
+        self.results_in = self.socket(zmq.PULL, e.results, bind=True)
+        self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
+        self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
+        self.on(self.results_in, self._on_result)
+        self.on(self.bus, self._on_bus)
+
+        c = self.config
+        self.mode = c.mode
+        self.clock = ServerClock()
+        self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction,
+                                   reserved_per_minute=reserved_weight(c.live.clock_samples, c.symbols.rediscover_s))
+        self.book = TaskBook(lease_ms=int(c.downloader.lease_s * 1000), max_attempts=c.downloader.max_attempts)
+        self.http = requests.Session()
+        if c.exchange.proxy:
+            self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
+        self.trading: dict[str, SymbolInfo] = {}
+        self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
+        self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
+        # Where 3d candles open: learned from stored candles or the exchange (`_set_phase_3d`).
+        self.phase_3d_ms: int | None = None
+        self.phase_3d_assumed_ms = c.klines.phase_3d_days * intervals.DAY_MS
+        self.known_symbols = False
+        self.started = time.monotonic()
+        self.started_local_ms = local_ms()
+        self.next_discovery = 0.0
+        self.next_plan = 0.0
+        self.next_progress = 0.0
+        self.next_boundary_ms: int | None = None
+        self.open_backfill: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.recently_done: OrderedDict[str, TaskState] = OrderedDict()
+        self.tallies: dict[tuple[int, str], boundaries.BoundaryTally] = {}  # (boundary, interval)
+        self.unreleased: defaultdict[int, int] = defaultdict(int)  # boundary -> queued fetch weight
+        self.backfill_total = 0
+        self.backfill_done = 0
+        self.backfill_open = 0
+        self.candles_done = 0
+        self.backfill_started = 0.0
+        self.planned_once = False
+        self.generation = 0
+        self.backlog = backlog.Backlog(c.downloader.page_limit)
+        self.coverage = backlog.Coverage()
+        self.planning: Iterator[None] | None = None
+        self.plan_again = False
+        self.plan_busy_s = 0.0
+        self.slice_started = 0.0
+        self.discovery: Future | None = None
+        self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
+        self.holding = False  # release held back: too many results wait for the writer
+        self.writer_heard = time.monotonic()
+        self.writer_started_ms = 0
+        self.slowest_tick_s = 0.0  # since the last progress line
+        self.pass_slowest_s = 0.0  # since the current planning pass began
+
+    # -- the loop ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        started = time.monotonic()
+        if not self.clock.synced and now - self.started < CLOCK_WAIT_S and self.mode != "once":
+            return  # boundaries need the server clock; backfill can wait a moment for it too
+        if self.discovery is not None or now >= self.next_discovery:
+            self._discover(now)
+        if self.known_symbols and self.mode != "stream-only":
+            if self.planning is None and now >= self.next_plan:
+                self.planning = self._planning_pass()
+                self.next_plan = now + self.config.symbols.rediscover_s
+            if self.planning is not None:
+                self._advance_planning()
+            self._refill()
+        if self.known_symbols and self.mode != "once":
+            self._plan_boundaries()
+        self._expire_leases()
+        self._dispatch()
+        self._check_late()
+        if now >= self.next_progress:
+            self._progress(now)
+        if (self.mode == "once" and self.planned_once and self.planning is None and not len(self.backlog)
+                and self.book.open_count() == 0):
+            self._finish_once()
+        took = time.monotonic() - started
+        self.slowest_tick_s = max(self.slowest_tick_s, took)
+        self.pass_slowest_s = max(self.pass_slowest_s, took)
+
+    def poll_timeout_ms(self) -> int:
+        return self.poll_ms
+
+    # -- discovery -----------------------------------------------------------------------------
+    def _discover(self, now: float) -> None:
+        """Read exchangeInfo in a thread (a slow exchange must not stall the loop), then apply it."""
+        if self.discovery is None:
+            probe = False
+            if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+                stored = self._stored_phase_3d()
+                if stored is not None:
+                    self._set_phase_3d(stored, "stored")
+                probe = stored is None
+            if not self.budget.try_spend(1 + probe, self.clock.now_ms()):
+                self.next_discovery = now + 1.0
+                return
+            self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
+            return
+        if not self.discovery.done():
+            return
+        future, self.discovery = self.discovery, None
+        try:
+            used, sent_ms, found, phase, phase_error = future.result()
+        except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
+            self.next_discovery = now + 5.0
+            self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
+                             action="keeping last list, retry in 5.0s")
+            return
+        if used >= 0:
+            self.budget.observe(used, sent_ms, self.clock.now_ms())
+        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
+            self._set_phase_3d(phase, "exchange", phase_error)
+        self.next_discovery = now + self.config.symbols.rediscover_s
+        if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
+            self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
+        new = {s.symbol: s for s in found.trading}
+        halted = {s.symbol: s for s in found.halted}
+        moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
+        listed, resumed = moved.listed, moved.resumed
+        for symbol in moved.delisted:
+            dropped = self._drop_symbol(symbol)
+            self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
+        for symbol in moved.halted:
+            dropped = self._drop_symbol(symbol)
+            self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
+                          action="nothing live until it trades again; not delisted, data kept")
+        for symbol in resumed:
+            self.log.info("symbol_resumed", symbol=symbol, action="tail backfill, then live")
+        self.trading = new
+        self.halted = halted
+        if (listed or resumed) and self.known_symbols:
+            if listed:
+                self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
+            self.next_plan = 0.0
+            self.plan_again = self.planning is not None
+        self.known_symbols = True
+        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.halted + found.not_trading,
+                                             seen_at_ms=self.clock.now_ms()), block=False)
+        if found.rejected:
+            self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
+                             reason="not a valid table-name symbol", action="ignored")
+        self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
+                      weight_limit=self.budget.limit)
+
+    def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
+        """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
+        the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
+        url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
+        response, body = get_capped(self.http, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
+                                    timeout_s=self.config.exchange.request_timeout_s)
+        if response.status_code != 200:
+            raise DiscoveryError(f"HTTP {response.status_code}: {error_text(body)[:200]}")
+        found = parse_exchange_info(body, self.config.symbols)
+        phase, error = None, ""
+        if probe_3d and found.trading:
+            try:
+                answer, page_body = get_capped(
+                    self.http, self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/klines",
+                    params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
+                    cap_bytes=64 * 1024, timeout_s=self.config.exchange.request_timeout_s)
+                page = klines.decode_page(page_body) if answer.status_code == 200 else []
+                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
+                    phase = intervals.phase_of("3d", page[-1].open_time_ms)
+                else:
+                    error = f"HTTP {answer.status_code}, {len(page)} candles"
+            except (requests.RequestException, klines.PageError, BodyTooLarge) as exc:
+                error = str(exc)[:200]
+        return weight_used(response.headers), sent_ms, found, phase, error
+
+    def _stored_phase_3d(self) -> int | None:
+        """Where the stored 3d candles open (any 3d table: they all come from the exchange). At
+        most a few tables are read (the writer makes empty ones ahead): else the exchange is asked."""
+        store = self._open_store()
+        try:
+            with_3d = [symbol for symbol, tables in (store.kline_tables() if store else {}).items() if "3d" in tables]
+            for symbol in with_3d[:STORED_PHASE_TABLES]:
+                last = store.last_open_ms(symbol, "3d")
+                if last is not None:
+                    return intervals.phase_of("3d", last)
+            return None
+        finally:
+            if store:
+                store.close()
+
+    def _set_phase_3d(self, phase: int | None, source: str, error: str = "") -> None:
+        """Never from arithmetic the exchange might not share: stored candles, else the exchange's
+        newest 3d candle, else (logged) `klines.phase_3d_days` until the next discovery asks again."""
+        if phase is None:
+            assumed = self.config.klines.phase_3d_days
+            self.log.warning("phase_3d_unknown", error=error or "no trading symbol",
+                             action=f"assuming epoch day {assumed} mod 3, asking again at the next discovery")
+            self.phase_3d_assumed_ms = assumed * intervals.DAY_MS
+            return
+        self.phase_3d_ms = phase
+        self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
+
+    def _phase_3d(self) -> int:
+        return self.phase_3d_ms if self.phase_3d_ms is not None else self.phase_3d_assumed_ms
+
+    def _drop_symbol(self, symbol: str) -> int:
+        """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""
+        dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
+        self.coverage.forget(symbol)
+        for key in [k for k in self.open_backfill if k[0] == symbol]:
+            del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
+        self.backfill_open = sum(self.open_backfill.values())
+        return dropped
+
+    # -- backfill planning -------------------------------------------------------------------------
+    def _open_store(self) -> Store | None:
+        path = self.config.database.path
+        if not os.path.exists(path):
+            return None
+        try:
+            return Store.open_readonly(self.config.database, path)
+        except StoreError as exc:
+            self.log.warning("inventory_unreadable", path=path, error=str(exc)[:200], action="planning as empty")
+            return None
+
+    def _advance_planning(self) -> None:
+        started = self.slice_started = time.monotonic()
+        deadline = started + PLAN_SLICE_S
+        try:
+            while time.monotonic() < deadline:
+                next(self.planning)
+        except StopIteration:
+            self.planning = None
+            if self.plan_again:
+                self.plan_again, self.next_plan = False, 0.0
+        finally:
+            self.plan_busy_s += time.monotonic() - started
+
+    def _planning_pass(self) -> Iterator[None]:
+        """One look at every table, a slice per tick: what is missing goes to the backlog as ranges.
+
+        A table already being filled is skipped (its gaps are planned once it is done); a table's
+        history proven complete by an earlier pass is not read again (`backlog.Coverage`)."""
+        server_now = self.clock.now_ms()
+        k = self.config.klines
+        started = time.monotonic()
+        self.plan_busy_s = self.pass_slowest_s = 0.0
+        self.generation += 1
+        tables_planned = rows_checked = pages = 0
+        store = self._open_store()
+        try:
+            tables = store.kline_tables() if store else {}
+            yield
+            # A halted symbol's history is fetched once (a new table); its tail waits until it
+            # trades again, so a halt never costs a request per pass (once per process, even when
+            # the exchange has nothing in the window and no table appears).
+            fresh_halted = {s: info for s, info in self.halted.items()
+                            if s not in tables and s not in self.halted_planned}
+            self.halted_planned.update(fresh_halted)
+            plannable = [*self.trading.items(), *fresh_halted.items()]
+            for symbol, info in plannable:
+                for interval in k.intervals:
+                    if symbol not in self.trading and symbol not in self.halted:
+                        break  # delisted while this pass ran
+                    if (symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval):
+                        continue  # still being filled
+                    first = last = None
+                    holes: list[tuple[int, int]] = []
+                    known: list[tuple[int, int]] = []
+                    # One query per step: while the writer creates tables, each query of this
+                    # reader may reload the whole schema (~0.1 s at 8,000 tables).
+                    if store is not None and interval in tables.get(symbol, {}):
+                        first, last = store.first_last(symbol, interval)
+                        yield
+                    if last is not None:
+                        found = []
+                        for lo, hi in backlog.chunks(interval, self.coverage.scan_from(symbol, interval, first), last):
+                            expected = intervals.count_between(interval, lo, hi)
+                            short = store.count_between(symbol, interval, lo, hi) < expected
+                            yield
+                            if short:
+                                found.extend(store.gaps_between(symbol, interval, lo, hi))
+                                yield
+                            rows_checked += expected
+                        known = store.exchange_holes(symbol, interval)
+                        yield
+                        holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
+                        self.coverage.proven(symbol, interval, first, last, holes)
+                    # A table's own candles say where its 3d candles open.
+                    phase = intervals.phase_of(interval, last) if last is not None else self._phase_3d()
+                    ranges = planner.plan_table(
+                        symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
+                        depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
+                        last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
+                        phase_ms=phase)
+                    if ranges:
+                        pages += self.backlog.add(ranges)
+                    tables_planned += 1
+                    yield
+        finally:
+            if store:
+                store.close()
+        self.planned_once = True
+        self.backfill_total += pages
+        if pages and not self.backfill_started:
+            self.backfill_started = time.monotonic()
+        busy_ms = (self.plan_busy_s + time.monotonic() - self.slice_started) * 1000
+        self.log.info("planned", tasks=pages, symbols=len(self.trading), intervals=",".join(k.intervals),
+                      tables=tables_planned, rows_checked=rows_checked, busy_ms=round(busy_ms, 1),
+                      per_table_ms=round(busy_ms / max(tables_planned, 1), 3),
+                      seconds=round(time.monotonic() - started, 2),
+                      slowest_tick_ms=round(self.pass_slowest_s * 1000, 1))
+
+    def _refill(self) -> None:
+        """Cut pages off the backlog while the queue is short: tasks exist only shortly before
+        they are released, whatever the plan's size."""
+        want = QUEUED_BACKFILL - self.backfill_open
+        if want <= 0 or not len(self.backlog):
+            return
+        for kind, symbol, interval, start, end in self.backlog.take(want):
+            # Each page asks for exactly its candles: a short tail costs weight 1 (planner.page_limit).
+            self._add_backfill(kind, symbol, interval, start, end, planner.page_limit(interval, start, end))
+
+    def _add_backfill(self, kind: str, symbol: str, interval: str, start: int, end: int, limit: int,
+                      empty_answers: int = 0, not_before_ms: int = 0) -> None:
+        task_id = f"{kind}:{symbol}:{interval}:{start}-{end}:{self.generation}.{empty_answers}"
+        task = DownloadTask(task_id=task_id, symbol=symbol, interval=interval, start_ms=start, end_ms=end,
+                            limit=limit, priority="backfill")
+        self.book.add(TaskState(task=task, kind=kind, empty_answers=empty_answers, not_before_ms=not_before_ms,
+                                created_ms=self.clock.now_ms()))
+        self.open_backfill[(symbol, interval)] += 1
+        self.backfill_open += 1
+
+    # -- boundaries ----------------------------------------------------------------------------
+    def _plan_boundaries(self) -> None:
+        configured = self.config.klines.intervals
+        server_now = self.clock.now_ms()
+        if self.next_boundary_ms is None:
+            # Boundaries start a re-check window before this process did: a candle that closed
+            # while the clock or the symbols were still unknown, or so shortly before that
+            # backfill may have stored a provisional copy, still gets its fetch and re-check.
+            since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
+            self.next_boundary_ms = min(intervals.next_boundary(i, since, self._phase_3d()) for i in configured)
+        live = self.config.live
+        if server_now - self.next_boundary_ms > CLOCK_JUMP_MS:
+            self._clock_jumped(server_now)
+        while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
+            boundary = self.next_boundary_ms
+            closing = intervals.closing_at(boundary, configured, self._phase_3d())
+            double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
+                                             self.budget.left_in_minute(server_now), live.final_recheck_ms)
+            for interval in closing:
+                open_ms = intervals.prev_open(interval, boundary)
+                for symbol in self.trading:
+                    for fetch in boundaries.fetches(double[interval], live.final_recheck_ms):
+                        self._add_boundary(symbol, interval, open_ms, boundary, fetch.kind,
+                                           boundary + fetch.delay_ms if fetch.delay_ms else 0)
+                if self.trading:
+                    self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval,
+                                                                                 len(self.trading))
+            self.log.info("boundary", boundary_ms=boundary, intervals=",".join(closing),
+                          candles=len(closing) * len(self.trading),
+                          refetched=",".join(i for i in closing if double[i]) or "-",
+                          late_ms=server_now - boundary)
+            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self._phase_3d())
+                                        for i in configured)
+
+    def _clock_jumped(self, server_now: int) -> None:
+        """Minutes of boundaries passed unseen (suspend and resume, a bad serverTime): fetch each
+        interval's newest closed candle once, not every missed boundary for every symbol in one
+        tick; the planning pass fills what lies between as backfill."""
+        configured = self.config.klines.intervals
+        edge = server_now - self.config.live.boundary_margin_ms
+        self.log.warning("clock_jump", missed_s=round((server_now - self.next_boundary_ms) / 1000, 1),
+                         action="newest candle of each interval now, the rest by backfill")
+        for interval in configured:
+            open_ms = intervals.last_closed_open(interval, edge)
+            boundary = intervals.next_open(interval, open_ms)
+            # Closed long enough ago to be final: one fetch now; else one at the re-check time.
+            at_ms = max(0, boundary + self.config.live.final_recheck_ms - server_now)
+            for symbol in self.trading:
+                self._add_boundary(symbol, interval, open_ms, boundary, boundaries.SINGLE,
+                                   server_now + at_ms if at_ms else 0)
+            if self.trading:
+                self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval, len(self.trading))
+        self.next_boundary_ms = min(intervals.next_boundary(i, edge) for i in configured)
+        self.next_plan = 0.0
+
+    def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
+                      not_before_ms: int) -> None:
+        task = DownloadTask(task_id=f"{kind}:{symbol}:{interval}:{open_ms}", symbol=symbol, interval=interval,
+                            start_ms=open_ms, end_ms=open_ms, limit=1, priority="boundary")
+        self.book.add(TaskState(task=task, kind=kind, boundary_ms=boundary, not_before_ms=not_before_ms,
+                                created_ms=self.clock.now_ms()))
+        self.unreleased[boundary] += weight_for_limit(1)
+
+    def _check_late(self) -> None:
+        """Log a boundary not REST-confirmed within the deadline once; forget it long after."""
+        server_now = self.clock.now_ms()
+        deadline_ms = int(self.config.live.boundary_deadline_s * 1000)
+        for key, tally in list(self.tallies.items()):
+            if tally.is_late(server_now, deadline_ms):
+                tally.late_logged = True
+                self.log.warning("boundary_late", boundary_ms=tally.boundary_ms, interval=tally.interval,
+                                 unconfirmed=tally.open, confirmed=len(tally.lags_ms),
+                                 after_s=round((server_now - tally.boundary_ms) / 1000, 1),
+                                 action="still queued; the WebSocket close stands in")
+            elif server_now - tally.boundary_ms > max(10 * deadline_ms, 3_600_000):
+                del self.tallies[key]  # its tasks were dropped (symbol delisted): stop tracking
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            server_now = self.clock.now_ms()
+            st = self.book.next_ready(server_now)
+            if st is None:
+                return
+            if self._hold(st):
+                return
+            weight = weight_for_limit(st.task.limit)
+            room = self.budget.available(server_now)
+            window = server_now - server_now % intervals.MINUTE_MS
+            if self.mode != "once" and (st.task.priority != "boundary" or st.boundary_ms < window):
+                # Older work never takes what this minute's own closes will need (the queue
+                # ranks those first, so nothing fresh waits behind a task held back here).
+                room -= boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
+                                           len(self.trading), self.config.klines.intervals)
+            if room < weight:
+                return
+            if not self.send(self.tasks_out, st.task, block=False):
+                return
+            self.budget.try_spend(weight, server_now, st.task.task_id)
+            self.book.dispatched(st.task.task_id, server_now)
+            if st.task.priority == "boundary":
+                self._released(st.boundary_ms, weight)
+
+    def _hold(self, st: TaskState) -> bool:
+        """Backpressure: while `max_uncommitted` released tasks wait for the writer, release no more
+        backfill (boundary fetches, one candle each, get four times the room). Memory stays bounded
+        by pages that exist, not by how long the writer is away."""
+        cap = self.config.downloader.max_uncommitted
+        out = len(self.book.in_flight)
+        if not self.holding and out >= cap:
+            self.holding = True
+            self.log.warning("release_held", uncommitted=out, limit=cap, action="waiting for the writer to commit")
+        elif self.holding and out < cap // 2:  # hysteresis: one line per stall, not per task
+            self.holding = False
+            self.log.info("release_resumed", uncommitted=out)
+        return out >= (cap if st.task.priority == "backfill" else 4 * cap)
+
+    def _released(self, boundary_ms: int, weight: int) -> None:
+        left = self.unreleased.get(boundary_ms, 0) - weight
+        if left > 0:
+            self.unreleased[boundary_ms] = left
+        else:
+            self.unreleased.pop(boundary_ms, None)
+
+    def _retry(self, task_id: str, server_now: int, delay_ms: int, error: str,
+               count_attempt: bool = True) -> TaskState | None:
+        """`book.retry`, keeping the count of boundary weight waiting to be released true."""
+        was_out = task_id in self.book.in_flight
+        st = self.book.retry(task_id, server_now, delay_ms, error, count_attempt=count_attempt)
+        if st is not None and was_out and st.task.priority == "boundary":
+            self.unreleased[st.boundary_ms] += weight_for_limit(st.task.limit)
+        return st
+
+    def _expire_leases(self) -> None:
+        server_now = self.clock.now_ms()
+        writer_silent = time.monotonic() - self.writer_heard > WRITER_SILENT_S
+        for task_id in self.book.expired(server_now):
+            st = self.book.states[task_id]
+            if st.result_ok and writer_silent and st.leases_kept < LEASES_KEPT_MAX:
+                st.leases_kept += 1  # its page waits in the writer's queue: fetching it again adds a copy
+                st.lease_until_ms = server_now + self.book.lease_ms
+                continue
+            self.budget.settle(task_id, 0, server_now)
+            st = self._retry(task_id, server_now, 0, "lease expired", count_attempt=True)
+            self.log.warning("lease_expired", task_id=task_id,
+                             action="re-issued" if st else "given up")
+            if st is None:
+                self._given_up(self.book.failed[task_id])
+
+    # -- results and announcements ------------------------------------------------------------
+    def _on_result(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            if not sock.poll(0):
+                return
+            msg = self.receive(sock)
+            if isinstance(msg, TaskResult):
+                self._result(msg)
+            elif msg is not None:
+                self.log.warning("unexpected_message", socket="results", kind=type(msg).__name__, action="dropped")
+
+    def _result(self, r: TaskResult) -> None:
+        server_now = self.clock.now_ms()
+        self.budget.settle(r.task_id, r.requested_at_ms, server_now)
+        if r.weight_used_1m >= 0:
+            self.budget.observe(r.weight_used_1m, r.requested_at_ms or server_now, server_now)
+        if r.status == "ok":
+            st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
+            if st is not None and r.candles == 0 and st.kind == "hole":
+                self._empty_hole(st)
+            if st is not None and r.missing and st.task.priority == "backfill":
+                self._page_gaps(st.task, r.missing)
+            return
+        if r.status in ("rate_limited", "banned"):
+            # Any float is safe here (budget.hold_until_ms): a hostile Retry-After was already
+            # turned into "next window" or a capped ban by fetch.retry_after_s.
+            pause_ms = max(0, self.budget.block(r.retry_after_s, server_now) - server_now)
+            self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
+                             detail=r.detail[:160], action=f"all dispatch paused for {pause_ms / 1000:.1f}s")
+            self._retry(r.task_id, server_now, pause_ms, r.status, count_attempt=False)
+            return
+        if r.status == "not_final":
+            delay = self.config.live.not_final_retry_ms
+        else:
+            st = self.book.states.get(r.task_id)
+            attempt = st.task.attempt if st else 1
+            delay = min(500 * 2 ** (attempt - 1), 30_000)
+        st = self._retry(r.task_id, server_now, delay, f"{r.status}: {r.detail}"[:300])
+        if st is None and r.task_id in self.book.failed:
+            self.log.error("task_given_up", task_id=r.task_id, status=r.status, detail=r.detail[:200],
+                           action="reported in summary")
+            self._given_up(self.book.failed[r.task_id])
+        else:
+            self.log.info("task_retry", task_id=r.task_id, status=r.status, detail=r.detail[:160],
+                          action=f"retry in {delay / 1000:.1f}s")
+
+    def _empty_hole(self, st: TaskState) -> None:
+        """The exchange answered nothing for a range inside our history: confirm later, then record."""
+        t = st.task
+        if st.empty_answers >= 1:
+            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
+                                                end_ms=t.end_ms))
+            self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
+                          start_ms=t.start_ms, end_ms=t.end_ms, action="recorded, not requested again")
+        else:
+            # Asked again later, not at once: a blip of the exchange lasts seconds, and a hole once
+            # recorded is never asked again.
+            delay_ms = int(self.config.klines.hole_confirm_s * 1000)
+            self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1,
+                               not_before_ms=self.clock.now_ms() + delay_ms)
+            self.log.info("hole_empty_once", symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
+                          end_ms=t.end_ms, action=f"asking again in {delay_ms / 1000:.0f}s before recording it")
+
+    def _page_gaps(self, t: DownloadTask, missing: list[tuple[int, int]]) -> None:
+        """A page with candles that skipped open times inside its range: the exchange has none
+        there (maintenance, a closed market session). Recorded, so never asked again."""
+        for start_ms, end_ms in missing:
+            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=start_ms,
+                                                end_ms=end_ms))
+        self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
+                      start_ms=missing[0][0], end_ms=missing[-1][1], ranges=len(missing),
+                      source="page", action="recorded, not requested again")
+
+    def _on_bus(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            if not sock.poll(0):
+                return
+            msg = self.receive(sock)
+            if isinstance(msg, Committed):
+                self._writer_heard(msg.writer_started_ms)
+                for task_id in msg.task_ids:
+                    st = self.book.committed(task_id)
+                    if st is not None:
+                        self._done(st, msg.committed_at_ms)
+            elif isinstance(msg, WriteFailed):
+                server_now = self.clock.now_ms()
+                for task_id in msg.task_ids:
+                    self._retry(task_id, server_now, 1000, f"write failed: {msg.error}"[:300])
+                self.log.warning("write_failed", tasks=len(msg.task_ids), error=msg.error[:200],
+                                 action="tasks re-issued in 1.0s")
+            elif isinstance(msg, ClockSync):
+                self.clock.update(msg)
+
+    def _writer_heard(self, started_ms: int) -> None:
+        self.writer_heard = time.monotonic()
+        if started_ms == self.writer_started_ms or started_ms == 0:  # 0: a sender that does not say
+            return
+        restarted = self.writer_started_ms != 0
+        self.writer_started_ms = started_ms
+        if not restarted:
+            return
+        # Pages fetched for the writer's earlier run may have died with it: fetch them again now.
+        server_now = self.clock.now_ms()
+        waiting = [tid for tid in self.book.in_flight if self.book.states[tid].result_ok]
+        for task_id in waiting:
+            self.budget.settle(task_id, 0, server_now)
+            self._retry(task_id, server_now, 0, "writer restarted", count_attempt=False)
+        self.log.info("writer_restarted", reissued=len(waiting), action="uncommitted pages fetched again")
+
+    def _done(self, st: TaskState, committed_at_ms: int) -> None:
+        self.recently_done[st.task.task_id] = st
+        while len(self.recently_done) > 20_000:
+            self.recently_done.popitem(last=False)
+        self.candles_done += st.candles
+        self._closed(st)
+        tally = self.tallies.get((st.boundary_ms, st.task.interval)) if st.kind in boundaries.FINAL_KINDS else None
+        if tally is not None and tally.confirmed(self.clock.now_ms(committed_at_ms)):
+            self.log.info("boundary_done", **tally.summary())
+            del self.tallies[(st.boundary_ms, st.task.interval)]
+
+    def _given_up(self, st: TaskState) -> None:
+        self._closed(st)
+        key = (st.boundary_ms, st.task.interval)
+        tally = self.tallies.get(key) if st.kind in boundaries.FINAL_KINDS else None
+        if tally is not None and tally.given_up():
+            self.log.warning("boundary_done", **tally.summary())
+            del self.tallies[key]
+
+    def _closed(self, st: TaskState) -> None:
+        if st.task.priority == "backfill":
+            key = (st.task.symbol, st.task.interval)
+            self.open_backfill[key] = max(0, self.open_backfill[key] - 1)
+            if not self.open_backfill[key]:
+                del self.open_backfill[key]
+            self.backfill_open = max(0, self.backfill_open - 1)
+            self.backfill_done += 1
+
+    # -- reporting -----------------------------------------------------------------------------
+    def _progress(self, now: float) -> None:
+        self.next_progress = now + PROGRESS_EVERY_S
+        open_backfill = self.backfill_open + self.backlog.pages_left
+        slowest_ms, self.slowest_tick_s = round(self.slowest_tick_s * 1000, 1), 0.0
+        if not self.backfill_started or (open_backfill == 0 and self.mode != "once"):
+            return
+        elapsed = max(now - self.backfill_started, 1e-3)
+        rate = self.candles_done / elapsed
+        done_rate = self.backfill_done / elapsed
+        eta = open_backfill / done_rate if done_rate > 0 else -1
+        self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
+                      candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
+                      weight_used=self.budget.spent, weight_limit=self.budget.limit,
+                      failed=self.book.failed_total, slowest_tick_ms=slowest_ms)
+
+    def _finish_once(self) -> None:
+        elapsed = time.monotonic() - (self.backfill_started or self.started)
+        failed = self.book.failed
+        self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
+                      seconds=round(elapsed, 2), failed=self.book.failed_total)
+        for st in list(failed.values())[:20]:
+            self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
+                           start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
+        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total else 0
+        self.stop()
+
+    def teardown(self) -> None:
+        self.discovery_pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()

@@ -1,0 +1,304 @@
+"""The downloader as a real process against the real simulator, with real sockets.
+
+The test plays the other actors: it binds a PUSH on `tasks` (the scheduler), a PULL on `results`,
+a PULL on `writer` (stand-in for the writer, to read the pages), a PUB on `bus_sub` (where the
+broker's XPUB would be, for `ClockSync`) and a PULL on `control` (heartbeats = ready).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+from harness import ROOT, free_port, make_config
+
+from kl_actors import messages
+from kl_actors.messages import ClockSync, DownloadTask, KlineBatch, TaskResult
+
+MIN = 60_000
+_HOUR = 3_600_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def current_open() -> int:
+    t = now_ms()
+    return t - t % MIN
+
+
+def clear_of_boundary(margin_ms: int = 1500) -> None:
+    """Tests about the open candle must not straddle a minute boundary: wait one out if close."""
+    left = MIN - now_ms() % MIN
+    if left < margin_ms:
+        time.sleep((left + 100) / 1000)
+
+
+HISTORY = current_open() - 6 * _HOUR  # well inside every simulated symbol's history
+DEEP = current_open() - 48 * _HOUR
+
+
+def rows(candles) -> list[list]:
+    return [list(msgspec.structs.astuple(c)) for c in candles]
+
+
+class DownloaderProcess:
+    """One downloader process plus the sockets of all its peers, owned by the test."""
+
+    def __init__(self, workdir: Path, rest_url: str, concurrency: int = 2, timeout_s: float = 5.0,
+                 proxy: str = "") -> None:
+        self.config = make_config(workdir, exchange={"rest_url": rest_url, "request_timeout_s": timeout_s,
+                                                     "proxy": proxy},
+                                  downloader={"concurrency": concurrency}, log={"level": "DEBUG"})
+        Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
+        e = self.config.endpoints
+        self.ctx = zmq.Context()
+        self.tasks = self._sock(zmq.PUSH, e.tasks)
+        self.results = self._sock(zmq.PULL, e.results)
+        self.writer = self._sock(zmq.PULL, e.writer)
+        self.bus = self._sock(zmq.PUB, e.bus_sub)
+        self.control = self._sock(zmq.PULL, e.control)
+        config_file = workdir / "downloader.json"
+        config_file.write_bytes(msgspec.json.encode(self.config))
+        self.stderr_path = workdir / "downloader.stderr"
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kl_actors.run", "downloader-1", "--config-file", str(config_file)],
+            cwd=ROOT, stderr=self._stderr)
+        self.n = 0
+        try:
+            if not self.control.poll(10_000):
+                raise AssertionError(f"downloader never sent a heartbeat\n{self.stderr()}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _sock(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        return sock
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    def task(self, start_ms: int, end_ms: int, symbol: str = "BTCUSDT", interval: str = "1m",
+             limit: int = 499, priority: str = "backfill") -> DownloadTask:
+        self.n += 1
+        t = DownloadTask(task_id=f"t-{self.n}", symbol=symbol, interval=interval, start_ms=start_ms,
+                         end_ms=end_ms, limit=limit, priority=priority)
+        self.tasks.send(messages.encode(t))
+        return t
+
+    def result(self, timeout_s: float = 5.0) -> TaskResult:
+        if not self.results.poll(int(timeout_s * 1000)):
+            raise AssertionError(f"no result within {timeout_s}s\n{self.stderr()}")
+        msg = messages.decode(self.results.recv())
+        assert isinstance(msg, TaskResult), msg
+        return msg
+
+    def batch(self, timeout_s: float = 2.0) -> KlineBatch | None:
+        if not self.writer.poll(int(timeout_s * 1000)):
+            return None
+        msg = messages.decode(self.writer.recv())
+        assert isinstance(msg, KlineBatch), msg
+        return msg
+
+    def run(self, *args, **kwargs) -> tuple[TaskResult, KlineBatch | None]:
+        """Send one task; its result, and its batch if one came (briefly waited for on failure)."""
+        t = self.task(*args, **kwargs)
+        result = self.result()
+        assert result.task_id == t.task_id
+        batch = self.batch(2.0 if result.status == "ok" else 0.2)
+        if batch is not None:
+            assert batch.task_id == t.task_id
+        return result, batch
+
+    def clock(self, offset_ms: float) -> None:
+        self.bus.send(messages.encode(ClockSync(offset_ms=offset_ms, rtt_ms=1.0, measured_at_ms=now_ms())))
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        rc = self.proc.wait(5)
+        self._stderr.close()
+        self.ctx.destroy(linger=0)
+        return rc
+
+
+@pytest.fixture
+def downloader_factory(workdir):
+    started: list[DownloaderProcess] = []
+
+    def start(rest_url: str, **kw) -> DownloaderProcess:
+        sub = workdir / f"d{len(started)}"
+        sub.mkdir()
+        d = DownloaderProcess(sub, rest_url, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def test_pages_equal_truth_empty_range_limit_and_boundary(sim, downloader_factory):
+    d = downloader_factory(sim.rest_url)
+    # A page equals the simulator's truth candle by candle, decimal strings exactly.
+    start, end = HISTORY, HISTORY + 99 * MIN
+    result, batch = d.run(start, end)
+    truth = sim.truth("BTCUSDT", "1m", start, end)
+    assert len(truth) == 100
+    assert result.status == "ok" and result.http_status == 200 and result.weight_used_1m > 0
+    assert (result.candles, result.first_open_ms, result.last_open_ms) == (100, start, end)
+    assert (batch.symbol, batch.interval, batch.source, batch.live) == ("BTCUSDT", "1m", "rest", False)
+    assert rows(batch.candles) == truth
+    # Another symbol and interval.
+    h_start = HISTORY - HISTORY % _HOUR - 48 * _HOUR
+    result, batch = d.run(h_start, h_start + 23 * _HOUR, symbol="ETHUSDT", interval="1h")
+    assert result.status == "ok" and rows(batch.candles) == sim.truth("ETHUSDT", "1h", h_start, h_start + 23 * _HOUR)
+    # `limit` is respected: the oldest `limit` candles of the range.
+    result, batch = d.run(start, end, limit=7)
+    assert result.status == "ok" and result.candles == 7
+    assert rows(batch.candles) == truth[:7]
+    # An empty range (years before any listing): an empty batch with the task id, then ok.
+    result, batch = d.run(1_420_070_400_000, 1_420_070_400_000 + 99 * MIN)
+    assert (result.status, result.candles, result.first_open_ms) == ("ok", 0, 0)
+    assert batch is not None and batch.candles == [] and batch.task_id == result.task_id
+    # A boundary fetch of the last closed candle goes to the writer as live.
+    last_closed = current_open() - MIN
+    result, batch = d.run(last_closed, last_closed, priority="boundary", limit=1)
+    assert result.status == "ok" and batch.live is True
+    assert rows(batch.candles) == sim.truth("BTCUSDT", "1m", last_closed, last_closed)
+
+
+def test_open_candle_is_not_final_and_server_clock_decides(sim, downloader_factory):
+    d = downloader_factory(sim.rest_url)
+    clear_of_boundary()
+    # The range reaches the open candle: nothing stored.
+    result, batch = d.run(current_open() - 2 * MIN, current_open() + MIN - 1)
+    assert result.status == "not_final" and batch is None and result.http_status == 200
+    # The server clock (from ClockSync on the bus) says a candle that closed locally < 60 s ago
+    # is still open when the server is 90 s behind; offset 0 makes it final again.
+    last_closed = current_open() - MIN
+    deadline = time.monotonic() + 5
+    while True:
+        d.clock(-90_000)
+        time.sleep(0.1)
+        result, batch = d.run(last_closed, last_closed, limit=1)
+        if result.status == "not_final" or time.monotonic() > deadline:
+            break
+    assert result.status == "not_final" and batch is None
+    d.clock(0)
+    time.sleep(0.2)
+    result, batch = d.run(last_closed, last_closed, limit=1)
+    assert result.status == "ok" and rows(batch.candles) == sim.truth("BTCUSDT", "1m", last_closed, last_closed)
+
+
+def test_malformed_frames_are_dropped_and_actor_keeps_working(sim, downloader_factory):
+    d = downloader_factory(sim.rest_url)
+    d.tasks.send(b"\x00garbage")
+    d.tasks.send(messages.encode(messages.Heartbeat(actor="x", pid=1, sent_at_ms=1)))  # wrong kind
+    d.tasks.send(msgspec.msgpack.encode({"kind": "task", "task_id": 5}))  # wrong field type
+    result, batch = d.run(HISTORY, HISTORY + 9 * MIN)
+    assert result.status == "ok" and rows(batch.candles) == sim.truth("BTCUSDT", "1m", HISTORY, HISTORY + 9 * MIN)
+    assert d.proc.poll() is None
+    log = d.stderr()
+    assert log.count("event=malformed_message") == 2 and "event=unexpected_message" in log
+    assert d.results.poll(100) == 0  # nothing reported for the dropped frames
+
+
+def test_rate_limited_then_held_back_without_requests(sim_factory, downloader_factory):
+    tight = sim_factory(symbols=5, seed=3, weight_limit=10)
+    d = downloader_factory(tight.rest_url)
+    seen = []
+    for _ in range(8):  # limit 1000 weighs 5: the third request in one minute is over 10
+        result, batch = d.run(DEEP, DEEP + 999 * MIN, limit=1000)
+        seen.append(result.status)
+        if result.status != "ok":
+            break
+        assert batch is not None and len(batch.candles) == 1000
+    assert result.status == "rate_limited", seen
+    assert batch is None and result.http_status == 429 and result.retry_after_s > 0
+    assert result.weight_used_1m == 10  # the header as sent: two pages of weight 5; the 429 is not charged
+    requests_before = tight.stats()["requests_by_path"]["/fapi/v1/klines"]
+    held, batch = d.run(HISTORY, HISTORY + 9 * MIN)
+    assert held.status == "rate_limited" and batch is None
+    assert held.http_status == 0 and 0 < held.retry_after_s <= result.retry_after_s
+    assert tight.stats()["requests_by_path"]["/fapi/v1/klines"] == requests_before
+    assert tight.stats()["responses_by_status"]["429"] == 1
+
+
+def test_faults_give_statuses_and_never_a_batch(sim_factory, downloader_factory):
+    faulty = sim_factory(symbols=5, seed=4, weight_limit=1_000_000)
+    d = downloader_factory(faulty.rest_url, timeout_s=0.5)
+    cases = [
+        ({"error_5xx_rate": 1.0}, "http_error", 503),
+        ({"reset_rate": 1.0}, "network", 0),
+        ({"malformed_rate": 1.0}, "network", 200),
+        ({"timeout_rate": 1.0, "timeout_s": 2.0}, "network", 0),
+    ]
+    off = {"error_5xx_rate": 0.0, "reset_rate": 0.0, "malformed_rate": 0.0, "timeout_rate": 0.0}
+    for faults, status, http in cases:
+        faulty.set_faults(**{**off, **faults})
+        result, batch = d.run(HISTORY, HISTORY + 9 * MIN)
+        assert (result.status, result.http_status, batch) == (status, http, None), (faults, result)
+        assert result.detail
+    assert "Timeout" in result.detail
+    faulty.set_faults(**off)
+    result, batch = d.run(HISTORY, HISTORY + 9 * MIN)
+    assert result.status == "ok" and rows(batch.candles) == faulty.truth("BTCUSDT", "1m", HISTORY, HISTORY + 9 * MIN)
+    assert d.stderr().count("event=task_failed") == 4
+
+
+def test_four_in_flight_forty_tasks(sim_factory, downloader_factory):
+    slow = sim_factory(symbols=5, seed=5, weight_limit=1_000_000, latency_ms=200)
+    d = downloader_factory(slow.rest_url, concurrency=4)
+    symbols = [s.symbol for s in slow.market().specs.values()
+               if s.quote_asset == "USDT" and s.onboard_ms < DEEP][:4]
+    assert len(symbols) == 4
+    sent = {}
+    t0 = time.monotonic()
+    for i in range(40):
+        start = DEEP + i * 20 * MIN
+        t = d.task(start, start + 9 * MIN, symbol=symbols[i % 4])
+        sent[t.task_id] = t
+    results = [d.result(10) for _ in range(40)]
+    elapsed = time.monotonic() - t0
+    assert sorted(r.task_id for r in results) == sorted(sent)
+    assert all(r.status == "ok" and r.candles == 10 for r in results)
+    # 40 requests of >= 200 ms: 4 at a time take >= 2.0 s; 1 at a time would take 8 s, 5 at a time 1.6 s.
+    assert 1.95 <= elapsed < 4.0, elapsed
+    batches = [d.batch() for _ in range(40)]
+    assert d.batch(0.1) is None
+    for b in batches:
+        t = sent[b.task_id]
+        assert rows(b.candles) == slow.truth(t.symbol, "1m", t.start_ms, t.end_ms)
+
+
+def test_clean_stop_reports_request_in_flight(sim_factory, downloader_factory):
+    slow = sim_factory(symbols=5, seed=6, weight_limit=1_000_000, latency_ms=700)
+    d = downloader_factory(slow.rest_url)
+    t = d.task(HISTORY, HISTORY + 9 * MIN)
+    time.sleep(0.25)  # taken and in flight
+    d.proc.send_signal(signal.SIGTERM)
+    result = d.result(3)
+    assert result.task_id == t.task_id and result.status == "ok"
+    assert d.batch() is not None
+    assert d.proc.wait(5) == 0
+
+
+def test_configured_proxy_is_used(sim, downloader_factory):
+    # Nothing listens on the proxy's port: the request must fail there, not reach the simulator.
+    d = downloader_factory(sim.rest_url, proxy=f"http://127.0.0.1:{free_port()}")
+    result, batch = d.run(HISTORY, HISTORY + 9 * MIN)
+    assert (result.status, batch) == ("network", None)
+    assert "ProxyError" in result.detail

@@ -1,0 +1,105 @@
+"""The supervisor with real actor processes: restarts, intensity, clean stop, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+from harness import make_config, pid_alive, wait_for
+
+ACTORS = ["broker", "writer"]
+
+
+def test_actors_start_are_named_and_runtime_dir_private(workdir, service_factory):
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
+    status = service.wait_running(ACTORS)
+    for name in ACTORS:
+        cmdline = Path(f"/proc/{status[name]['pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"kl_actors.run" in cmdline and name.encode() in cmdline
+    runtime = Path(service.config.endpoints.runtime_dir)
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    assert stat.S_IMODE((runtime / "config.json").stat().st_mode) == 0o600
+    code, _ = service.stop()
+    assert code == 0
+
+
+def test_sigterm_stops_every_actor_and_exits_zero(workdir, service_factory):
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
+    status = service.wait_running(ACTORS)
+    pids = [status[n]["pid"] for n in ACTORS]
+    started = time.monotonic()
+    code, err = service.stop()
+    assert code == 0, err
+    assert time.monotonic() - started < service.config.supervisor.stop_timeout_s + 3
+    assert not any(pid_alive(p) for p in pids)
+    assert "event=stopped exit_code=0" in err
+
+
+def test_sigkill_of_supervisor_leaves_no_orphans(workdir, service_factory):
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
+    status = service.wait_running(ACTORS)
+    pids = [status[n]["pid"] for n in ACTORS]
+    os.kill(service.proc.pid, signal.SIGKILL)
+    service.proc.wait()
+    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=5.0, what="children to exit")
+
+
+def test_kill9_of_any_actor_restarts_it_and_counts(workdir, service_factory):
+    service = service_factory(make_config(workdir), ["--actors", "broker,writer"])
+    status = service.wait_running(ACTORS)
+    for name in ACTORS:
+        old = status[name]["pid"]
+        killed_at = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        status = wait_for(lambda: (st := service.status()) and st[name]["pid"] not in (None, old) and st,
+                          timeout=5.0, what=f"{name} restarted")
+        assert time.monotonic() - killed_at < 2.0
+        assert status[name]["restarts"] == 1
+        assert status[name]["last_exit"] == "killed by SIGKILL"
+        status = service.wait_running(ACTORS)
+    code, _ = service.stop()
+    assert code == 0
+
+
+def test_crash_loop_backs_off_then_stops_cleanly(workdir, service_factory):
+    config = make_config(workdir, supervisor={"max_restarts": 3, "restart_window_s": 30.0,
+                                              "restart_backoff_initial_s": 0.2,
+                                              "restart_backoff_max_s": 2.0})
+    service = service_factory(config, ["--actors", "broker,writer"])
+    status = service.wait_running(ACTORS)
+    broker_pid = status["broker"]["pid"]
+    pid = wait_for(lambda: service.pid("writer"), timeout=5.0, what="writer pid")
+    for kill in range(4):
+        os.kill(pid, signal.SIGKILL)
+        if kill < 3:
+            old = pid
+            pid = wait_for(lambda: (service.pid("writer") or old) != old and service.pid("writer"),
+                           timeout=15.0, what="writer restarted")
+    # The fourth crash is the service's to act on: wait for its own exit, never race it with a stop.
+    code = service.proc.wait(timeout=30)
+    _, err = service.stop()
+    assert code == 1
+    assert "kl-actors: actor writer failed 4 times within 30s (last: killed by SIGKILL); stopping the service" in err
+    assert not pid_alive(broker_pid)
+    # The backoff doubled between restarts (0.2 s, 0.4 s, 0.8 s).
+    restarts = [line for line in err.splitlines() if "event=actor_exited name=writer" in line]
+    assert [r.split("action=")[1] for r in restarts] == ['"restart in 0.20s"', '"restart in 0.40s"',
+                                                          '"restart in 0.80s"']
+
+
+def test_bad_config_one_line_exit_2(workdir):
+    import subprocess
+    import sys
+
+    from harness import ROOT
+
+    bad = workdir / "bad.toml"
+    bad.write_text('[downloader]\nprocesses = "many"\n')
+    proc = subprocess.run([sys.executable, "supervisor.py", "--config", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"kl-actors: config error: {bad}: key downloader.processes: Expected int, got str"]
