@@ -385,7 +385,3 @@ def resolve_endpoints(config: Config) -> Config:
     }
     endpoints = msgspec.structs.replace(config.endpoints, runtime_dir=runtime_dir, **fields)
     return msgspec.structs.replace(config, endpoints=endpoints)
-
-
-def to_toml_dict(config: Config) -> dict:
-    return msgspec.to_builtins(config)

@@ -3,22 +3,21 @@
 
     python scripts/tail_feed.py [--feed tcp://127.0.0.1:7755] [--prefix kline.BTCUSDT.] [--closed-only]
 
-Each message is two ZeroMQ frames: the topic `kline.<SYMBOL>.<interval>` (ASCII), then a
+Each message is two ZeroMQ frames: the topic `kline.<SYMBOL>.<interval>` (UTF-8), then a
 MessagePack map (see README, "Consumer feed"). A jump in `seq` for a topic means messages were
 lost (slow consumer, or the feed restarted and seq began again at 1).
+
+It imports only ZeroMQ and a MessagePack decoder, never `kl_actors`: the proof that a program in
+any language with those two libraries can read the feed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import zmq  # noqa: E402
-
-from kl_actors import messages  # noqa: E402
+import msgspec
+import zmq
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,20 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while a.count == 0 or seen < a.count:
             topic, body = sub.recv_multipart()
-            k = messages.decode_feed(body)
-            if isinstance(k, messages.DecodeError):
-                print(f"undecodable message on {topic!r}: {k.reason}", file=sys.stderr)
+            try:
+                k = msgspec.msgpack.decode(body)
+                seq, closed, stored, source, c = k["seq"], k["closed"], k["stored"], k["source"], k["candle"]
+            except (msgspec.DecodeError, KeyError, TypeError) as exc:
+                print(f"undecodable message on {topic!r}: {exc}", file=sys.stderr)
                 continue
-            gap = k.seq - last_seq.get(topic, k.seq - 1) - 1
-            last_seq[topic] = k.seq
+            gap = seq - last_seq.get(topic, seq - 1) - 1
+            last_seq[topic] = seq
             seen += 1
-            if a.closed_only and not k.closed:
+            if a.closed_only and not closed:
                 continue
-            c = k.candle
-            flags = ("closed" if k.closed else "live") + (" stored" if k.stored else "") + f" {k.source}"
+            flags = ("closed" if closed else "live") + (" stored" if stored else "") + f" {source}"
             note = f"  (gap: {gap} lost)" if gap > 0 else ""
-            print(f"{topic.decode()} seq={k.seq} {flags} t={c.open_time_ms} o={c.open} h={c.high} l={c.low} "
-                  f"c={c.close} v={c.volume} n={c.trades}{note}", flush=True)
+            print(f"{topic.decode('utf-8', 'replace')} seq={seq} {flags} t={c[0]} o={c[1]} h={c[2]} l={c[3]} "
+                  f"c={c[4]} v={c[5]} n={c[8]}{note}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

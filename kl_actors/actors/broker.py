@@ -34,7 +34,6 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import messages
 from .base import Actor
 
-FEED_IN_HWM = 10_000            # from our own writer and websocket actor (their PUBs queue more)
 FEED_SUBSCRIBER_HWM = 5_000     # queued messages per consumer; beyond: dropped for it
 FEED_SNDBUF = 128 * 1024        # kernel send buffer per consumer connection
 MAX_FEED_SUBSCRIBERS = 100
@@ -49,7 +48,7 @@ class Broker(Actor):
         e = self.config.endpoints
         self.bus_in = self.socket(zmq.XSUB, e.bus_pub, bind=True)
         self.bus_out = self.socket(zmq.XPUB, e.bus_sub, bind=True)
-        self.feed_in = self.socket(zmq.XSUB, e.feed_in, bind=True, hwm=FEED_IN_HWM)
+        self.feed_in = self.socket(zmq.XSUB, e.feed_in, bind=True, hwm=messages.FEED_HWM)
         self.feed_out = self._feed_socket(e.feed)
         self.feed_in.send(b"\x01")  # subscribe to every feed topic upstream
         self.seq_by_topic: dict[bytes, int] = {}

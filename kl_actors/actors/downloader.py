@@ -31,6 +31,7 @@ import time
 import requests
 import zmq
 
+from .. import exchange
 from ..core import answers
 from .base import Actor
 from ..core.budget import hold_until_ms
@@ -174,17 +175,9 @@ class Downloader(Actor):
         self.log.info("downloader_stopped", fetched_candles=self.fetched_candles)
 
     # -- worker threads (no ZeroMQ here) -----------------------------------------------------
-    def _session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = True  # HTTP(S)_PROXY / NO_PROXY apply unless a proxy is configured
-        if self.config.exchange.proxy:
-            session.proxies.update({"http": self.config.exchange.proxy,
-                                    "https": self.config.exchange.proxy})
-        return session
-
     def _worker(self) -> None:
-        session = self._session()
-        url = answers.klines_url(self.config.exchange.rest_url)
+        session = exchange.session(self.config.exchange)
+        url = exchange.url(self.config.exchange, exchange.KLINES_PATH)
         timeout_s = self.config.exchange.request_timeout_s
         try:
             while True:

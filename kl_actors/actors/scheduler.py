@@ -21,13 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import requests
 import zmq
 
+from .. import exchange
 from ..core import backlog, boundaries, intervals, klines, planner
 from .base import Actor
 from ..core.budget import WeightBudget, reserved_weight, weight_for_limit
 from ..core.clock import ServerClock, local_ms
-from ..core.discovery import Discovered, DiscoveryError, changes, parse_exchange_info
-from ..core.answers import error_text, weight_used
-from ..httpcap import EXCHANGE_INFO_CAP_BYTES, BodyTooLarge, get_capped
+from ..core.discovery import Discovered, DiscoveryError, changes
+from ..httpcap import BodyTooLarge, get_capped
 from ..messages import (
     ClockSync,
     Committed,
@@ -78,9 +78,7 @@ class Scheduler(Actor):
         self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction,
                                    reserved_per_minute=reserved_weight(c.live.clock_samples, c.symbols.rediscover_s))
         self.book = TaskBook(lease_ms=int(c.downloader.lease_s * 1000), max_attempts=c.downloader.max_attempts)
-        self.http = requests.Session()
-        if c.exchange.proxy:
-            self.http.proxies = {"http": c.exchange.proxy, "https": c.exchange.proxy}
+        self.http = exchange.session(c.exchange)
         self.trading: dict[str, SymbolInfo] = {}
         self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
         self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
@@ -214,17 +212,12 @@ class Scheduler(Actor):
     def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
         """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
         the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
-        url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
-        response, body = get_capped(self.http, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
-                                    timeout_s=self.config.exchange.request_timeout_s)
-        if response.status_code != 200:
-            raise DiscoveryError(f"HTTP {response.status_code}: {error_text(body)[:200]}")
-        found = parse_exchange_info(body, self.config.symbols)
+        used, found = exchange.read_exchange_info(self.http, self.config.exchange, self.config.symbols)
         phase, error = None, ""
         if probe_3d and found.trading:
             try:
                 answer, page_body = get_capped(
-                    self.http, self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/klines",
+                    self.http, exchange.url(self.config.exchange, exchange.KLINES_PATH),
                     params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
                     cap_bytes=64 * 1024, timeout_s=self.config.exchange.request_timeout_s)
                 page = klines.decode_page(page_body) if answer.status_code == 200 else []
@@ -234,7 +227,7 @@ class Scheduler(Actor):
                     error = f"HTTP {answer.status_code}, {len(page)} candles"
             except (requests.RequestException, klines.PageError, BodyTooLarge) as exc:
                 error = str(exc)[:200]
-        return weight_used(response.headers), sent_ms, found, phase, error
+        return used, sent_ms, found, phase, error
 
     def _stored_phase_3d(self) -> int | None:
         """Where the stored 3d candles open (any 3d table: they all come from the exchange). At

@@ -20,6 +20,7 @@ import requests
 import zmq
 
 from .base import Actor, now_ms
+from .. import exchange
 from ..core.clock import best_sample
 from ..httpcap import SMALL_BODY_CAP_BYTES, get_capped
 from ..messages import ClockSync
@@ -38,20 +39,12 @@ def next_measurement_ms(local_now_ms: int, offset_ms: float) -> int:
     return int(due - offset_ms)
 
 
-def http_session(proxy: str) -> requests.Session:
-    """A keep-alive session; `proxy` set overrides the HTTP(S)_PROXY environment variables."""
-    session = requests.Session()
-    if proxy:
-        session.proxies = {"http": proxy, "https": proxy}
-    return session
-
-
 class TimeSync(Actor):
 
     def setup(self) -> None:
         self.bus = self.socket(zmq.PUB, self.config.endpoints.bus_pub)
-        self.session = http_session(self.config.exchange.proxy)
-        self.url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/time"
+        self.session = exchange.session(self.config.exchange)
+        self.url = exchange.url(self.config.exchange, exchange.TIME_PATH)
         self.latest: ClockSync | None = None
         self.next_measure_s = time.monotonic()  # at once
         self.next_publish_s = float("inf")

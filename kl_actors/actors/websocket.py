@@ -50,11 +50,10 @@ import requests
 import websocket as wsclient
 import zmq
 
-from .. import messages
+from .. import exchange, messages
 from .base import Actor, now_ms
 from ..core.clock import ServerClock
-from ..core.discovery import Discovered, DiscoveryError, parse_exchange_info
-from ..httpcap import EXCHANGE_INFO_CAP_BYTES, get_capped
+from ..core.discovery import Discovered, DiscoveryError
 from ..core.klines import PageError, check_candle, decode_ws_event
 from ..messages import ClockSync, FeedKline, KlineBatch
 from ..core.streams import (
@@ -74,7 +73,6 @@ CLIENT_PING_S = 60.0          # our own pings find dead TCP paths; 1/min is far 
 CLIENT_PING_TIMEOUT_S = 20.0
 DISCOVERY_RETRY_INITIAL_S = 1.0
 DISCOVERY_RETRY_MAX_S = 60.0
-FEED_HWM = 100_000
 WRITER_HWM = 10_000
 MAX_DRAIN = 5_000
 MAX_FRAME_BYTES = 64 * 1024   # one kline event is ~400 bytes; a bigger frame is not one
@@ -177,7 +175,7 @@ class WebSocketActor(Actor):
     # -- sockets and state ---------------------------------------------------------------------
     def setup(self) -> None:
         e, x, live = self.config.endpoints, self.config.exchange, self.config.live
-        self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)
+        self.feed = self.socket(zmq.PUB, e.feed_in, hwm=messages.FEED_HWM)
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=WRITER_HWM)
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=messages.subscription(ClockSync))
         self.on(self.bus, self._on_bus)
@@ -192,9 +190,7 @@ class WebSocketActor(Actor):
         self.stream_kind = x.stream_kind
         self.per_connection = max(1, min(200, live.ws_streams_per_connection))
 
-        self.session = requests.Session()
-        if x.proxy:
-            self.session.proxies = {"http": x.proxy, "https": x.proxy}
+        self.session = exchange.session(x)
         self.discovery = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery")
         self.discovery_future: Future | None = None
         self.next_discovery = time.monotonic()
@@ -280,11 +276,7 @@ class WebSocketActor(Actor):
 
     def _fetch_exchange_info(self) -> Discovered:
         """Runs in the discovery thread: HTTP and parsing only, no actor state."""
-        url = self.config.exchange.rest_url.rstrip("/") + "/fapi/v1/exchangeInfo"
-        response, body = get_capped(self.session, url, cap_bytes=EXCHANGE_INFO_CAP_BYTES,
-                                    timeout_s=self.config.exchange.request_timeout_s)
-        response.raise_for_status()
-        return parse_exchange_info(body, self.config.symbols)
+        return exchange.read_exchange_info(self.session, self.config.exchange, self.config.symbols)[1]
 
     def _apply_symbols(self, symbols: list[str]) -> None:
         if symbols == self.symbols and self.slots:

@@ -64,7 +64,6 @@ from ..messages import Candle, ClockSync, ExchangeHole, KlineBatch, SymbolsUpdat
 from ..store import Store, StoreError
 from ..core.symbols import SymbolError, table_name
 
-FEED_HWM = 100_000
 INBOX_HWM = 1000
 DRAIN_MAX = 500  # messages per poll round, so heartbeats and commits keep their timing
 SUMMARY_EVERY_S = 10.0
@@ -194,7 +193,7 @@ class Writer(Actor):
         self.hold: _Hold | None = None
         self.inbox = self.socket(zmq.PULL, e.writer, bind=True, hwm=INBOX_HWM)
         self.bus = self.socket(zmq.PUB, e.bus_pub)
-        self.feed = self.socket(zmq.PUB, e.feed_in, hwm=FEED_HWM)
+        self.feed = self.socket(zmq.PUB, e.feed_in, hwm=messages.FEED_HWM)
         self.on(self.inbox, self._on_inbox)
         self.clock_in = self.socket(zmq.SUB, e.bus_sub, subscribe=messages.subscription(ClockSync))
         self.on(self.clock_in, self._on_clock)

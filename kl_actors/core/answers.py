@@ -47,10 +47,6 @@ class _ExchangeError(msgspec.Struct):
     msg: str = ""
 
 
-def klines_url(rest_url: str) -> str:
-    return rest_url.rstrip("/") + KLINES_PATH
-
-
 def klines_params(task: DownloadTask) -> dict[str, str | int]:
     return {"symbol": task.symbol, "interval": task.interval, "startTime": task.start_ms,
             "endTime": task.end_ms, "limit": task.limit}

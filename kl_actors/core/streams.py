@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
-MINUTE_MS = 60_000
+from .intervals import MINUTE_MS
 # The exchange sent closed candles up to ~2 s after the close in a real capture (binance-api.md
 # §5.4); the old connection of a handover is kept this long past the latest minute boundary.
 HANDOVER_GRACE_MS = 3_000

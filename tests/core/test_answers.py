@@ -122,6 +122,14 @@ def test_network_failure_and_held_back():
 
 
 def test_request_shape():
-    assert answers.klines_url("http://127.0.0.1:9/") == "http://127.0.0.1:9/fapi/v1/klines"
+    from kl_actors import exchange
+    from kl_actors.config import ExchangeConfig
+
+    assert exchange.url(ExchangeConfig(rest_url="http://127.0.0.1:9/"), exchange.KLINES_PATH) == \
+        "http://127.0.0.1:9/fapi/v1/klines"
+    assert exchange.url(ExchangeConfig(rest_url="http://127.0.0.1:9"), exchange.EXCHANGE_INFO_PATH) == \
+        "http://127.0.0.1:9/fapi/v1/exchangeInfo"  # one builder for every path, trailing slash or not
+    session = exchange.session(ExchangeConfig(proxy="http://127.0.0.1:3128"))
+    assert session.proxies == {"http": "http://127.0.0.1:3128", "https": "http://127.0.0.1:3128"}
     assert answers.klines_params(task(limit=3)) == {"symbol": "BTCUSDT", "interval": "1m", "startTime": T0,
                                                   "endTime": T0 + 9 * MIN, "limit": 3}
