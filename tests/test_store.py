@@ -11,14 +11,9 @@ from kl_actors.core import intervals
 from kl_actors.config import DatabaseConfig
 from kl_actors.messages import Candle, SymbolInfo
 from kl_actors.store import Store, StoreError, TableCoverage
+from harness import candle
 
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000  # an aligned minute
-
-
-def candle(open_ms: int, interval: str = "1m", close: str = "100.5", volume: str = "12.3400") -> Candle:
-    return Candle(open_ms, "100.10", "101.000", "99.9", close, volume,
-                  intervals.close_time(interval, open_ms), "1234.56789012345678", 42,
-                  "6.00000001", "617.2")
 
 
 def minutes(*indexes: int, **kw) -> list[Candle]:

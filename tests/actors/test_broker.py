@@ -8,18 +8,13 @@ import time
 import zmq
 
 from kl_actors import messages
-from kl_actors.messages import Candle, FeedKline
-from harness import make_config, wait_for
+from kl_actors.messages import FeedKline
+from harness import candle, make_config, wait_for
 
 MIN = 60_000
 T0 = 1_789_478_160_000  # a minute boundary
 IDLE_SUBSCRIBERS = 50
 FEED_MESSAGES = 60_000
-
-
-def candle(open_ms: int) -> Candle:
-    return Candle(open_ms, "100.0", "101.5", "99.5", "100.5", "12.345", open_ms + MIN - 1, "1240.50000", 7,
-                  "6.000", "600.00000", "0")
 
 
 def rss_mib(pid: int) -> float:

@@ -8,18 +8,13 @@ broker's XPUB would be, for `ClockSync`) and a PULL on `control` (heartbeats = r
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
-import zmq
-from harness import ROOT, free_port, make_config
+from harness import DownloaderProcess, free_port, wait_for
 
 from kl_actors import messages
-from kl_actors.messages import ClockSync, DownloadTask, KlineBatch, TaskResult
 
 MIN = 60_000
 _HOUR = 3_600_000
@@ -47,91 +42,6 @@ DEEP = current_open() - 48 * _HOUR
 
 def rows(candles) -> list[list]:
     return [list(msgspec.structs.astuple(c)) for c in candles]
-
-
-class DownloaderProcess:
-    """One downloader process plus the sockets of all its peers, owned by the test."""
-
-    def __init__(self, workdir: Path, rest_url: str, concurrency: int = 2, timeout_s: float = 5.0,
-                 proxy: str = "") -> None:
-        self.config = make_config(workdir, exchange={"rest_url": rest_url, "request_timeout_s": timeout_s,
-                                                     "proxy": proxy},
-                                  downloader={"concurrency": concurrency}, log={"level": "DEBUG"})
-        Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
-        e = self.config.endpoints
-        self.ctx = zmq.Context()
-        self.tasks = self._sock(zmq.PUSH, e.tasks)
-        self.results = self._sock(zmq.PULL, e.results)
-        self.writer = self._sock(zmq.PULL, e.writer)
-        self.bus = self._sock(zmq.PUB, e.bus_sub)
-        self.control = self._sock(zmq.PULL, e.control)
-        config_file = workdir / "downloader.json"
-        config_file.write_bytes(msgspec.json.encode(self.config))
-        self.stderr_path = workdir / "downloader.stderr"
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kl_actors.run", "downloader-1", "--config-file", str(config_file)],
-            cwd=ROOT, stderr=self._stderr)
-        self.n = 0
-        try:
-            if not self.control.poll(10_000):
-                raise AssertionError(f"downloader never sent a heartbeat\n{self.stderr()}")
-        except BaseException:
-            self.close()
-            raise
-
-    def _sock(self, kind: int, endpoint: str) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(endpoint)
-        return sock
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-4000:]
-
-    def task(self, start_ms: int, end_ms: int, symbol: str = "BTCUSDT", interval: str = "1m",
-             limit: int = 499, priority: str = "backfill") -> DownloadTask:
-        self.n += 1
-        t = DownloadTask(task_id=f"t-{self.n}", symbol=symbol, interval=interval, start_ms=start_ms,
-                         end_ms=end_ms, limit=limit, priority=priority)
-        self.tasks.send(messages.encode(t))
-        return t
-
-    def result(self, timeout_s: float = 5.0) -> TaskResult:
-        if not self.results.poll(int(timeout_s * 1000)):
-            raise AssertionError(f"no result within {timeout_s}s\n{self.stderr()}")
-        msg = messages.decode(self.results.recv())
-        assert isinstance(msg, TaskResult), msg
-        return msg
-
-    def batch(self, timeout_s: float = 2.0) -> KlineBatch | None:
-        if not self.writer.poll(int(timeout_s * 1000)):
-            return None
-        msg = messages.decode(self.writer.recv())
-        assert isinstance(msg, KlineBatch), msg
-        return msg
-
-    def run(self, *args, **kwargs) -> tuple[TaskResult, KlineBatch | None]:
-        """Send one task; its result, and its batch if one came (briefly waited for on failure)."""
-        t = self.task(*args, **kwargs)
-        result = self.result()
-        assert result.task_id == t.task_id
-        batch = self.batch(2.0 if result.status == "ok" else 0.2)
-        if batch is not None:
-            assert batch.task_id == t.task_id
-        return result, batch
-
-    def clock(self, offset_ms: float) -> None:
-        self.bus.send(messages.encode(ClockSync(offset_ms=offset_ms, rtt_ms=1.0, measured_at_ms=now_ms())))
-
-    def close(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        rc = self.proc.wait(5)
-        self._stderr.close()
-        self.ctx.destroy(linger=0)
-        return rc
 
 
 @pytest.fixture
@@ -288,7 +198,8 @@ def test_clean_stop_reports_request_in_flight(sim_factory, downloader_factory):
     slow = sim_factory(symbols=5, seed=6, weight_limit=1_000_000, latency_ms=700)
     d = downloader_factory(slow.rest_url)
     t = d.task(HISTORY, HISTORY + 9 * MIN)
-    time.sleep(0.25)  # taken and in flight
+    # In flight: the simulator counts a request when it arrives, then answers 700 ms later.
+    wait_for(lambda: slow.stats()["requests_by_path"].get("/fapi/v1/klines", 0) >= 1, 10, what="request in flight")
     d.proc.send_signal(signal.SIGTERM)
     result = d.result(3)
     assert result.task_id == t.task_id and result.status == "ok"

@@ -23,11 +23,8 @@ import requests
 import zmq
 from exactness import assert_exact, run_once, trading_symbols
 from harness import make_config, wait_for
-from test_backfill import server_ms, service_config
-from test_downloader import HISTORY, MIN, DownloaderProcess, rows
-from test_timesync import ActorProcess
-from test_websocket import Peers
-from test_writer import WriterProcess, candle
+from harness import ActorProcess, DownloaderProcess, Peers, WriterProcess, candle, server_ms
+from harness import backfill_config as service_config
 
 from kl_actors import httpcap, messages
 from kl_actors.core import intervals
@@ -35,8 +32,17 @@ from kl_actors.core.budget import MAX_BAN_S, UNTIL_NEXT_WINDOW
 from kl_actors.messages import ClockSync, ExchangeHole, KlineBatch
 
 
+MIN = 60_000
+# Well inside every simulated symbol's history.
+HISTORY = (time.time_ns() // 1_000_000 // MIN) * MIN - 6 * 3_600_000
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def rows(candles) -> list[list]:
+    return [list(msgspec.structs.astuple(c)) for c in candles]
 
 
 # -- Retry-After: inf during a backfill ------------------------------------------------------------

@@ -7,45 +7,15 @@ PULL at `control` (heartbeats); time-sync connects its PUB to it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 import zmq
-from harness import ROOT, free_port, make_config
+from harness import ActorProcess, free_port, make_config
 
 from kl_actors import messages
 from kl_actors.actors.timesync import next_measurement_ms
-
-
-class ActorProcess:
-    """One `python -m kl_actors.run <name>` process, its stderr in a file; killed by `stop()`."""
-
-    def __init__(self, name: str, config, workdir: Path) -> None:
-        config_file = workdir / f"{name}.json"
-        config_file.write_bytes(msgspec.json.encode(config))
-        self.stderr_path = workdir / f"{name}.stderr"
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kl_actors.run", name, "--config-file", str(config_file)],
-            cwd=ROOT, stderr=self._stderr)
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stderr.close()
 
 
 def test_next_measurement_is_at_second_30_of_server_time():

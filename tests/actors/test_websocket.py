@@ -18,80 +18,15 @@ import statistics
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import msgspec
 import pytest
-import zmq
-from harness import make_config, wait_for
-from test_timesync import ActorProcess
+from harness import ActorProcess, Peers, make_config, wait_for
 
 from kl_actors import messages
 from kl_actors.core.klines import PageError, decode_ws_event
 
 MINUTE = 60_000
-
-
-class Peers:
-    """The sockets around the actor, and everything received on them with local receive times."""
-
-    def __init__(self, config) -> None:
-        e = config.endpoints
-        Path(e.runtime_dir).mkdir(mode=0o700, exist_ok=True)
-        self.ctx = zmq.Context()
-        self.feed = self._bind(zmq.SUB, e.feed_in)
-        self.writer = self._bind(zmq.PULL, e.writer)
-        self.control = self._bind(zmq.PULL, e.control)
-        self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
-        self.gaps: list[messages.FeedGap] = []  # losses reported to the broker
-        self.batches: list[tuple[int, messages.KlineBatch]] = []   # (local receive ms, batch)
-        self.heartbeats = 0
-
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.SUB:
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.bind(endpoint)
-        return sock
-
-    def pump(self, timeout_s: float = 0.1) -> None:
-        poller = zmq.Poller()
-        for s in (self.feed, self.writer, self.control):
-            poller.register(s, zmq.POLLIN)
-        end = time.monotonic() + timeout_s
-        while True:
-            events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
-            if not events:
-                return
-            if self.feed in events:
-                topic, body = self.feed.recv_multipart()
-                if topic == messages.FEED_GAP_TOPIC:
-                    self.gaps.append(messages.decode_feed_gap(body))
-                else:
-                    self.feed_messages.append((topic, messages.decode_feed(body)))
-            if self.writer in events:
-                self.batches.append((int(time.time() * 1000), messages.decode(self.writer.recv())))
-            if self.control in events:
-                self.control.recv()
-                self.heartbeats += 1
-
-    def pump_until(self, actor, predicate, timeout: float, what: str):
-        """Pump until `predicate()` is true; the actor must stay alive meanwhile."""
-        def step():
-            self.pump(0.1)
-            assert actor.proc.poll() is None, actor.stderr()
-            return predicate()
-        return wait_for(step, timeout, interval=0, what=what)
-
-    def closed(self, interval: str, open_ms: int) -> dict[str, messages.Candle]:
-        return {b.symbol: b.candles[0] for _, b in self.batches
-                if b.interval == interval and b.candles[0].open_time_ms == open_ms}
-
-    def close(self) -> None:
-        for s in (self.feed, self.writer, self.control):
-            s.close()
-        self.ctx.term()
 
 
 def row(candle: messages.Candle) -> list:

@@ -10,14 +10,12 @@ import calendar
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import apsw
 import msgspec
 import pytest
-import zmq
 
 from kl_actors.core import intervals
 from kl_actors import messages
@@ -26,15 +24,9 @@ from kl_actors.core.klines import PageError, check_candle
 from kl_actors.messages import Candle, KlineBatch
 from kl_actors.store import Store
 from kl_actors.actors.writer import check_batch
-from harness import ROOT, make_config, wait_for
+from harness import WriterProcess, candle, wait_for
 
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
-
-
-def candle(open_ms: int, interval: str = "1m", close: str = "100.5", trades: int = 42) -> Candle:
-    return Candle(open_ms, "100.10", "101.000", "99.9", close, "12.3400",
-                  intervals.close_time(interval, open_ms), "1234.56789012345678", trades,
-                  "6.00000001", "617.2")
 
 
 def minutes(first: int, count: int, **kw) -> list[Candle]:
@@ -43,128 +35,6 @@ def minutes(first: int, count: int, **kw) -> list[Candle]:
 
 def row(c: Candle, source: str) -> tuple:
     return (*msgspec.structs.astuple(c)[:11], source)
-
-
-class WriterProcess:
-    """A writer process plus the sockets of its peers, all owned by the test."""
-
-    def __init__(self, workdir: Path, wait: bool = True, database: dict | None = None,
-                 wrap: list[str] | None = None, **writer_settings) -> None:
-        settings = {"max_rows_per_txn": 50_000, "max_delay_ms": 20, **writer_settings}
-        self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"},
-                                  database=database or {})
-        Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
-        self.db_path = self.config.database.path
-        e = self.config.endpoints
-        self.ctx = zmq.Context()
-        self.control = self._sock(zmq.PULL, e.control, bind=True)
-        self.bus = self._sock(zmq.SUB, e.bus_pub, bind=True)
-        self.feed = self._sock(zmq.SUB, e.feed_in, bind=True)
-        self.push = self._sock(zmq.PUSH, e.writer, bind=False)
-        config_file = workdir / "writer.json"
-        config_file.write_bytes(msgspec.json.encode(self.config))
-        self.stderr_path = workdir / "writer.stderr"
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [*(wrap or []), sys.executable, "-m", "kl_actors.run", "writer", "--config-file", str(config_file)],
-            cwd=ROOT, stderr=self._stderr)
-        self.bus_messages: list = []
-        self.feed_messages: list[tuple[bytes, messages.FeedKline]] = []
-        self.heartbeats: list[messages.Heartbeat] = []
-        self.heartbeat_times: list[float] = []  # monotonic arrival time of each heartbeat
-        self.events: list[tuple[str, object]] = []  # ("bus"|"feed", message) in arrival order
-        if wait:
-            self.wait_connected()
-
-    def _sock(self, kind: int, endpoint: str, bind: bool) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.SUB:
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-        (sock.bind if bind else sock.connect)(endpoint)
-        return sock
-
-    def wait_connected(self) -> None:
-        # An empty batch with a task id is answered at once: proves PUSH -> writer -> bus works.
-        deadline = time.monotonic() + 10
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            probe = f"probe-{n}"
-            self.send(KlineBatch("BTCUSDT", "1m", "rest", [], task_id=probe))
-            end = time.monotonic() + 0.3
-            while time.monotonic() < end:
-                self.pump(0.05)
-                if any(isinstance(m, messages.Committed) and probe in m.task_ids for m in self.bus_messages):
-                    self.bus_messages.clear()
-                    self.events.clear()
-                    return
-            assert self.proc.poll() is None, self.stderr()
-        raise AssertionError(f"writer never answered a probe\n{self.stderr()}")
-
-    def send(self, message) -> None:
-        self.push.send(message if isinstance(message, bytes) else messages.encode(message))
-
-    def pump(self, timeout_s: float) -> None:
-        """Receive whatever arrives within timeout_s on bus, feed and control."""
-        poller = zmq.Poller()
-        for s in (self.bus, self.feed, self.control):
-            poller.register(s, zmq.POLLIN)
-        end = time.monotonic() + timeout_s
-        while True:
-            events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
-            if not events:
-                return
-            if self.bus in events:
-                m = messages.decode(self.bus.recv())
-                self.bus_messages.append(m)
-                self.events.append(("bus", m))
-            if self.feed in events:
-                topic, body = self.feed.recv_multipart()
-                f = messages.decode_feed(body)
-                self.feed_messages.append((topic, f))
-                self.events.append(("feed", f))
-            if self.control in events:
-                self.heartbeats.append(messages.decode(self.control.recv()))
-                self.heartbeat_times.append(time.monotonic())
-
-    def wait_bus(self, predicate, timeout: float = 5.0, what: str = "bus message"):
-        def found():
-            self.pump(0.05)
-            return next((m for m in self.bus_messages if predicate(m)), None)
-        try:
-            return wait_for(found, timeout, interval=0, what=what)
-        except AssertionError:
-            raise AssertionError(f"{what} not seen; bus={self.bus_messages}\n{self.stderr()}") from None
-
-    def wait_committed(self, task_id: str, timeout: float = 5.0) -> messages.Committed:
-        return self.wait_bus(lambda m: isinstance(m, messages.Committed) and task_id in m.task_ids,
-                             timeout, what=f"Committed for {task_id}")
-
-    def wait_failed(self, task_id: str, timeout: float = 5.0) -> messages.WriteFailed:
-        return self.wait_bus(lambda m: isinstance(m, messages.WriteFailed) and task_id in m.task_ids,
-                             timeout, what=f"WriteFailed for {task_id}")
-
-    def reader(self) -> Store:
-        return Store.open_readonly(path=self.db_path)
-
-    def rows(self, symbol: str, interval: str) -> list[tuple]:
-        store = self.reader()
-        try:
-            return store.candles(symbol, interval)
-        finally:
-            store.close()
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-6000:]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._stderr.close()
-        self.ctx.destroy(linger=0)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from kl_actors.core.clock import ServerClock, best_sample
 from kl_actors.config import SymbolsConfig
 from kl_actors.messages import ClockSync
 
-CORE = Path(__file__).parent.parent / "fixtures" / "core"
+CORE = Path(__file__).parent.parent / "fixtures"
 
 
 def test_real_2021_exchange_info_filter():

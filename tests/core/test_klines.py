@@ -6,7 +6,7 @@ import pytest
 from kl_actors.core import klines
 from kl_actors.messages import Candle
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "core"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def real_page():

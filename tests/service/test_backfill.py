@@ -14,24 +14,12 @@ import pytest
 
 from exactness import assert_exact, run_once, trading_symbols
 from kl_actors.core import intervals
-from harness import ROOT, RunningService, make_config, wait_for, write_toml
+from harness import backfill_config, server_ms, ROOT, RunningService, wait_for, write_toml
 
 FOUR = {"1m": 1000, "5m": 1000, "1h": 1000, "1d": 500}
 
 
-def service_config(workdir, sim, depth, **overrides):
-    sections = {
-        "exchange": {"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 3.0},
-        "klines": {"intervals": list(depth), "depth": dict(depth)},
-        "downloader": {"processes": 2, "concurrency": 2, "lease_s": 10.0},
-    }
-    for key, value in overrides.items():
-        sections.setdefault(key, {}).update(value)
-    return make_config(workdir, **sections)
-
-
-def server_ms(sim):
-    return sim.info()["server_time_ms"]
+service_config = backfill_config
 
 
 @pytest.mark.slow

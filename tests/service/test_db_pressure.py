@@ -12,20 +12,12 @@ import apsw
 import pytest
 
 from exactness import assert_exact, trading_symbols
-from harness import make_config, wait_for
+from harness import backfill_config, wait_for
 
 DEPTH = {"1m": 1500, "5m": 1000, "1h": 1000}
 
 
-def service_config(workdir, sim, depth, **overrides):
-    sections = {
-        "exchange": {"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 3.0},
-        "klines": {"intervals": list(depth), "depth": dict(depth)},
-        "downloader": {"processes": 2, "concurrency": 2, "lease_s": 10.0},
-    }
-    for key, value in overrides.items():
-        sections.setdefault(key, {}).update(value)
-    return make_config(workdir, **sections)
+service_config = backfill_config
 
 
 @pytest.mark.slow

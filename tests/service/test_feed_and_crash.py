@@ -11,16 +11,11 @@ import apsw
 import zmq
 
 from kl_actors import messages
-from kl_actors.messages import Candle, Committed, FeedKline, KlineBatch
-from harness import make_config, wait_for
+from kl_actors.messages import Committed, FeedKline, KlineBatch
+from harness import candle, make_config, wait_for
 
 MIN = 60_000
 T0 = 1_789_478_160_000  # a minute boundary
-
-
-def candle(open_ms: int, price: str = "100.0") -> Candle:
-    return Candle(open_ms, price, "101.5", "99.5", "100.5", "12.345", open_ms + MIN - 1, "1240.50000", 7,
-                  "6.000", "600.00000", "0")
 
 
 def test_consumer_receives_exactly_its_prefix_with_sequence(workdir, service_factory):
@@ -38,7 +33,7 @@ def test_consumer_receives_exactly_its_prefix_with_sequence(workdir, service_fac
         pub = ctx.socket(zmq.PUB)
         pub.connect(e.feed_in)
         topics = [("BTCUSDT", "1m"), ("BTCUSDT", "5m"), ("ETHUSDT", "1m"), ("BTCUSDTX", "1m")]
-        time.sleep(0.5)  # subscriptions travel to the broker before anything is published
+        _until_subscribed(pub, [btc, everything])
 
         def publish(n):
             for i in range(n):
@@ -77,6 +72,34 @@ def test_consumer_receives_exactly_its_prefix_with_sequence(workdir, service_fac
         ctx.destroy(linger=0)
 
 
+def _until_subscribed(pub, subs, timeout=30.0):
+    """PUB/SUB drops what is sent before a subscription reaches the broker: send BTCUSDT 3m markers
+    (a topic the test does not count) until every subscriber got one, then one last marker that
+    each must receive, so nothing of the warm-up is left in their queues."""
+    def marker(n):
+        body = FeedKline("BTCUSDT", "3m", 0, False, "ws", False, candle(T0 + n * 3 * MIN, "3m"))
+        pub.send_multipart([messages.feed_topic("BTCUSDT", "3m"), messages.encode(body)])
+
+    def received(sock):
+        got = []
+        while sock.poll(20):
+            got.append(messages.decode_feed(sock.recv_multipart()[1]).candle.open_time_ms)
+        return got
+
+    pending = set(subs)
+    deadline = time.monotonic() + timeout
+    n = 0
+    while pending and time.monotonic() < deadline:
+        n += 1
+        marker(n)
+        pending = {s for s in pending if not received(s)}
+    assert not pending, "subscriptions never reached the broker"
+    last = T0 + 10_000 * 3 * MIN
+    marker(10_000)
+    for sock in subs:
+        wait_for(lambda: last in received(sock), timeout, interval=0, what="the last warm-up marker")
+
+
 def _drain(sock, count, timeout):
     out = []
     deadline = time.monotonic() + timeout
@@ -105,7 +128,9 @@ def test_kill9_writer_while_batches_stream_in(workdir, service_factory):
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, 100)
         push.connect(e.writer)
-        time.sleep(0.5)
+        # Subscribed once the idle writer's beacon (an empty Committed, each second) arrives.
+        wait_for(lambda: bus.poll(100) and isinstance(messages.decode(bus.recv()), Committed), 15,
+                 interval=0, what="the writer's beacon on the bus")
 
         def listen():
             while not stop.is_set():
@@ -119,7 +144,7 @@ def test_kill9_writer_while_batches_stream_in(workdir, service_factory):
         sent = 0
 
         def send_batch(i):
-            rows = [candle(T0 + (i * 50 + j) * MIN, f"100.{i:03d}{j:02d}") for j in range(50)]
+            rows = [candle(T0 + (i * 50 + j) * MIN, open=f"100.{i:03d}{j:02d}") for j in range(50)]
             push.send(messages.encode(KlineBatch("BTCUSDT", "1m", "rest", rows, task_id=f"t{i}")))
 
         for i in range(200):

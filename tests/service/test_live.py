@@ -40,7 +40,7 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         listed_ms = sim.list_symbol("NEWCOINUSDT")["onboardDate"]
         sim.delist("ETHUSDT")
         delisted_at = time.monotonic()
-        time.sleep(7)  # one rediscovery
+        wait_for(lambda: "event=symbol_delisted symbol=ETHUSDT" in service.log_text(), 30, what="one rediscovery")
         eth_requests = sim.stats()["requests_by_symbol_interval"].get("ETHUSDT 1m", 0)
         # Two more boundaries, plus the finality re-check of the last one.
         target = intervals.next_boundary("1m", sim.info()["server_time_ms"])

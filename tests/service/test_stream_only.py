@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -47,7 +46,10 @@ def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory,
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: service.pid("websocket") not in (None, old), timeout=10, what="websocket restarted")
         wait_for(lambda: "websocket restarted" in service.log_text(), timeout=20, what="restart gap reported")
-        time.sleep(1.0)  # live updates after the restart reach the feed
+        # Live updates after the restart reach the feed, for every symbol.
+        restarted_at = len(feed)
+        wait_for(lambda: {t for t, _ in feed[restarted_at:]} >= {messages.feed_topic(s, "1m") for s in symbols},
+                 30, what="live updates after the restart")
     finally:
         code, err = service.stop()
         consumer.stop()
