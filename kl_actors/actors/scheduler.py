@@ -135,6 +135,7 @@ class Scheduler(Actor):
             self._plan_boundaries()
         self._expire_leases()
         self._dispatch()
+        self._note_holding()
         self._check_late()
         if now >= self.next_progress:
             self._progress(now)
@@ -495,6 +496,12 @@ class Scheduler(Actor):
         backfill (boundary fetches, one candle each, get four times the room). Memory stays bounded
         by pages that exist, not by how long the writer is away."""
         cap = self.config.downloader.max_uncommitted
+        return len(self.book.in_flight) >= (cap if st.task.priority == "backfill" else 4 * cap)
+
+    def _note_holding(self) -> None:
+        """One line when release stops for the writer, one when it may go on (every tick: the
+        stall can end with nothing left to release)."""
+        cap = self.config.downloader.max_uncommitted
         out = len(self.book.in_flight)
         if not self.holding and out >= cap:
             self.holding = True
@@ -502,7 +509,6 @@ class Scheduler(Actor):
         elif self.holding and out < cap // 2:  # hysteresis: one line per stall, not per task
             self.holding = False
             self.log.info("release_resumed", uncommitted=out)
-        return out >= (cap if st.task.priority == "backfill" else 4 * cap)
 
     def _released(self, boundary_ms: int, weight: int) -> None:
         left = self.unreleased.get(boundary_ms, 0) - weight
