@@ -340,6 +340,30 @@ def test_rendered_once_and_kept_on_disk(asim, sim_factory):
     assert len(list(m["cache"].rglob(f"{SYM}-30m-{label}.zip.h1.zip"))) == 2
 
 
+def test_holes_and_delisting_honoured(sim_factory, tmp_path):
+    sim = sim_factory(symbols=3, seed=7, archive_cache=str(tmp_path))
+    now = sim.info()["server_time_ms"]
+    today = now - now % DAY
+    onboard = today - 20 * DAY
+    sim.list_symbol("HOLEUSDT", onboard)
+    whole, part = today - 10 * DAY, today - 8 * DAY
+    sim.add_hole("HOLEUSDT", whole, whole + DAY - 1)  # the whole day: no file at all
+    sim.add_hole("HOLEUSDT", part + 3_600_000, part + 5 * 3_600_000 - 1)
+    assert _get(_url(sim, "daily", "HOLEUSDT", "1m", _label(whole))).status_code == 404
+    keys = _keys(_list(sim, "data/futures/um/daily/klines/HOLEUSDT/1m/"))
+    assert not any(_label(whole) in k for k in keys) and any(_label(part) in k for k in keys)
+    rows = _csv_rows(_fetch_verified(sim, "daily", "HOLEUSDT", "1m", _label(part)),
+                     f"HOLEUSDT-1m-{_label(part)}.csv")[1]
+    assert len(rows) == 1440 - 240 and rows == _truth(sim, "HOLEUSDT", "1m", part, part + DAY - 1)
+    # The 1d candle of the partly open day exists, so its 1d file does too.
+    assert _get(_url(sim, "daily", "HOLEUSDT", "1d", _label(part))).status_code == 200
+    sim.delist("HOLEUSDT", today - 5 * DAY + 3_600_000)
+    assert _get(_url(sim, "daily", "HOLEUSDT", "1m", _label(today - 4 * DAY))).status_code == 404
+    last = _csv_rows(_fetch_verified(sim, "daily", "HOLEUSDT", "1m", _label(today - 5 * DAY)),
+                     f"HOLEUSDT-1m-{_label(today - 5 * DAY)}.csv")[1]
+    assert int(last[-1][0]) == today - 5 * DAY + 3_600_000
+
+
 # -- pure parts ----------------------------------------------------------------------------
 def test_keys_round_trip_and_reject_non_canonical():
     ref = ar.FileRef("BTCUSDT", "1M", "monthly", 1704067200000)
