@@ -77,16 +77,17 @@ class ArchiveServer:
             return path, meta
         pending = self._rendering.get(path)
         if pending is None:
-            loop = asyncio.get_running_loop()
-            pending = loop.run_in_executor(None, self._render, ref, header, path)
+            pending = asyncio.get_running_loop().run_in_executor(
+                None, self._render, ref, header, path)
             self._rendering[path] = pending
-            try:
-                meta = await pending
-                self._meta[path] = meta
-            finally:
-                del self._rendering[path]
-            return path, meta
+            pending.add_done_callback(lambda f: self._rendered(path, f))
+        # shielded: a client that hangs up must not cancel the render other requests wait for
         return path, await asyncio.shield(pending)
+
+    def _rendered(self, path: Path, done: asyncio.Future) -> None:
+        del self._rendering[path]
+        if not done.cancelled() and done.exception() is None:
+            self._meta[path] = done.result()
 
     async def served(self, ref: ar.FileRef, faults: set[str],
                      read: bool = True) -> tuple[bytes | None, str, int, bytes]:

@@ -340,6 +340,20 @@ def test_rendered_once_and_kept_on_disk(asim, sim_factory):
     assert len(list(m["cache"].rglob(f"{SYM}-30m-{label}.zip.h1.zip"))) == 2
 
 
+def test_concurrent_requests_share_one_render(sim_factory, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    sim = sim_factory(symbols=3, seed=9, archive_cache=str(tmp_path))
+    now = sim.info()["server_time_ms"]
+    label = _label(now - now % DAY - 3 * DAY)
+    url = _url(sim, "daily", "BTCUSDT", "1m", label)
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: _get(url).content, range(8)))
+    assert len(set(bodies)) == 1 and _fetch_verified(sim, "daily", "BTCUSDT", "1m",
+                                                     label) == bodies[0]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [f"BTCUSDT-1m-{label}.zip.h1.zip"]
+
+
 def test_holes_and_delisting_honoured(sim_factory, tmp_path):
     sim = sim_factory(symbols=3, seed=7, archive_cache=str(tmp_path))
     now = sim.info()["server_time_ms"]
