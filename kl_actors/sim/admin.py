@@ -11,7 +11,8 @@ Routes:
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py); key
                              "archive": the list of archive fault rules, replacing the current
                              one ([] clears): {"fault": "missing" | "late" (+ "until_ms") |
-                             "bad_checksum" | "truncated" | "republished" (+ "at_ms"?=0),
+                             "bad_checksum" | "truncated" | "republished" (+ "at_ms"?=0) |
+                             "gap" (+ "start_ms", "end_ms": candles left out of the file),
                              "pattern": glob on the zip's key or file name} (see archive.py)
 - `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}, or
                              {"symbol", "clear": true} to serve that symbol's candles again

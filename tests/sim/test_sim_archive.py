@@ -302,9 +302,32 @@ def test_archive_faults(asim):
         r = requests.post(asim.rest_url + "/_sim/faults",
                           json={"archive": [{"fault": "gone", "pattern": "*"}]}, timeout=5)
         assert r.status_code == 400
+        r = requests.post(asim.rest_url + "/_sim/faults",
+                          json={"archive": [{"fault": "gap", "pattern": "*"}]}, timeout=5)
+        assert r.status_code == 400 and "start_ms" in r.json()["error"]
     finally:
         asim.set_faults(archive=[])
     assert _fetch_verified(asim, "daily", SYM, "5m", labels["missing"]) == originals["missing"]
+
+
+def test_gap_fault_leaves_a_day_out_of_a_monthly_file(asim):
+    m = asim.meta
+    month = _month_start(m["onboard"])
+    label = _label(month, daily=False)
+    whole = _fetch_verified(asim, "monthly", SYM, "1h", label)
+    cut = m["onboard"] - m["onboard"] % DAY + 2 * DAY
+    asim.set_faults(archive=[{"fault": "gap", "pattern": f"{SYM}-1h-{label}.zip",
+                              "start_ms": cut, "end_ms": cut + DAY - 1}])
+    try:
+        gapped = _fetch_verified(asim, "monthly", SYM, "1h", label)  # its CHECKSUM matches
+        rows = _csv_rows(gapped, f"{SYM}-1h-{label}.csv")[1]
+        truth = _truth(asim, SYM, "1h", month, _next_month(month) - 1)
+        assert rows == [r for r in truth if not cut <= int(r[0]) < cut + DAY]
+        assert len(rows) == len(truth) - 24
+        assert _fetch_verified(asim, "daily", SYM, "1h", _label(cut))  # the daily file is whole
+    finally:
+        asim.set_faults(archive=[])
+    assert _fetch_verified(asim, "monthly", SYM, "1h", label) == whole
 
 
 def test_stats_count_archive_requests(asim):
@@ -340,7 +363,7 @@ def test_rendered_once_and_kept_on_disk(asim, sim_factory):
     assert len(list(m["cache"].rglob(f"{SYM}-30m-{label}.zip.h1.zip"))) == 2
 
 
-def test_concurrent_requests_share_one_render(sim_factory, tmp_path):
+def test_concurrent_requests_of_a_cold_file_agree(sim_factory, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
     sim = sim_factory(symbols=3, seed=9, archive_cache=str(tmp_path))
     now = sim.info()["server_time_ms"]
