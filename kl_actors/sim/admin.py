@@ -3,10 +3,10 @@
 Routes:
 - `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
                              weight_limit, server_time_ms, options
-- `GET  /_sim/stats`         requests per path (archive host's paths too: "/data/futures/um/
-                             ..." and "/" for the bucket listing) and per "SYMBOL interval", statuses, weight per
-                             minute window per IP, kline candles served per minute, WebSocket
-                             counters
+- `GET  /_sim/stats`         requests per path (the archive host's too: "/data/futures/um/...",
+                             and "/" for the bucket listing) and per "SYMBOL interval",
+                             statuses, weight per minute window per IP, kline candles served
+                             per minute, WebSocket counters
 - `POST /_sim/stats/reset`
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py); key
                              "archive": the list of archive fault rules, replacing the current
