@@ -426,3 +426,18 @@ def test_publication_rule():
     assert archive.published_ms(month) == 1706745600000 + DAY  # 2024-02-02
     week = ar.FileRef("BTCUSDT", "1w", "monthly", 1704067200000)
     assert archive.published_ms(week) == 1706486400000 + 7 * DAY + DAY  # last week opens 01-29
+
+
+def test_odd_symbol_names_listed_and_served(sim_factory, tmp_path):
+    sim = sim_factory(symbols=2, seed=7, odd_symbols=3, archive_cache=str(tmp_path))
+    names = [p.split("/")[-2] for p in _prefixes(_list(sim, "data/futures/um/monthly/klines/"))]
+    assert {"币安人生USDT", "BtcUSDT", "BTC-USDT"} <= set(names)
+    assert names == sorted(names, key=str.encode)  # S3 order: UTF-8 bytes
+    keys = _keys(_list(sim, "data/futures/um/monthly/klines/币安人生USDT/1d/"))
+    assert keys and keys[0].endswith(".zip")
+    label = keys[0].rsplit("-1d-", 1)[1][:-4]
+    data = _fetch_verified(sim, "monthly", "币安人生USDT", "1d", label)
+    start = int(dt.datetime.strptime(label, "%Y-%m").replace(
+        tzinfo=dt.timezone.utc).timestamp()) * 1000
+    assert _csv_rows(data, f"币安人生USDT-1d-{label}.csv")[1] == _truth(
+        sim, "币安人生USDT", "1d", start, _next_month(start) - 1)
