@@ -2,11 +2,12 @@
 # Runs the test suite on a fresh machine: makes .venv, installs the project with its test extras,
 # runs pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/core -q).
 # The suite waits on real time (minute boundaries, leases, a stalled writer) far more than it
-# computes, so four worker processes overlap the waits; pass `-n 0` to run in one process.
+# computes, so six worker processes overlap the waits, longest tests first (tests/conftest.py);
+# pass `-n 0` to run in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-workers=(-n 4 --dist worksteal)
+workers=(-n 6 --dist load)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*) workers=() ;; esac
 done

@@ -75,6 +75,10 @@ def service_factory(workdir):
 
 
 def pytest_collection_modifyitems(items):
-    """Slow tests first: with several workers (scripts/test.sh runs four) their real-time waits
-    overlap from the start instead of queueing at the end of the run."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Longest first: `@pytest.mark.slow(seconds)` says how long a test waits (measured here; 30 s
+    when not given). With several workers (scripts/test.sh: `--dist load`) the longest waits start
+    at once on different workers instead of queueing behind one another."""
+    def expected_s(item):
+        mark = item.get_closest_marker("slow")
+        return (mark.args[0] if mark.args else 30) if mark else 0
+    items.sort(key=lambda item: -expected_s(item))

@@ -22,8 +22,8 @@ import pytest
 import requests
 import zmq
 from exactness import assert_exact, run_once, trading_symbols
-from harness import make_config, wait_for
-from harness import ActorProcess, DownloaderProcess, Peers, WriterProcess, candle, server_ms
+from harness import (ActorProcess, DownloaderProcess, Peers, WriterProcess, candle, make_config, server_ms,
+                     wait_for)
 from harness import backfill_config as service_config
 
 from kl_actors import httpcap, messages
@@ -47,7 +47,7 @@ def rows(candles) -> list[list]:
 
 # -- Retry-After: inf during a backfill ------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow(100)
 def test_retry_after_inf_during_backfill_pauses_to_next_window_and_ends_exact(workdir, sim_factory):
     sim = sim_factory(symbols=3, weight_limit=1_000_000)
     symbols = trading_symbols(sim)

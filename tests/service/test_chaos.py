@@ -16,7 +16,7 @@ from kl_actors.core import intervals
 from kl_actors.store import Store
 from harness import make_config, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(160)
 ACTORS = ["broker", "writer", "timesync", "scheduler", "downloader-1", "downloader-2", "websocket"]
 
 

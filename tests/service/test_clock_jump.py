@@ -13,7 +13,7 @@ from kl_actors.core import intervals
 from kl_actors.store import Store
 from harness import make_config, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(60)
 JUMP_MS = 30 * 60_000
 
 

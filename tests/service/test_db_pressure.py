@@ -20,7 +20,7 @@ DEPTH = {"1m": 1500, "5m": 1000, "1h": 1000}
 service_config = backfill_config
 
 
-@pytest.mark.slow
+@pytest.mark.slow(40)
 def test_outside_write_lock_held_30s_mid_backfill_writer_never_restarted_all_exact(
         workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=20, weight_limit=1_000_000, latency_ms=200)
@@ -65,7 +65,7 @@ def _rss_kib(pid: int) -> int:
         return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(75)
 def test_writer_stopped_for_a_minute_release_held_memory_bounded_nothing_lost(
         workdir, sim_factory, service_factory):
     """SIGSTOP the writer mid-backfill: the scheduler stops releasing at `max_uncommitted`, pages

@@ -22,7 +22,7 @@ def stored(db_path, symbol, interval):
         store.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(55)
 def test_halted_symbol_kept_not_refetched_resumed_not_listed(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=3, halted_symbols=1, weight_limit=1_000_000)
     halted = "HALTAUSDT"

@@ -15,7 +15,7 @@ from kl_actors.store import Store
 from harness import FeedCollector, make_config, wait_for
 
 
-@pytest.mark.slow
+@pytest.mark.slow(180)
 def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=6, weight_limit=1_000_000, clock_offset_ms=4000, final_delay_ms=1500,
                       ws_push_ms=200)

@@ -41,7 +41,7 @@ def _done(service) -> list[tuple[int, str, int, int]]:
     return [(int(m[1]), m[2], int(m[4]), int(m[6])) for m in _DONE_RE.finditer(service.log_text())]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(145)
 def test_fresh_one_minute_closes_overtake_the_top_of_day_backlog(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=SYMBOLS, weight_limit=WEIGHT_LIMIT, ws_push_ms=500,
                       clock_offset_ms=_offset_before_midnight())

@@ -30,7 +30,7 @@ def _offset_before_five_minute_boundary() -> int:
     return boundary - LEAD_MS - local
 
 
-@pytest.mark.slow
+@pytest.mark.slow(165)
 def test_two_hundred_symbols_two_intervals_live(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=SYMBOLS, weight_limit=WEIGHT_LIMIT, ws_push_ms=1000,
                       clock_offset_ms=_offset_before_five_minute_boundary())

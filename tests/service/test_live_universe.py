@@ -15,7 +15,7 @@ from harness import FeedCollector, make_config, wait_for
 ODD = ("币安人生USDT", "BtcUSDT", "BTC-USDT")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(50)
 def test_odd_and_tradfi_symbols_live_over_websocket_rest_and_feed(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=4, odd_symbols=3, tradfi_symbols=2, weight_limit=1_000_000, ws_push_ms=200)
     config = make_config(

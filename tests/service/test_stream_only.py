@@ -16,7 +16,7 @@ from kl_actors.store import Store
 from harness import FeedCollector, make_config, wait_for
 
 
-@pytest.mark.slow
+@pytest.mark.slow(80)
 def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=4, weight_limit=1_000_000, final_delay_ms=1000, ws_push_ms=200)
     symbols = trading_symbols(sim)
