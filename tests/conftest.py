@@ -76,9 +76,18 @@ def service_factory(workdir):
 
 def pytest_collection_modifyitems(items):
     """Longest first: `@pytest.mark.slow(seconds)` says how long a test waits (measured here; 30 s
-    when not given). With several workers (scripts/test.sh: `--dist load`) the longest waits start
-    at once on different workers instead of queueing behind one another."""
+    when not given). scripts/test.sh runs six workers with `--dist load --maxschedchunk 1`: each
+    worker starts with two tests, then takes one whenever it has fewer than two. So the first
+    twelve places alternate a long test and a quick one, and every worker starts on a long wait."""
     def expected_s(item):
         mark = item.get_closest_marker("slow")
         return (mark.args[0] if mark.args else 30) if mark else 0
     items.sort(key=lambda item: -expected_s(item))
+    slow = [i for i in items if expected_s(i)]
+    quick = [i for i in items if not expected_s(i)]
+    head = []
+    for i in range(min(6, len(slow))):
+        head.append(slow[i])
+        if quick:
+            head.append(quick.pop(0))
+    items[:] = head + slow[6:] + quick
