@@ -40,7 +40,7 @@ class Candle(msgspec.Struct, array_like=True, frozen=True, gc=False):
     ignore: str = "0"
 
 
-Source = Literal["rest", "ws"]
+Source = Literal["rest", "ws", "archive"]
 
 
 class _Msg(msgspec.Struct, tag=True, tag_field="kind", forbid_unknown_fields=True):
