@@ -112,7 +112,23 @@ class DownloadTask(_Msg, tag="task"):
     attempt: int = 1
 
 
-ResultStatus = Literal["ok", "rate_limited", "banned", "http_error", "network", "invalid", "not_final"]
+class ArchiveTask(_Msg, tag="archive"):
+    """Download, verify and store one bulk-archive file of one symbol and interval: the monthly
+    file when `day` is 0, else that day's. Costs no REST weight."""
+
+    task_id: str
+    symbol: str
+    interval: str
+    year: int
+    month: int
+    day: int = 0
+    attempt: int = 1
+
+
+# `absent`: the archive has no such file (404); `bad_file`: its checksum, zip or CSV failed
+# (archive tasks only; nothing of the file was stored).
+ResultStatus = Literal["ok", "rate_limited", "banned", "http_error", "network", "invalid", "not_final",
+                       "absent", "bad_file"]
 
 
 class TaskResult(_Msg, tag="result"):
@@ -193,6 +209,7 @@ Message = Union[
     WriteFailed,
     Heartbeat,
     DownloadTask,
+    ArchiveTask,
     TaskResult,
     ClockSync,
     SymbolsUpdate,

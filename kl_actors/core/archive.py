@@ -24,7 +24,7 @@ import zlib
 from typing import NamedTuple
 
 from . import intervals, klines
-from ..messages import Candle
+from ..messages import ArchiveTask, Candle, TaskResult
 
 PREFIX = "data/futures/um"
 # 3d, 1w and 1M exist as monthly files only (binance-api.md section 7).
@@ -283,3 +283,35 @@ def fallback(f: ArchiveFile, *, now_ms: int, horizon_days: int = DEFAULT_HORIZON
     if f.monthly and f.interval not in MONTHLY_ONLY:
         return Plan(days_of(f), [])
     return Plan([], [(f.start_ms, f.last_open_ms)])
+
+
+# --- one task's outcome ---------------------------------------------------------------------
+
+def task_file(task: ArchiveTask) -> ArchiveFile:
+    return ArchiveFile(task.symbol, task.interval, task.year, task.month, task.day)
+
+
+def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_status: int,
+             zip_body: bytes, now_ms: int) -> tuple[TaskResult, list[Candle] | None]:
+    """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles.
+
+    A 404 of either means the archive does not have the file (yet): `absent`. Any other non-200
+    is an `http_error`. Otherwise the file is verified and read whole; any fault is `bad_file`
+    and no candle comes back.
+    """
+    f = task_file(task)
+    for what, status in (("CHECKSUM", checksum_status), ("zip", zip_status)):
+        if status == 404:
+            return TaskResult(task_id=task.task_id, status="absent", http_status=404,
+                              detail=f"{f.name}: no {what} in the archive"), None
+        if status != 200:
+            return TaskResult(task_id=task.task_id, status="http_error", http_status=status,
+                              detail=f"{f.name}: {what} answered HTTP {status}"), None
+    try:
+        candles = decode_file(f, zip_body, checksum_body, now_ms)
+    except ArchiveError as exc:
+        return TaskResult(task_id=task.task_id, status="bad_file", http_status=200,
+                          detail=str(exc)[:300]), None
+    first, last = (candles[0].open_time_ms, candles[-1].open_time_ms) if candles else (0, 0)
+    return TaskResult(task_id=task.task_id, status="ok", candles=len(candles), first_open_ms=first,
+                      last_open_ms=last, http_status=200, detail=f.name), candles
