@@ -1,6 +1,6 @@
 """Command line of the exchange simulator: `python -m kl_actors.sim --port 0 ...`.
 
-Prints exactly two lines when ready (REST base URL, then WebSocket base URL) and serves until
+Prints exactly three lines when ready (REST base URL, WebSocket base URL, archive base URL) and serves until
 SIGTERM/SIGINT. Refuses (exit 2) a host outside 127.0.0.0/8 and ::1 unless
 `--allow-non-loopback`.
 """
@@ -8,6 +8,7 @@ SIGTERM/SIGINT. Refuses (exit 2) a host outside 127.0.0.0/8 and ::1 unless
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import asyncio
 import ipaddress
 import sys
@@ -52,7 +53,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
                    help="USDT perpetuals in status TRADING_HALT added (POST /_sim/resume)")
     p.add_argument("--phase-3d-days", type=int, default=0, choices=(0, 1, 2),
                    help="3d candles open on epoch days = this mod 3")
+    p.add_argument("--archive-port", type=int, default=0,
+                   help="port of the archive host (data.binance.vision layout); 0 picks one")
+    p.add_argument("--archive-cache", default=None,
+                   help="directory keeping rendered archive zips (default: "
+                        "<tmp>/kl-actors-sim-archive)")
+    p.add_argument("--archive-header-from", default="2022-05-01",
+                   help="archive files of periods starting on/after this UTC date have a header row")
+    p.add_argument("--archive-lag-days", type=int, default=2,
+                   help="the newest this many days have no daily archive file")
     a = p.parse_args(argv)
+    try:
+        header_from = _dt.datetime.strptime(a.archive_header_from, "%Y-%m-%d").replace(
+            tzinfo=_dt.timezone.utc)
+    except ValueError:
+        p.error("--archive-header-from must be YYYY-MM-DD")
     if not a.allow_non_loopback and not _is_loopback(a.host):
         sys.stderr.write(f"refusing to listen on non-loopback host {a.host!r} "
                          "(use --allow-non-loopback)\n")
@@ -65,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
         ws_max_msgs_per_s=a.ws_max_msgs_per_s,
         ws_max_conns_per_5min=a.ws_max_conns_per_5min, row_cache=a.row_cache,
         tradfi_symbols=a.tradfi_symbols, odd_symbols=a.odd_symbols, halted_symbols=a.halted_symbols,
-        phase_3d_days=a.phase_3d_days)
+        phase_3d_days=a.phase_3d_days, archive_port=a.archive_port,
+        archive_cache=a.archive_cache, archive_lag_days=max(1, a.archive_lag_days),
+        archive_header_from_ms=int(header_from.timestamp()) * 1000)
     faults = {"ws_lifetime_s": a.ws_lifetime_s, "clock_offset_ms": a.clock_offset_ms,
               "final_delay_ms": a.final_delay_ms, "latency_ms": a.latency_ms}
     return options, faults

@@ -3,14 +3,20 @@
 Routes:
 - `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
                              weight_limit, server_time_ms, options
-- `GET  /_sim/stats`         requests per path and per "SYMBOL interval", statuses, weight per
+- `GET  /_sim/stats`         requests per path (archive host's paths too: "/data/futures/um/
+                             ..." and "/" for the bucket listing) and per "SYMBOL interval", statuses, weight per
                              minute window per IP, kline candles served per minute, WebSocket
                              counters
 - `POST /_sim/stats/reset`
-- `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py)
+- `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py); key
+                             "archive": the list of archive fault rules, replacing the current
+                             one ([] clears): {"fault": "missing" | "late" (+ "until_ms") |
+                             "bad_checksum" | "truncated" | "republished" (+ "at_ms"?=0),
+                             "pattern": glob on the zip's key or file name} (see archive.py)
 - `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}, or
                              {"symbol", "clear": true} to serve that symbol's candles again
-- `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual
+- `POST /_sim/list`          {"symbol", "onboard_ms"?} → new TRADING USDT perpetual (with archive
+                             files for its past days and months)
 - `POST /_sim/delist`        {"symbol", "status"?="SETTLING", "at_ms"?=now}
 - `POST /_sim/resume`        {"symbol", "at_ms"?=now} → a halted symbol trades again (no candles
                              for the halt itself)
@@ -20,6 +26,13 @@ Routes:
 - `GET  /_sim/truth?symbol=&interval=&startTime=&endTime=`  final closed candles (holes and
                              listings applied; the final_delay fault does not apply)
 Errors: HTTP 400 `{"error": "<text>"}`.
+
+The archive host (its own port, the third stdout line; `archive.py`, `archive_server.py`):
+- `GET /data/futures/um/{daily,monthly}/klines/<SYMBOL>/<iname>/<file>.zip[.CHECKSUM]`
+  (`1mo` for 1M; 3d/1w/1mo monthly only; nothing for the newest `--archive-lag-days` days or
+  the current month); a missing key → 404 S3 `<Error><Code>NoSuchKey</Code>...`;
+- `GET /?delimiter=/&prefix=data/futures/um/...&marker=&max-keys=` → S3 ListObjects XML,
+  at most 1000 entries a page, `IsTruncated` / `NextMarker` for the next page.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from . import archive
 from . import timeframes as tf
 from .state import SimState
 
@@ -99,16 +113,25 @@ class AdminApi:
         return _json({"ok": True})
 
     async def get_faults(self, request):
-        return _json(self.state.faults.as_dict())
+        return _json(self._faults())
+
+    def _faults(self) -> dict:
+        return {**self.state.faults.as_dict(), "archive": self.state.archive_faults}
 
     async def set_faults(self, request):
         try:
-            self.state.faults.update(await self._body(request))
+            body = await self._body(request)
+            if "archive" in body:
+                rules = archive.validate_faults(body.pop("archive"))
+                self.state.faults.update(body)  # rules kept only if the rest applies
+                self.state.archive_faults = rules
+            else:
+                self.state.faults.update(body)
         except KeyError as e:
             return _bad(f"unknown fault {e.args[0]!r}")
         except (ValueError, TypeError, msgspec.DecodeError) as e:
             return _bad(str(e))
-        return _json(self.state.faults.as_dict())
+        return _json(self._faults())
 
     async def holes(self, request):
         try:

@@ -1,6 +1,8 @@
-"""Assembles the simulator's aiohttp application and runs it (one port: REST, admin and WS).
+"""Assembles the simulator's aiohttp applications and runs them: one port for REST, admin and WS,
+a second one for the archive host (`archive_server.py`).
 
-Owns: route wiring, start-up (bind, print the two URL lines), shutdown on SIGTERM/SIGINT.
+Owns: route wiring, start-up (bind both, print the three URL lines: REST, WS, archive base),
+shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from aiohttp import web
 
 from .admin import AdminApi
+from .archive_server import ArchiveServer
 from .rest import RestApi
 from .state import Options, SimState
 from .ws import WsHub
@@ -35,23 +38,34 @@ def urls(host: str, port: int) -> tuple[str, str]:
     return f"http://{h}:{port}", f"ws://{h}:{port}/market"
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(options: Options, faults: dict | None = None) -> None:
     state = SimState(options)
     state.faults.update(faults or {})
     app = build_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((options.host, options.port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    sock = _listen(options.host, options.port)
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)
     await site.start()
+    archive_runner = web.AppRunner(ArchiveServer(state).app(), access_log=None,
+                                   handle_signals=False)
+    await archive_runner.setup()
+    archive_sock = _listen(options.host, options.archive_port)
+    await web.SockSite(archive_runner, archive_sock, shutdown_timeout=1.0).start()
     port = sock.getsockname()[1]
     rest_url, ws_url = urls(options.host, port)
-    sys.stdout.write(f"{rest_url}\n{ws_url}\n")
+    archive_url, _ = urls(options.host, archive_sock.getsockname()[1])
+    sys.stdout.write(f"{rest_url}\n{ws_url}\n{archive_url}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -59,4 +73,5 @@ async def serve(options: Options, faults: dict | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await app["hub"].drop_all("server shutdown")
+    await archive_runner.cleanup()
     await runner.cleanup()

@@ -3,6 +3,7 @@
     with SimProcess(symbols=20, seed=1, weight_limit=2400, ws_lifetime_s=5) as sim:
         sim.rest_url            # "http://127.0.0.1:PORT"
         sim.ws_url              # "ws://127.0.0.1:PORT/market"
+        sim.archive_url         # "http://127.0.0.1:PORT2" (archive host root; + /data/futures/um/...)
         sim.admin("stats")      # GET  /_sim/stats
         sim.admin("faults", {"latency_ms": 50})   # POST /_sim/faults
         sim.truth("BTCUSDT", "1m", start_ms, end_ms)
@@ -34,7 +35,8 @@ _PKG_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 def _read_lines(stream, out: "queue.Queue") -> None:
-    """Forward the first two stdout lines; then keep draining so the child never blocks."""
+    """Forward the stdout lines (the first three are the URLs); keep draining so the child never
+    blocks."""
     try:
         for line in stream:
             out.put(line)
@@ -82,6 +84,7 @@ class SimProcess:
         self.proc: subprocess.Popen | None = None
         self.rest_url = ""
         self.ws_url = ""
+        self.archive_url = ""
         self.stderr_tail: collections.deque = collections.deque(maxlen=200)
 
     def command(self) -> list[str]:
@@ -109,7 +112,7 @@ class SimProcess:
                              daemon=True).start()
             got = []
             deadline = time.monotonic() + self.start_timeout_s
-            while len(got) < 2:
+            while len(got) < 3:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SimStartError("simulator did not print its URLs in time")
@@ -124,7 +127,7 @@ class SimProcess:
                                         f" {''.join(self.stderr_tail).strip()}")
                 got.append(line.strip())
             lines = got
-            self.rest_url, self.ws_url = lines
+            self.rest_url, self.ws_url, self.archive_url = lines
             self.port = int(self.rest_url.rsplit(":", 1)[1])
         except BaseException:
             self.stop()

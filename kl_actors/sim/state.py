@@ -1,7 +1,7 @@
 """Everything one simulator process holds at run time, shared by the REST, admin and WS layers.
 
 Owns: the server clock (wall clock + fault clock offset), the market, the page renderer, the
-weight limiter, the faults and their dice, the statistics and the set of open WebSocket
+weight limiter, the faults and their dice, the archive and its fault rules, the statistics and the set of open WebSocket
 connections. No I/O here.
 """
 
@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import timeframes as tf
+from .archive import DEFAULT_HEADER_FROM_MS, Archive
 from .faults import FaultDice, Faults
 from .market import Market
 from .pages import PageRenderer
@@ -40,6 +41,10 @@ class Options:
     odd_symbols: int = 0
     halted_symbols: int = 0
     phase_3d_days: int = 0
+    archive_port: int = 0
+    archive_cache: str | None = None  # None: under the system temp dir
+    archive_header_from_ms: int = DEFAULT_HEADER_FROM_MS
+    archive_lag_days: int = 2
 
 
 class Stats:
@@ -76,6 +81,8 @@ class SimState:
     dice: FaultDice = field(init=False)
     stats: Stats = field(default_factory=Stats)
     connections: set = field(default_factory=set)
+    archive: Archive = field(init=False)
+    archive_faults: list = field(default_factory=list)  # rules, see archive.py
 
     def __post_init__(self):
         o = self.options
@@ -85,6 +92,8 @@ class SimState:
         self.renderer = PageRenderer(self.market, max_rows=o.row_cache)
         self.limiter = WeightLimiter(o.weight_limit, o.ban_base_s, o.abuse_after)
         self.dice = FaultDice(self.faults, o.seed)
+        self.archive = Archive(self.market, header_from_ms=o.archive_header_from_ms,
+                               lag_days=o.archive_lag_days)
 
     def now_ms(self) -> int:
         return int(time.time() * 1000) + self.faults.clock_offset_ms
