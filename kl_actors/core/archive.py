@@ -229,7 +229,8 @@ def plan_range(symbol: str, interval: str, first_open_ms: int, last_open_ms: int
     and for 3d/1w/1M every part that is not a whole month.
     """
     cutoff = horizon_ms(now_ms, horizon_days)
-    stop = last_open_ms + 1
+    stop = intervals.close_time(interval, last_open_ms) + 1  # the end of the last candle
+    step = intervals.nominal_ms(interval)
     months: list[ArchiveFile] = []
     days: list[ArchiveFile] = []
     rest: list[tuple[int, int]] = []
@@ -248,7 +249,9 @@ def plan_range(symbol: str, interval: str, first_open_ms: int, last_open_ms: int
     while t < archive_stop:
         m_start = intervals._month_start(t)
         m_stop = intervals._add_months(m_start, 1)
-        if t == m_start and m_stop <= archive_stop:
+        # A month is whole when no candle of it opens before the range: for 1w/3d the range's
+        # first candle may open a few days into the month (their phase is the exchange's).
+        if t - m_start < step and m_stop <= archive_stop:
             months.append(monthly_file(symbol, interval, t))
             t = m_stop
             continue
@@ -263,7 +266,9 @@ def plan_range(symbol: str, interval: str, first_open_ms: int, last_open_ms: int
             leave(t, min(d_stop, archive_stop))
         t = d_stop
     leave(max(t, first_open_ms), stop)
-    return Plan(months + days, [r for a, b in rest if (r := _aligned(interval, a, b))])
+    # A cut past the last candle (the end of a month-long file for 1w/3d) holds nothing to ask.
+    clipped = [(a, min(b, last_open_ms)) for a, b in rest if a <= last_open_ms]
+    return Plan(months + days, [r for a, b in clipped if (r := _aligned(interval, a, b))])
 
 
 def _aligned(interval: str, a: int, b: int) -> tuple[int, int] | None:
