@@ -531,7 +531,7 @@ class Scheduler(Actor):
         if not outcome.event:
             return
         fields = dict(file=outcome.file, status=r.status, detail=r.detail[:200], action=outcome.action)
-        if outcome.event == "archive_file_absent":
+        if outcome.event == "archive_absent_fallback":
             self.log.info(outcome.event, **fields)
         else:
             self.log.warning(outcome.event, **fields)

@@ -146,7 +146,7 @@ class ArchiveQueue:
             for day in fb.files:
                 self._add(FileState(day, st.kind))
             how = "its daily files" if fb.files else "REST"
-            return Outcome(rest=self._rest(f, st.kind, fb.rest), event="archive_file_absent", file=f.name,
+            return Outcome(rest=self._rest(f, st.kind, fb.rest), event="archive_absent_fallback", file=f.name,
                            action=f"range filled from {how}")
         if r.status == "network":
             self._network_failures += 1

@@ -47,7 +47,7 @@ def test_absent_month_becomes_daily_files_and_absent_day_becomes_rest():
     assert q.split(Range("S", "1m", ms(2026, 2, 1), ms(2026, 3, 1) - 60_000, "new"), NOW) == []
     (month,) = drain(q)
     out = q.result(TaskResult(task_id=month.task_id, status="absent"), NOW)
-    assert out.rest == [] and out.event == "archive_file_absent" and "daily" in out.action
+    assert out.rest == [] and out.event == "archive_absent_fallback" and "daily" in out.action
     assert q.files_total == 1 + 28
     days = []
     while len(days) < 28:
