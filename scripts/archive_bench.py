@@ -95,8 +95,8 @@ def _one_run(sim: SimProcess, symbols: list[str], label: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(symbols: int = 12, months_max: int = 14) -> None:
-    cache = Path(tempfile.mkdtemp(prefix="kla-cache-"))
+def run(symbols: int = 12, months_max: int = 14, cache_dir: str = "") -> None:
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="kla-cache-"))
     try:
         with SimProcess(symbols=1, weight_limit=10_000_000, archive_cache=str(cache)) as sim:
             now = sim.info()["server_time_ms"]
@@ -109,4 +109,5 @@ def run(symbols: int = 12, months_max: int = 14) -> None:
             _one_run(sim, names, "cold archive (files rendered on first ask)")
             _one_run(sim, names, "warm archive")
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        if not cache_dir:
+            shutil.rmtree(cache, ignore_errors=True)

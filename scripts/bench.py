@@ -126,7 +126,7 @@ def bench_archive(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import archive_bench
 
-    archive_bench.run(symbols=a.symbols, months_max=a.months_max)
+    archive_bench.run(symbols=a.symbols, months_max=a.months_max, cache_dir=a.cache)
     return 0
 
 
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "vs REST-only, wall time vs REST ceiling time, candles/s")
     p_archive.add_argument("--symbols", type=int, default=12)
     p_archive.add_argument("--months-max", type=int, default=14, help="oldest listing, months back (newest: 3)")
+    p_archive.add_argument("--cache", default="", help="keep the simulator's rendered files here across runs")
     p_archive.set_defaults(func=bench_archive)
     a = parser.parse_args(argv)
     return a.func(a)

@@ -1,8 +1,9 @@
 """Archive work of the scheduler (pure): files planned, out, retried, done, and what falls to REST.
 
 The scheduler hands each planned backfill range to `ArchiveQueue.split`, which keeps the monthly
-and daily files (`archive.plan_range`) and returns the ranges left for REST. Files go out at most
-`concurrency` at a time (`next_ready`), never through the weight budget. Results decide what
+and daily files (`archive.plan_range`) and returns the ranges left for REST. At most `concurrency` files are
+downloading at a time (`next_ready`; a downloaded file waiting for the writer no longer counts,
+up to `UNCOMMITTED_PER_SLOT` times as many out in all), never through the weight budget. Results decide what
 happens next, and every fallback comes back as REST ranges for the backlog:
 - `absent` (404: not published yet, or never): a month becomes its daily files (3d/1w/1M: REST);
   a day becomes REST. This is how the queue learns what exists: from 404s of the small CHECKSUM
@@ -28,6 +29,7 @@ from ..messages import ArchiveTask, TaskResult
 
 RETRY_DELAY_MS = 5_000
 UNREACHABLE_AFTER = 2  # network failures in a row
+UNCOMMITTED_PER_SLOT = 4  # files out (downloading or waiting for the writer) per concurrency slot
 
 
 @dataclass
@@ -103,8 +105,14 @@ class ArchiveQueue:
         return len(self.waiting) + len(self.out)
 
     # -- dispatch ---------------------------------------------------------------------------
+    def downloading(self) -> int:
+        """Files out whose result has not come back (a file waiting for the writer is not one)."""
+        return sum(1 for st in self.out.values() if not st.result_ok)
+
     def next_ready(self, now_ms: int) -> ArchiveTask | None:
-        if len(self.out) >= self.concurrency:
+        # The limit bounds downloads; files waiting for the writer are bounded apart, so a slow
+        # commit slows the archive down instead of filling the writer's queue.
+        if self.downloading() >= self.concurrency or len(self.out) >= UNCOMMITTED_PER_SLOT * self.concurrency:
             return None
         for _ in range(len(self.waiting)):
             st = self.waiting[0]

@@ -117,3 +117,21 @@ def test_lease_expiry_sends_again_unless_the_file_waits_for_the_writer():
     assert q.owns(b.task_id)
     assert q.reissue_uncommitted(NOW + 2000) == 1 and not q.owns(b.task_id)
     assert len(drain(q, NOW + 2000)) == 2
+
+
+def test_a_downloaded_file_waiting_for_the_writer_frees_its_download_slot_within_a_bound():
+    q = ArchiveQueue(concurrency=1, horizon_days=2)
+    q.split(Range("S", "1d", ms(2025, 1, 1), ms(2025, 12, 31), "new"), NOW)
+    out = []
+    for _ in range(12):
+        (t,) = drain(q)
+        out.append(t)
+        assert q.downloading() == 1
+        q.result(TaskResult(task_id=t.task_id, status="ok", candles=30), NOW)
+        assert q.downloading() == 0
+        if len(out) == 4:  # UNCOMMITTED_PER_SLOT files wait for the writer: no more go out
+            assert q.next_ready(NOW) is None
+            for done in out:
+                assert q.committed(done.task_id) is not None
+            out.clear()
+    assert q.files_done == 12 and len(q) == 0
