@@ -1,6 +1,7 @@
 """Command line of the exchange simulator: `python -m kl_actors.sim --port 0 ...`.
 
-Prints exactly three lines when ready (REST base URL, WebSocket base URL, archive base URL) and serves until
+Prints exactly three lines when ready (REST base URL, WebSocket base URL, archive base
+URL) and serves until
 SIGTERM/SIGINT. Refuses (exit 2) a host outside 127.0.0.0/8 and ::1 unless
 `--allow-non-loopback`.
 """
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
                    help="directory keeping rendered archive zips (default: "
                         "<tmp>/kl-actors-sim-archive)")
     p.add_argument("--archive-header-from", default="2022-05-01",
-                   help="archive files of periods starting on/after this UTC date have a header row")
+                   help="archive files of periods starting on/after this UTC date have a "
+                        "header row")
     p.add_argument("--archive-lag-days", type=int, default=2,
                    help="the newest this many days have no daily archive file")
     a = p.parse_args(argv)

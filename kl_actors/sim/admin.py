@@ -3,15 +3,16 @@
 Routes:
 - `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
                              weight_limit, server_time_ms, options
-- `GET  /_sim/stats`         requests per path (archive host's paths too: "/data/futures/um/
-                             ..." and "/" for the bucket listing) and per "SYMBOL interval", statuses, weight per
-                             minute window per IP, kline candles served per minute, WebSocket
-                             counters
+- `GET  /_sim/stats`         requests per path (the archive host's too: "/data/futures/um/...",
+                             and "/" for the bucket listing) and per "SYMBOL interval",
+                             statuses, weight per minute window per IP, kline candles served
+                             per minute, WebSocket counters
 - `POST /_sim/stats/reset`
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py); key
                              "archive": the list of archive fault rules, replacing the current
                              one ([] clears): {"fault": "missing" | "late" (+ "until_ms") |
-                             "bad_checksum" | "truncated" | "republished" (+ "at_ms"?=0),
+                             "bad_checksum" | "truncated" | "republished" (+ "at_ms"?=0) |
+                             "gap" (+ "start_ms", "end_ms": candles left out of the file),
                              "pattern": glob on the zip's key or file name} (see archive.py)
 - `POST /_sim/holes`         {"symbol": "BTCUSDT" | "*", "start_ms", "end_ms"}, or
                              {"symbol", "clear": true} to serve that symbol's candles again

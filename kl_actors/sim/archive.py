@@ -34,7 +34,9 @@ or its file name, and applying to the zip and its CHECKSUM alike:
 - `truncated`: the zip is published cut to its first half, with a CHECKSUM that matches the cut
   bytes (the publisher's file is broken: only opening the zip shows it);
 - `republished`: from server time `at_ms` (default 0: at once) the file is served re-published:
-  the same candles with the header row toggled, so its bytes and checksum differ.
+  the same candles with the header row toggled, so its bytes and checksum differ;
+- `gap`: the file is published without the candles opening in [`start_ms`, `end_ms`] (REST
+  still has them), with a CHECKSUM that matches: a day missing inside a monthly file.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ MONTHLY_ONLY = ("3d", "1w", "1M")
 HEADER = b"open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume," \
          b"taker_buy_quote_volume,ignore\n"
 DEFAULT_HEADER_FROM_MS = 1651363200000  # 2022-05-01 00:00 UTC
-FAULT_KINDS = ("missing", "late", "bad_checksum", "truncated", "republished")
+FAULT_KINDS = ("missing", "late", "bad_checksum", "truncated", "republished", "gap")
 PAGE_MAX = 1000
 
 
@@ -224,24 +226,28 @@ class Archive:
     def header_for(self, ref: FileRef) -> bool:
         return ref.start_ms >= self.header_from_ms
 
-    def rows(self, ref: FileRef) -> list[list]:
-        """The file's candles: final rows, exactly as `/_sim/truth` gives them."""
-        return self.market.klines(ref.symbol, ref.interval, ref.start_ms, ref.end_ms - 1,
+    def rows(self, ref: FileRef, gaps: tuple = ()) -> list[list]:
+        """The file's candles: final rows, exactly as `/_sim/truth` gives them, less those
+        opening inside one of the (start_ms, end_ms) `gaps`."""
+        rows = self.market.klines(ref.symbol, ref.interval, ref.start_ms, ref.end_ms - 1,
                                   self.last_close(ref))
+        if gaps:
+            rows = [r for r in rows if not any(lo <= r[0] <= hi for lo, hi in gaps)]
+        return rows
 
-    def csv_bytes(self, ref: FileRef, header: bool) -> bytes:
-        lines = [",".join(map(str, row)) for row in self.rows(ref)]
+    def csv_bytes(self, ref: FileRef, header: bool, gaps: tuple = ()) -> bytes:
+        lines = [",".join(map(str, row)) for row in self.rows(ref, gaps)]
         body = ("\n".join(lines) + "\n").encode() if lines else b""
         return (HEADER if header else b"") + body
 
-    def zip_bytes(self, ref: FileRef, header: bool) -> bytes:
+    def zip_bytes(self, ref: FileRef, header: bool, gaps: tuple = ()) -> bytes:
         d = _date(ref.start_ms)
         info = zipfile.ZipInfo(ref.csv_name, date_time=(d.year, d.month, d.day, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         info.external_attr = 0o644 << 16
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
-            zf.writestr(info, self.csv_bytes(ref, header))
+            zf.writestr(info, self.csv_bytes(ref, header, gaps))
         return buf.getvalue()
 
     def cache_key(self, symbol: str) -> str:
@@ -278,7 +284,12 @@ def validate_faults(rules) -> list[dict]:
             rule["until_ms"] = int(r["until_ms"]) if "until_ms" in r else _missing("until_ms")
         if r["fault"] == "republished":
             rule["at_ms"] = int(r.get("at_ms", 0))
-        unknown = set(r) - set(rule) - {"until_ms", "at_ms"}
+        if r["fault"] == "gap":
+            try:
+                rule["start_ms"], rule["end_ms"] = int(r["start_ms"]), int(r["end_ms"])
+            except KeyError:
+                raise ValueError("a gap needs start_ms and end_ms") from None
+        unknown = set(r) - set(rule) - {"until_ms", "at_ms", "start_ms", "end_ms"}
         if unknown:
             raise ValueError(f"unknown archive fault field(s) {sorted(unknown)}")
         out.append(rule)
@@ -303,6 +314,13 @@ def active_faults(rules: list[dict], ref: FileRef, now_ms: int) -> set[str]:
             continue
         out.add(kind)
     return out
+
+
+def gaps(rules: list[dict], ref: FileRef) -> tuple[tuple[int, int], ...]:
+    """The (start_ms, end_ms) ranges the `gap` rules cut out of this file, sorted."""
+    return tuple(sorted({(r["start_ms"], r["end_ms"]) for r in rules if r["fault"] == "gap"
+                         and (fnmatch.fnmatchcase(ref.key, r["pattern"])
+                              or fnmatch.fnmatchcase(ref.name, r["pattern"]))}))
 
 
 def hidden(faults: set[str]) -> bool:

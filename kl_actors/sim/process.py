@@ -3,7 +3,7 @@
     with SimProcess(symbols=20, seed=1, weight_limit=2400, ws_lifetime_s=5) as sim:
         sim.rest_url            # "http://127.0.0.1:PORT"
         sim.ws_url              # "ws://127.0.0.1:PORT/market"
-        sim.archive_url         # "http://127.0.0.1:PORT2" (archive host root; + /data/futures/um/...)
+        sim.archive_url         # "http://127.0.0.1:PORT2": the archive host's root
         sim.admin("stats")      # GET  /_sim/stats
         sim.admin("faults", {"latency_ms": 50})   # POST /_sim/faults
         sim.truth("BTCUSDT", "1m", start_ms, end_ms)

@@ -1,8 +1,8 @@
 """Everything one simulator process holds at run time, shared by the REST, admin and WS layers.
 
 Owns: the server clock (wall clock + fault clock offset), the market, the page renderer, the
-weight limiter, the faults and their dice, the archive and its fault rules, the statistics and the set of open WebSocket
-connections. No I/O here.
+weight limiter, the faults and their dice, the archive and its fault rules, the statistics and
+the set of open WebSocket connections. No I/O here.
 """
 
 from __future__ import annotations
