@@ -531,6 +531,9 @@ class Scheduler(Actor):
         if not outcome.event:
             return
         fields = dict(file=outcome.file, status=r.status, detail=r.detail[:200], action=outcome.action)
+        if outcome.event == "archive_file_gap":
+            fields["missing"] = ",".join(f"{a}-{b}" for a, b in r.missing[:10])
+            fields.pop("detail")
         if outcome.event == "archive_absent_fallback":
             self.log.info(outcome.event, **fields)
         else:
@@ -743,7 +746,8 @@ class Scheduler(Actor):
         a = self.archive
         archive_fields = {} if a is None else dict(
             archive_files_done=a.files_done, archive_files_total=a.files_total,
-            archive_candles=a.candles_done, archive_absent=a.files_absent, archive_failed=a.files_failed)
+            archive_candles=a.candles_done, archive_absent=a.files_absent, archive_failed=a.files_failed,
+            archive_gaps=a.files_with_gaps)
         rate = (self.candles_done + (a.candles_done if a else 0)) / elapsed
         done_rate = self.backfill_done / elapsed
         eta = open_backfill / done_rate if done_rate > 0 else -1
@@ -758,7 +762,7 @@ class Scheduler(Actor):
         a = self.archive
         archive_fields = {} if a is None else dict(
             archive_files=a.files_done, archive_candles=a.candles_done, archive_absent=a.files_absent,
-            archive_failed=a.files_failed)
+            archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
         self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
                       seconds=round(elapsed, 2), failed=self.book.failed_total, **archive_fields)
         for st in list(failed.values())[:20]:

@@ -319,4 +319,14 @@ def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_
                           detail=str(exc)[:300]), None
     first, last = (candles[0].open_time_ms, candles[-1].open_time_ms) if candles else (0, 0)
     return TaskResult(task_id=task.task_id, status="ok", candles=len(candles), first_open_ms=first,
-                      last_open_ms=last, http_status=200, detail=f.name), candles
+                      last_open_ms=last, http_status=200, detail=f.name,
+                      missing=file_gaps(f, candles)), candles
+
+
+def file_gaps(f: ArchiveFile, candles: list[Candle]) -> list[tuple[int, int]]:
+    """Open times of the file's period it does not hold (on its own candles' grid), as inclusive
+    ranges: a day missing inside a monthly file, an exchange maintenance window. The scheduler
+    asks them over REST, so what the archive lacks is reported and filled, never hidden."""
+    if not candles:
+        return [(f.start_ms, f.last_open_ms)]
+    return klines.missing_ranges(f.interval, candles, f.start_ms, f.last_open_ms, len(candles) + 1)

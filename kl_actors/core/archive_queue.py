@@ -10,6 +10,9 @@ happens next, and every fallback comes back as REST ranges for the backlog:
   files, which for a bootstrap cost about one request per file either way (see ARCHITECTURE).
 - `bad_file` (checksum, zip or CSV failed) or any other failure: tried once more later
   (`RETRY_DELAY_MS`), then the file's range goes to REST.
+- `ok` with `missing` ranges (a day missing inside a monthly file, a maintenance window): the
+  file is stored and the ranges it lacks are asked over REST as holes (an empty answer there is
+  confirmed and recorded like any exchange hole).
 - `network` twice in a row: the archive is unreachable; that is logged once by the scheduler and
   every file not yet done goes to REST at once.
 A file counts as done when the writer commits its last batch (`committed`).
@@ -67,6 +70,7 @@ class ArchiveQueue:
         self.files_done = 0
         self.files_failed = 0     # files whose range went to REST after a fault
         self.files_absent = 0
+        self.files_with_gaps = 0  # files that lacked candles of their period (asked over REST)
         self.candles_done = 0
         self.unreachable = False
         self._network_failures = 0
@@ -142,7 +146,12 @@ class ArchiveQueue:
             self._network_failures = 0
             st.result_ok = True
             st.candles = r.candles
-            return Outcome()
+            if not r.missing:
+                return Outcome()
+            # "hole": an empty REST answer there is confirmed, then recorded as the exchange's.
+            self.files_with_gaps += 1
+            return Outcome(rest=self._rest(f, "hole", r.missing), event="archive_file_gap", file=f.name,
+                           action=f"{len(r.missing)} range(s) the file lacks asked over REST")
         del self.out[r.task_id]
         if self.unreachable:  # said once already: the rest goes to REST without a line each
             return Outcome(rest=self._to_rest([st]))

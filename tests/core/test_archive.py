@@ -251,3 +251,26 @@ def test_fallback_month_to_days_and_day_to_rest():
     assert archive.fallback(day, now_ms=NOW).rest == [(day.start_ms, day.last_open_ms)]
     week_month = ArchiveFile("S", "1w", 2026, 2)
     assert archive.fallback(week_month, now_ms=NOW).files == []
+
+
+def test_a_file_lacking_candles_of_its_period_reports_them():
+    from kl_actors.messages import ArchiveTask
+    f = ArchiveFile("BTCUSDT", "1h", 2023, 1)
+    # Drop Jan 10 (a day missing inside the monthly file) and the last hour of the month.
+    day10 = ms(2023, 1, 10)
+    body = [r for r in rows("1h", f.start_ms, 31 * 24) if not day10 <= int(r.split(",")[0]) < day10 + DAY][:-1]
+    z = make_zip("\n".join(body))
+    task = ArchiveTask(task_id="t", symbol="BTCUSDT", interval="1h", year=2023, month=1)
+    result, candles = archive.classify(task, 200, checksum(z, f.name), 200, z, NOW)
+    assert result.status == "ok" and result.candles == len(candles) == 31 * 24 - 25
+    assert result.missing == [(day10, day10 + DAY - 3_600_000), (ms(2023, 2, 1) - 3_600_000, ms(2023, 2, 1) - 3_600_000)]
+    whole = make_zip("\n".join(rows("1h", f.start_ms, 31 * 24)))
+    assert archive.classify(task, 200, checksum(whole, f.name), 200, whole, NOW)[0].missing == []
+
+
+def test_classify_404_and_http_errors():
+    from kl_actors.messages import ArchiveTask
+    task = ArchiveTask(task_id="t", symbol="BTCUSDT", interval="1h", year=2023, month=1, day=2)
+    assert archive.classify(task, 404, b"", 0, b"", NOW)[0].status == "absent"
+    r, c = archive.classify(task, 200, b"x", 503, b"", NOW)
+    assert (r.status, r.http_status, c) == ("http_error", 503, None)

@@ -135,3 +135,13 @@ def test_a_downloaded_file_waiting_for_the_writer_frees_its_download_slot_within
                 assert q.committed(done.task_id) is not None
             out.clear()
     assert q.files_done == 12 and len(q) == 0
+
+
+def test_a_file_with_a_gap_is_stored_and_its_gap_asked_over_rest_as_a_hole():
+    q = ArchiveQueue(concurrency=1, horizon_days=2)
+    q.split(Range("S", "1m", ms(2026, 2, 1), ms(2026, 3, 1) - 60_000, "new"), NOW)
+    (t,) = drain(q)
+    gap = (ms(2026, 2, 10), ms(2026, 2, 11) - 60_000)
+    out = q.result(TaskResult(task_id=t.task_id, status="ok", candles=27 * 1440, missing=[gap]), NOW)
+    assert out.event == "archive_file_gap" and out.rest == [Range("S", "1m", *gap, "hole")]
+    assert q.committed(t.task_id) is not None and q.files_with_gaps == 1

@@ -1,7 +1,8 @@
 """Bootstrap from the simulator's archive end to end: `--once` with since_listing, faults on.
 
 Scaled-down Done-when of issue 13: symbols listed months back, intervals 1m,1h,1d,1w,1M, one bad
-checksum, one truncated zip, one missing day and one late monthly file; every table an exact copy
+checksum, one truncated zip, one missing day, one late monthly file and a day missing inside a
+monthly file; every table an exact copy
 of the truth, each bad file named in the log with how its range was filled, and a second run
 downloads no archive file.
 """
@@ -55,11 +56,15 @@ def test_since_listing_from_the_archive_with_faults_exact_and_second_run_downloa
     bad_sum = next(f for f in a_1m if not f.monthly)          # tried twice, then REST
     truncated = next(f for f in b_1h if f.monthly)            # tried twice, then REST
     missing = [f for f in a_1h if not f.monthly][1]           # a day missing: REST
+    b_1m = planned_files("ARCBUSDT", "1m", listings["ARCBUSDT"], t0)
+    gapped = next(f for f in b_1m if f.monthly)                # a day missing inside a month: REST
+    gap_day = gapped.start_ms + 9 * DAY
     sim.admin("faults", {"archive": [
         {"fault": "late", "pattern": late.name, "until_ms": t0 + 365 * DAY},
         {"fault": "bad_checksum", "pattern": bad_sum.name},
         {"fault": "truncated", "pattern": truncated.name},
         {"fault": "missing", "pattern": missing.name},
+        {"fault": "gap", "pattern": gapped.name, "start_ms": gap_day, "end_ms": gap_day + DAY - 1},
     ]})
 
     config = make_config(
@@ -88,6 +93,9 @@ def test_since_listing_from_the_archive_with_faults_exact_and_second_run_downloa
     assert said("archive_file_failed", bad_sum.name) and "does not match" in said("archive_file_failed", bad_sum.name)[0]
     assert said("archive_file_given_up", truncated.name) and "broken zip" in said("archive_file_failed", truncated.name)[0]
     assert said("archive_absent_fallback", missing.name) and "REST" in said("archive_absent_fallback", missing.name)[0]
+
+    gap_lines = said("archive_file_gap", gapped.name)
+    assert gap_lines and f"missing={gap_day}-{gap_day + DAY - 60_000}" in gap_lines[0], err[-3000:]
 
     # Most history came from the archive: the rows say so, and REST asked little.
     stats = sim.stats()
