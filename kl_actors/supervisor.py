@@ -302,5 +302,6 @@ def _with_simulator(config: cfg.Config, n_symbols: int):
         if config.archive.enabled and not config.archive.base_url:
             config = msgspec.structs.replace(config, archive=msgspec.structs.replace(
                 config.archive, base_url=getattr(sim, "archive_url", "") or ""))
-        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url)
+        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url,
+                                  archive_url=cfg.archive_url(config) or "off")
         yield msgspec.structs.replace(config, exchange=exchange)

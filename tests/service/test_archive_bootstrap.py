@@ -120,3 +120,27 @@ def test_since_listing_from_the_archive_with_faults_exact_and_second_run_downloa
     assert archive_requests(stats) == {}
     assert all(n <= 1 for n in stats["requests_by_symbol_interval"].values()), stats["requests_by_symbol_interval"]
     assert_exact(workdir / "db.sqlite", sim, listings, ALL_HISTORY, started, server_ms(sim))
+
+
+@pytest.mark.slow
+def test_unreachable_archive_is_logged_once_and_rest_fills_everything(workdir, sim_factory):
+    from harness import free_port
+    sim = sim_factory(symbols=1, weight_limit=1_000_000)
+    t0 = server_ms(sim)
+    listings = {"ARCZUSDT": t0 - 70 * DAY + 3 * 3_600_000}
+    sim.admin("list", {"symbol": "ARCZUSDT", "onboard_ms": listings["ARCZUSDT"]})
+    depth = {"1h": 5_000, "1d": 200}
+    config = make_config(
+        workdir,
+        exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 5.0},
+        symbols={"include": list(listings)},
+        klines={"intervals": list(depth), "depth": dict(depth), "since_listing": True},
+        downloader={"processes": 1, "concurrency": 2, "lease_s": 20.0},
+        archive={"base_url": f"http://127.0.0.1:{free_port()}", "concurrency": 4},  # nothing listens
+    )
+    started = server_ms(sim)
+    code, err = run_once(config, workdir, timeout=300)
+    assert code == 0, err[-4000:]
+    assert_exact(workdir / "db.sqlite", sim, listings, depth, started, server_ms(sim))
+    assert err.count("event=archive_unreachable") == 1, err[-3000:]
+    assert "event=archive_file_given_up" not in err
