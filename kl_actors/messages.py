@@ -147,6 +147,7 @@ class TaskResult(_Msg, tag="result"):
     # [first, last] open times an ok backfill page skipped inside the asked range: the exchange
     # has no candles there (maintenance, a closed market session).
     missing: list[tuple[int, int]] = []
+    bytes_read: int = 0  # archive tasks: bytes of the zip downloaded (the progress line's MB/s)
 
 
 class ClockSync(_Msg, tag="clock"):

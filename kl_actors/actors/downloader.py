@@ -314,6 +314,7 @@ class Downloader(Actor):
                     # A CHECKSUM that is not 200 decides the result; the zip is not asked.
                     result, candles = archive.classify(task, sum_response.status_code, sum_body,
                                                        zip_status, zip_body, self.clock.now_ms())
+                    result.bytes_read = len(zip_body) + len(sum_body)
                 except BodyTooLarge as exc:
                     result, candles = TaskResult(task_id=task.task_id, status="bad_file", http_status=exc.status,
                                                  detail=f"{f.name}: {exc}"), None

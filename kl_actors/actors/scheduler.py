@@ -744,10 +744,15 @@ class Scheduler(Actor):
             return
         elapsed = max(now - self.backfill_started, 1e-3)
         a = self.archive
-        archive_fields = {} if a is None else dict(
-            archive_files_done=a.files_done, archive_files_total=a.files_total,
-            archive_candles=a.candles_done, archive_absent=a.files_absent, archive_failed=a.files_failed,
-            archive_gaps=a.files_with_gaps)
+        archive_fields = {}
+        if a is not None:
+            files_rate = a.files_done / elapsed
+            archive_fields = dict(
+                archive_files_done=a.files_done, archive_files_total=a.files_total,
+                archive_mb_per_s=round(a.bytes_done / elapsed / 1e6, 2),
+                archive_candles=a.candles_done, archive_candles_per_s=round(a.candles_done / elapsed, 1),
+                archive_eta_s=round(len(a) / files_rate, 1) if files_rate > 0 else -1,
+                archive_absent=a.files_absent, archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
         rate = (self.candles_done + (a.candles_done if a else 0)) / elapsed
         done_rate = self.backfill_done / elapsed
         eta = open_backfill / done_rate if done_rate > 0 else -1
@@ -757,11 +762,13 @@ class Scheduler(Actor):
                       failed=self.book.failed_total, slowest_tick_ms=slowest_ms, **archive_fields)
 
     def _finish_once(self) -> None:
+        self._progress(time.monotonic())  # the last figures, also for a run shorter than one period
         elapsed = time.monotonic() - (self.backfill_started or self.started)
         failed = self.book.failed
         a = self.archive
         archive_fields = {} if a is None else dict(
-            archive_files=a.files_done, archive_candles=a.candles_done, archive_absent=a.files_absent,
+            archive_files=a.files_done, archive_candles=a.candles_done,
+            archive_mb=round(a.bytes_done / 1e6, 2), archive_absent=a.files_absent,
             archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
         self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
                       seconds=round(elapsed, 2), failed=self.book.failed_total, **archive_fields)

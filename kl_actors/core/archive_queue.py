@@ -44,6 +44,7 @@ class FileState:
     lease_until_ms: int = 0
     result_ok: bool = False
     candles: int = 0
+    bytes_read: int = 0
     task_id: str = ""
 
 
@@ -72,6 +73,7 @@ class ArchiveQueue:
         self.files_absent = 0
         self.files_with_gaps = 0  # files that lacked candles of their period (asked over REST)
         self.candles_done = 0
+        self.bytes_done = 0
         self.unreachable = False
         self._network_failures = 0
         self._serial = 0
@@ -146,6 +148,7 @@ class ArchiveQueue:
             self._network_failures = 0
             st.result_ok = True
             st.candles = r.candles
+            st.bytes_read = r.bytes_read
             if not r.missing:
                 return Outcome()
             # "hole": an empty REST answer there is confirmed, then recorded as the exchange's.
@@ -204,6 +207,7 @@ class ArchiveQueue:
         self._close(st)
         self.files_done += 1
         self.candles_done += st.candles
+        self.bytes_done += st.bytes_read
         return st
 
     def expired(self, now_ms: int) -> list[str]:

@@ -109,7 +109,9 @@ def test_since_listing_from_the_archive_with_faults_exact_and_second_run_downloa
         store.close()
     assert sources.count("archive") > 0.9 * len(sources)
     summary = next(line for line in lines if "event=once_summary" in line)
-    assert "archive_files=" in summary
+    assert "archive_files=" in summary and "archive_mb=" in summary
+    progress = [line for line in lines if "event=progress" in line and "archive_files_total=" in line]
+    assert progress and "archive_mb_per_s=" in progress[-1] and "archive_eta_s=" in progress[-1]
 
     # Second run: the tables are complete; no archive file is asked again, at most a tail page.
     sim.reset_stats()
