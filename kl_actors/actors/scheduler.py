@@ -526,8 +526,10 @@ class Scheduler(Actor):
 
     def _archive_result(self, r: TaskResult) -> None:
         outcome = self.archive.result(r, self.clock.now_ms())
-        if outcome.rest:
-            self.backfill_total += self.backlog.add(outcome.rest)
+        # A file of a symbol delisted while it was out: its range is not asked over REST either.
+        rest = [x for x in outcome.rest if x.symbol in self.trading or x.symbol in self.halted]
+        if rest:
+            self.backfill_total += self.backlog.add(rest)
         if not outcome.event:
             return
         fields = dict(file=outcome.file, status=r.status, detail=r.detail[:200], action=outcome.action)
