@@ -138,7 +138,12 @@ def verify(zip_bytes: bytes, checksum_text: bytes, name: str) -> str:
 
 # --- zip and CSV ----------------------------------------------------------------------------
 
-def unzip_single(zip_bytes: bytes, name: str, max_bytes: int = 1 << 30) -> bytes:
+# A month of 1m candles is 44,640 rows of at most ~250 bytes (11 MB): far past that is not a
+# kline CSV but a zip bomb, refused before it is inflated.
+MAX_CSV_BYTES = 64 * 1024 * 1024
+
+
+def unzip_single(zip_bytes: bytes, name: str, max_bytes: int = MAX_CSV_BYTES) -> bytes:
     """The one CSV inside the zip; a zip with none or several members, or a broken one, raises."""
     try:
         with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:

@@ -274,3 +274,12 @@ def test_classify_404_and_http_errors():
     assert archive.classify(task, 404, b"", 0, b"", NOW)[0].status == "absent"
     r, c = archive.classify(task, 200, b"x", 503, b"", NOW)
     assert (r.status, r.http_status, c) == ("http_error", 503, None)
+
+
+def test_zip_bomb_is_refused_before_it_is_inflated():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.csv", b"0" * (archive.MAX_CSV_BYTES + 1))
+    assert len(buf.getvalue()) < 200_000  # compresses to almost nothing
+    with pytest.raises(ArchiveError, match="exceeds"):
+        archive.unzip_single(buf.getvalue(), "f.zip")
