@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", metavar="PATH", help="SQLite database file")
     p.add_argument("--rest-url", metavar="URL", help="exchange REST base URL")
     p.add_argument("--ws-url", metavar="URL", help="exchange WebSocket base URL")
+    p.add_argument("--archive-url", metavar="URL",
+                   help="bulk archive host root (default: the real archive with the real REST URL, "
+                        "the simulator's with --sim, otherwise no archive)")
     p.add_argument("--feed", metavar="ENDPOINT", help="consumer feed endpoint, e.g. tcp://127.0.0.1:7755")
     p.add_argument("--downloaders", metavar="N", type=int, help="number of downloader processes")
     p.add_argument("--intervals", metavar="LIST", help="comma-separated intervals, e.g. 1m,5m,1h")
@@ -70,9 +73,12 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
     downloader = config.downloader
     if args.downloaders is not None:
         downloader = replace(downloader, processes=args.downloaders)
+    archive = config.archive
+    if getattr(args, "archive_url", None):
+        archive = replace(archive, enabled=True, base_url=args.archive_url)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,
-        endpoints=endpoints, downloader=downloader, mode=mode,
+        endpoints=endpoints, downloader=downloader, archive=archive, mode=mode,
     )
     return cfg.check(config, f"{path} + command line")

@@ -166,6 +166,35 @@ class LiveConfig(_Section):
     ws_reconnect_max_s: float = 30.0
 
 
+class ArchiveConfig(_Section):
+    """The exchange's bulk archive (data.binance.vision), used for history older than the horizon."""
+
+    # false: history only over REST.
+    enabled: bool = True
+    # Empty: the real archive when exchange.rest_url is the real exchange's default, the
+    # simulator's with --sim, otherwise off (a run against a simulator never reaches the real one).
+    base_url: str = ""
+    # Days before today (UTC) the archive is not asked for: its files appear a day or more late.
+    horizon_days: int = 2
+    # Archive downloads in flight at once, across the pool; they spend no REST weight.
+    concurrency: int = 4
+
+
+REAL_ARCHIVE_URL = "https://data.binance.vision"
+
+
+def archive_url(config: "Config") -> str:
+    """The archive's base URL this config uses, or "" when the archive is off."""
+    a = config.archive
+    if not a.enabled:
+        return ""
+    if a.base_url:
+        return a.base_url.rstrip("/")
+    if config.exchange.rest_url.rstrip("/") == ExchangeConfig().rest_url:
+        return REAL_ARCHIVE_URL
+    return ""
+
+
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -181,6 +210,7 @@ class Config(_Section):
     writer: WriterConfig = msgspec.field(default_factory=WriterConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
+    archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     mode: Literal["normal", "stream-only", "once"] = "normal"
 
@@ -366,6 +396,13 @@ def check(config: Config, source: str) -> Config:
     if lv.ws_reconnect_max_s < lv.ws_reconnect_initial_s:
         fail("live.ws_reconnect_max_s", "must be at least live.ws_reconnect_initial_s")
     positive("live.boundary_deadline_s", lv.boundary_deadline_s)
+    ar = config.archive
+    if ar.base_url and not ar.base_url.startswith(("http://", "https://")):
+        fail("archive.base_url", f"{ar.base_url!r} must start with http:// or https:// (or be empty)")
+    if not 1 <= ar.horizon_days <= 366:
+        fail("archive.horizon_days", f"must be 1..366 (the archive lacks at least the newest day), got {ar.horizon_days}")
+    if not 1 <= ar.concurrency <= 64:
+        fail("archive.concurrency", f"must be 1..64, got {ar.concurrency}")
     return config
 
 

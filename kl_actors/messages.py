@@ -40,7 +40,7 @@ class Candle(msgspec.Struct, array_like=True, frozen=True, gc=False):
     ignore: str = "0"
 
 
-Source = Literal["rest", "ws"]
+Source = Literal["rest", "ws", "archive"]
 
 
 class _Msg(msgspec.Struct, tag=True, tag_field="kind", forbid_unknown_fields=True):
@@ -112,7 +112,23 @@ class DownloadTask(_Msg, tag="task"):
     attempt: int = 1
 
 
-ResultStatus = Literal["ok", "rate_limited", "banned", "http_error", "network", "invalid", "not_final"]
+class ArchiveTask(_Msg, tag="archive"):
+    """Download, verify and store one bulk-archive file of one symbol and interval: the monthly
+    file when `day` is 0, else that day's. Costs no REST weight."""
+
+    task_id: str
+    symbol: str
+    interval: str
+    year: int
+    month: int
+    day: int = 0
+    attempt: int = 1
+
+
+# `absent`: the archive has no such file (404); `bad_file`: its checksum, zip or CSV failed
+# (archive tasks only; nothing of the file was stored).
+ResultStatus = Literal["ok", "rate_limited", "banned", "http_error", "network", "invalid", "not_final",
+                       "absent", "bad_file"]
 
 
 class TaskResult(_Msg, tag="result"):
@@ -131,6 +147,7 @@ class TaskResult(_Msg, tag="result"):
     # [first, last] open times an ok backfill page skipped inside the asked range: the exchange
     # has no candles there (maintenance, a closed market session).
     missing: list[tuple[int, int]] = []
+    bytes_read: int = 0  # archive tasks: bytes of the zip downloaded (the progress line's MB/s)
 
 
 class ClockSync(_Msg, tag="clock"):
@@ -193,6 +210,7 @@ Message = Union[
     WriteFailed,
     Heartbeat,
     DownloadTask,
+    ArchiveTask,
     TaskResult,
     ClockSync,
     SymbolsUpdate,

@@ -7,11 +7,14 @@ Owns every SQL statement of the project. Only the writer opens the file read-wri
 Kline tables are `k_<base>_<interval>` (see `symbols.table_name`, the only place a table name is
 built; nothing from outside is ever quoted into SQL; a symbol outside `[A-Z0-9]+USDT` has the base
 `x_<hex of its UTF-8>`). Values stay TEXT exactly as the exchange
-sent them. A REST candle is authoritative: the upsert never lets a WebSocket candle overwrite it,
-REST overwrites anything, and the same batch applied twice leaves the table unchanged.
+sent them. A REST candle is authoritative: REST overwrites anything; an archive candle (a final candle from the
+exchange's bulk files) overwrites a WebSocket one and an older archive one, never a REST one; a
+WebSocket candle overwrites only a WebSocket one. The same batch applied twice leaves the table
+unchanged.
 
 Meta tables are prefixed `meta_` so they never parse as kline tables:
-- `meta_schema(version)`: the schema version (1);
+- `meta_schema(version)`: the schema version (2: `source` may be 'archive'; a version-1 file is
+  upgraded in place at open by widening each kline table's CHECK, which no stored row can fail);
 - `meta_symbols`: symbols with their exchange status, listing time, when we saw them and
   `table_base`, the part of their table names between `k_` and `_<interval>` (so a user can map
   `k_x_e5b881...` back to `币安人生USDT` in SQL; added to older files by a guarded ALTER);
@@ -36,8 +39,11 @@ from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
 from .core.symbols import is_valid_symbol, parse_table_name, table_base, table_name
 
-SCHEMA_VERSION = 1
-SOURCES = ("rest", "ws")
+SCHEMA_VERSION = 2
+# Precedence when two sources hold the same candle: rest > archive > ws (see `_upsert_sql`).
+SOURCES = ("rest", "ws", "archive")
+_CHECK_V1 = "CHECK (source IN ('rest','ws'))"
+_CHECK_V2 = "CHECK (source IN ('rest','ws','archive'))"
 STATEMENT_CACHE_SIZE = 512
 
 VALUE_COLUMNS = (
@@ -58,7 +64,7 @@ _KLINE_TABLE_SQL = """CREATE TABLE IF NOT EXISTS {table} (
     trades INTEGER NOT NULL,
     taker_buy_volume TEXT NOT NULL,
     taker_buy_quote_volume TEXT NOT NULL,
-    source TEXT NOT NULL CHECK (source IN ('rest','ws'))
+    source TEXT NOT NULL CHECK (source IN ('rest','ws','archive'))
 )"""
 
 _META_SQL = """
@@ -104,7 +110,7 @@ class SymbolRecord(NamedTuple):
 
 
 def _upsert_sql(table: str, source: str) -> str:
-    """The upsert for one table; the source is a literal ('rest'/'ws', checked by the caller).
+    """The upsert for one table; the source is a literal (one of SOURCES, checked by the caller).
 
     Parameters are a candle's 12 fields as they are (`msgspec.structs.astuple`), so no per-row
     Python work is needed to drop the exchange's unused `ignore` field: it is bound as ?12 and
@@ -115,7 +121,7 @@ def _upsert_sql(table: str, source: str) -> str:
     return (
         f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders}, coalesce('{source}', ?12)) "
         f"ON CONFLICT(open_time) DO UPDATE SET {updates} "
-        f"WHERE excluded.source = 'rest' OR {table}.source = 'ws'"
+        f"WHERE excluded.source = 'rest' OR {table}.source = 'ws' OR {table}.source = excluded.source"
     )
 
 
@@ -229,10 +235,30 @@ class Store:
             self._cursor.execute(_META_SQL)
             if self._scalar("SELECT count(*) FROM meta_schema") == 0:
                 self._cursor.execute("INSERT INTO meta_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif self._scalar("SELECT max(version) FROM meta_schema") < 2:
+                self._widen_source_check()
             columns = {row[1] for row in self._cursor.execute("PRAGMA table_info(meta_symbols)")}
             if "table_base" not in columns:  # a file made before the column existed
                 self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN table_base TEXT")
         self._known_tables = set(self._table_names())
+
+    def _widen_source_check(self) -> None:
+        """Version 1 -> 2 inside the open transaction: let `source` be 'archive'.
+
+        A wider CHECK accepts every stored row, so SQLite's documented in-place edit of the
+        schema text is safe (no table rebuild, which would take minutes on a large file).
+        """
+        version = self._scalar("PRAGMA schema_version")
+        self.conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 0)
+        self._cursor.execute("PRAGMA writable_schema=ON")
+        try:
+            self._cursor.execute(
+                "UPDATE sqlite_schema SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name GLOB 'k_*'",
+                (_CHECK_V1, _CHECK_V2))
+            self._cursor.execute(f"PRAGMA schema_version={int(version) + 1}")
+        finally:
+            self._cursor.execute("PRAGMA writable_schema=OFF")
+        self._cursor.execute("UPDATE meta_schema SET version = ?", (SCHEMA_VERSION,))
 
     # -- the WAL --------------------------------------------------------------------------------
     def wal_bytes(self) -> int:

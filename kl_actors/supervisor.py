@@ -298,5 +298,10 @@ def _with_simulator(config: cfg.Config, n_symbols: int):
     # die_with_parent: a kill -9 of the supervisor must not leave the simulator serving.
     with SimProcess(symbols=n_symbols, die_with_parent=True) as sim:
         exchange = msgspec.structs.replace(config.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url)
-        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url)
+        # The simulator's own archive unless one was named; a simulator without one: no archive.
+        if config.archive.enabled and not config.archive.base_url:
+            config = msgspec.structs.replace(config, archive=msgspec.structs.replace(
+                config.archive, base_url=getattr(sim, "archive_url", "") or ""))
+        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url,
+                                  archive_url=cfg.archive_url(config) or "off")
         yield msgspec.structs.replace(config, exchange=exchange)

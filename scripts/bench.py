@@ -10,6 +10,9 @@ pass; `--repeat` re-serves the same pages to measure the warm row cache.
 and the REST boundary path (see scripts/live_bench.py); `live --universe`: the top of the day with
 550 symbols x 15 intervals, close -> REST confirmation per interval (scripts/universe_live_bench.py).
 
+`archive`: since-listing bootstrap from the simulator's archive, cold then warm: REST weight
+spent vs REST alone, wall time vs the REST ceiling time, candles/s (scripts/archive_bench.py).
+
 `universe`: 550 symbols x 15 intervals backfilled from empty with `--once`, limit lifted,
 heartbeat timeout 2 s: wall time, restarts, slowest scheduler tick, planning cost per table
 (scripts/universe_backfill_bench.py).
@@ -119,6 +122,14 @@ def bench_universe(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_archive(a: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import archive_bench
+
+    archive_bench.run(symbols=a.symbols, months_max=a.months_max, cache_dir=a.cache)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p_universe = sub.add_parser("universe", help="550 x 15 backfill from empty, --once: restarts, slowest tick")
     p_universe.add_argument("--symbols", type=int, default=550)
     p_universe.set_defaults(func=bench_universe)
+    p_archive = sub.add_parser("archive", help="since-listing bootstrap from the archive: REST weight "
+                                               "vs REST-only, wall time vs REST ceiling time, candles/s")
+    p_archive.add_argument("--symbols", type=int, default=12)
+    p_archive.add_argument("--months-max", type=int, default=14, help="oldest listing, months back (newest: 3)")
+    p_archive.add_argument("--cache", default="", help="keep the simulator's rendered files here across runs")
+    p_archive.set_defaults(func=bench_archive)
     a = parser.parse_args(argv)
     return a.func(a)
 

@@ -29,7 +29,7 @@ def trading_symbols(sim) -> dict[str, int]:
 def stored_rows(store, symbol, interval, start_ms=None, end_ms=None):
     """The 11 value columns as stored (the exchange's always-"0" `ignore` field is not kept)."""
     rows = store.candles(symbol, interval, start_ms, end_ms)
-    assert all(r[11] in ("rest", "ws") for r in rows)
+    assert all(r[11] in ("rest", "ws", "archive") for r in rows)
     return [list(r[:11]) for r in rows]
 
 

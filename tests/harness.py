@@ -256,10 +256,11 @@ class DownloaderProcess(ActorProcess):
     """A downloader process plus the sockets of all its peers, owned by the test."""
 
     def __init__(self, workdir: Path, rest_url: str, concurrency: int = 2, timeout_s: float = 5.0,
-                 proxy: str = "") -> None:
+                 proxy: str = "", archive_url: str = "") -> None:
         self.config = make_config(workdir, exchange={"rest_url": rest_url, "request_timeout_s": timeout_s,
                                                      "proxy": proxy},
-                                  downloader={"concurrency": concurrency}, log={"level": "DEBUG"})
+                                  downloader={"concurrency": concurrency}, log={"level": "DEBUG"},
+                                  archive={"base_url": archive_url, "concurrency": 2})
         Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
         e = self.config.endpoints
         self.ctx = zmq.Context()

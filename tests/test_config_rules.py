@@ -69,6 +69,12 @@ BAD = [
     ("live.ws_reconnect_initial_s", "live", {"ws_reconnect_initial_s": 0.0}),
     ("live.ws_reconnect_initial_s", "live", {"ws_reconnect_initial_s": -0.5}),
     ("live.ws_reconnect_max_s", "live", {"ws_reconnect_max_s": 0.1}),
+    ("archive.base_url", "archive", {"base_url": "data.binance.vision"}),
+    ("archive.base_url", "archive", {"base_url": "ftp://127.0.0.1:9"}),
+    ("archive.horizon_days", "archive", {"horizon_days": 0}),
+    ("archive.horizon_days", "archive", {"horizon_days": 367}),
+    ("archive.concurrency", "archive", {"concurrency": 0}),
+    ("archive.concurrency", "archive", {"concurrency": 65}),
     # Internal endpoints: no authentication yet, so never reachable from the network.
     ("endpoints.tasks", "endpoints", {"tasks": "tcp://0.0.0.0:7000"}),
     ("endpoints.results", "endpoints", {"results": "tcp://*:7001"}),
@@ -112,6 +118,8 @@ OK = [
     ("database", {"cache_size_kib": 0, "busy_timeout_ms": 0, "mmap_size_mib": 0}),
     ("klines", {"depth": {"1m": 10_000_000}}),
     ("weight", {"limit_per_minute": 0, "usable_fraction": 1.0}),
+    ("archive", {"horizon_days": 1, "concurrency": 64, "base_url": "http://127.0.0.1:1"}),
+    ("archive", {"enabled": False, "base_url": ""}),
 ]
 
 
@@ -125,3 +133,31 @@ def test_defaults_and_shipped_files_pass():
     cfg.load(cli.DEFAULT_CONFIG)
     cfg.load(cli.SIM_CONFIG)
     cfg.check(cfg.Config(), "<defaults>")
+
+
+def _args(*argv: str):
+    from kl_actors import cli
+    return cli.parser().parse_args(list(argv))
+
+
+def test_archive_is_used_only_with_the_real_exchange_the_simulator_or_when_named():
+    from kl_actors import cli
+    # The real exchange's default REST URL: the real archive.
+    assert cfg.archive_url(cli.effective_config(_args())) == cfg.REAL_ARCHIVE_URL
+    # REST elsewhere and no archive named: off, so a simulator run never reaches the real archive.
+    assert cfg.archive_url(cli.effective_config(_args("--rest-url", "http://127.0.0.1:9"))) == ""
+    assert cfg.archive_url(cli.effective_config(_args("--config", str(cli.SIM_CONFIG)))) == ""
+    # Named on the command line: that one, whatever the REST URL.
+    named = cli.effective_config(_args("--rest-url", "http://127.0.0.1:9", "--archive-url", "http://127.0.0.1:8/"))
+    assert cfg.archive_url(named) == "http://127.0.0.1:8"
+    # Switched off: off, even with the real exchange.
+    off = _with("archive", enabled=False)
+    assert cfg.archive_url(off) == ""
+    # An explicit base_url in the file counts as named.
+    assert cfg.archive_url(_with("archive", base_url="http://127.0.0.1:7")) == "http://127.0.0.1:7"
+
+
+def test_bad_archive_url_on_the_command_line_is_refused():
+    from kl_actors import cli
+    with pytest.raises(cfg.ConfigError, match="key archive.base_url"):
+        cli.effective_config(_args("--archive-url", "127.0.0.1:8"))

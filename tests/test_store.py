@@ -44,7 +44,7 @@ def test_open_creates_dirs_wal_and_schema(db, tmp_path):
     assert next(cur.execute("PRAGMA journal_mode"))[0] == "wal"
     assert next(cur.execute("PRAGMA synchronous"))[0] == 1  # NORMAL
     assert next(cur.execute("PRAGMA cache_size"))[0] == -65536
-    assert db.schema_version() == 1
+    assert db.schema_version() == 2
 
 
 def test_upsert_round_trips_decimal_strings_exactly(db):
@@ -251,7 +251,7 @@ def test_open_writer_waits_for_a_held_write_lock_only_its_busy_timeout(tmp_path)
     assert time.monotonic() - started < 2
     outside.execute("ROLLBACK")
     store = Store.open_writer(DatabaseConfig(path=path), busy_timeout_ms=100)
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     store.close()
     outside.close()
 
@@ -336,3 +336,47 @@ def test_chunked_counts_and_gaps_find_exactly_the_holes_a_full_scan_finds(db, in
     missing = sorted(set(opens) - set(kept))
     assert sum(intervals.count_between(interval, a, b) for a, b in found) == len(missing)
     assert db.first_last("ETHUSDT", interval) == (None, None)
+
+
+def test_archive_sits_between_rest_and_ws(db):
+    """rest > archive > ws: archive files hold final candles, so they replace a WebSocket candle;
+    REST replaces an archive candle and an archive candle never replaces a REST one."""
+    write(db, "BTCUSDT", "1m", "ws", minutes(0, 1, close="100.1"))
+    write(db, "BTCUSDT", "1m", "rest", minutes(2, close="100.2"))
+    assert write(db, "BTCUSDT", "1m", "archive", minutes(0, 1, 2, 3, close="100.3")) == 3
+    rows = db.candles("BTCUSDT", "1m")
+    assert [(r[4], r[-1]) for r in rows] == [("100.3", "archive"), ("100.3", "archive"),
+                                             ("100.2", "rest"), ("100.3", "archive")]
+    # ws never over archive; a re-published archive file replaces the older archive row.
+    assert write(db, "BTCUSDT", "1m", "ws", minutes(0, close="100.4")) == 0
+    assert write(db, "BTCUSDT", "1m", "archive", minutes(1, close="100.5")) == 1
+    assert write(db, "BTCUSDT", "1m", "rest", minutes(3, close="100.6")) == 1
+    assert write(db, "BTCUSDT", "1m", "archive", minutes(3, close="100.7")) == 0
+    rows = db.candles("BTCUSDT", "1m")
+    assert [(r[4], r[-1]) for r in rows] == [("100.3", "archive"), ("100.5", "archive"),
+                                             ("100.2", "rest"), ("100.6", "rest")]
+
+
+def test_version_1_file_is_upgraded_to_take_archive_rows(tmp_path):
+    path = str(tmp_path / "v1.sqlite")
+    conn = apsw.Connection(path)
+    conn.execute("CREATE TABLE meta_schema (version INTEGER NOT NULL); INSERT INTO meta_schema VALUES (1)")
+    from kl_actors import store as store_mod
+    v1 = store_mod._KLINE_TABLE_SQL.replace(store_mod._CHECK_V2, store_mod._CHECK_V1)
+    assert v1 != store_mod._KLINE_TABLE_SQL
+    conn.execute(v1.format(table="k_btc_1m"))
+    conn.execute("INSERT INTO k_btc_1m VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", as_row(minutes(0)[0], "rest"))
+    with pytest.raises(apsw.ConstraintError):
+        conn.execute("INSERT INTO k_btc_1m VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", as_row(minutes(1)[0], "archive"))
+    conn.close()
+    store = Store.open_writer(DatabaseConfig(), path)
+    try:
+        assert write(store, "BTCUSDT", "1m", "archive", minutes(0, 1)) == 1
+        assert [r[-1] for r in store.candles("BTCUSDT", "1m")] == ["rest", "archive"]
+        assert store.conn.execute("SELECT version FROM meta_schema").fetchall() == [(2,)]
+        assert store.conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        with pytest.raises(apsw.ConstraintError):  # still checked
+            store.conn.execute("UPDATE k_btc_1m SET source = 'x'")
+    finally:
+        store.close()
+    Store.open_writer(DatabaseConfig(), path).close()  # upgrades only once

@@ -19,10 +19,20 @@ answered `rate_limited` at once without touching the exchange. It never retries 
 scheduler owns retries and the weight budget. What an answer means lives in `core/answers.py`. A body is
 read only up to a cap derived from the page's limit (`httpcap.klines_cap_bytes`): past it the task
 is `invalid` ("body too large") and the rest is never read.
+
+Archive tasks (`ArchiveTask`, one bulk-archive zip) run on their own worker threads and never
+take a REST slot, so they can never delay a boundary fetch; the scheduler bounds how many are
+out at once (`archive.concurrency`, pool-wide), which also bounds this process's archive queue.
+A worker fetches the `.CHECKSUM`, then the zip (both capped), and `core/archive.classify`
+verifies the checksum before anything else is read. A good file goes to the writer as
+`source="archive"` batches (only the last carries the task id, so the scheduler's `Committed`
+for it means the whole file is in); a bad one sends nothing and is logged naming the file.
+No REST weight is spent and a REST `Retry-After` does not hold archive work.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -31,16 +41,21 @@ import time
 import requests
 import zmq
 
+from .. import config as cfg
 from .. import exchange
-from ..core import answers
+from ..core import answers, archive
 from .base import Actor
 from ..core.budget import hold_until_ms
 from ..core.clock import ServerClock
-from ..httpcap import BodyTooLarge, get_capped, klines_cap_bytes
-from ..messages import Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
+from ..httpcap import BodyTooLarge, SMALL_BODY_CAP_BYTES, get_capped, klines_cap_bytes
+from ..messages import ArchiveTask, Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
 
 STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
 MAX_READS_PER_WAKE = 256  # bound one handler call so no socket starves the others
+# A monthly 1m zip of the busiest symbol is a few MB; far past that is not a kline file.
+ARCHIVE_ZIP_CAP_BYTES = 256 * 1024 * 1024
+ARCHIVE_BATCH_ROWS = 10_000  # candles per KlineBatch of an archive file (one writer transaction's worth)
+ARCHIVE_MIN_TIMEOUT_S = 60.0  # a zip of several MB needs longer than a klines page
 
 
 class Downloader(Actor):
@@ -71,6 +86,16 @@ class Downloader(Actor):
         self.on(self.wake_r, self._on_outcomes)  # type: ignore[arg-type]  # a raw fd polls too
         self.workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
                         for i in range(self.slots)]
+        # Archive work: its own threads and queue, never a REST slot.
+        self.archive_url = cfg.archive_url(self.config)
+        self.archive_in_flight: dict[str, ArchiveTask] = {}
+        self.archive_work: queue.Queue[ArchiveTask | None] = queue.Queue()
+        self.archived_files = 0
+        archive_slots = math.ceil(self.config.archive.concurrency / self.config.downloader.processes)
+        self.archive_workers = [threading.Thread(target=self._archive_worker, name=f"archive-{i}",
+                                                 daemon=True)
+                                for i in range(archive_slots if self.archive_url else 0)]
+        self.workers += self.archive_workers
         for worker in self.workers:
             worker.start()
 
@@ -82,6 +107,9 @@ class Downloader(Actor):
             msg = self.receive(sock)
             if msg is None:
                 continue  # malformed: counted and logged by receive()
+            if isinstance(msg, ArchiveTask):
+                self._start_archive(msg)
+                continue
             if not isinstance(msg, DownloadTask):
                 self.log.warning("unexpected_message", socket="tasks", kind=type(msg).__name__,
                                  action="dropped")
@@ -99,6 +127,17 @@ class Downloader(Actor):
             return
         self.in_flight[task.task_id] = task
         self.work.put(task)
+
+    def _start_archive(self, task: ArchiveTask) -> None:
+        if task.task_id in self.archive_in_flight:
+            self.log.warning("duplicate_task", task_id=task.task_id, action="dropped")
+            return
+        if not self.archive_url:
+            self._report(task, TaskResult(task_id=task.task_id, status="absent",
+                                          detail="archive is off in this configuration"), None)
+            return
+        self.archive_in_flight[task.task_id] = task
+        self.archive_work.put(task)
 
     def _arm(self) -> None:
         """Poll the tasks socket only while a request slot is free, so tasks stay with the scheduler."""
@@ -129,6 +168,10 @@ class Downloader(Actor):
                 task, result, page = self.outcomes.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(task, ArchiveTask):
+                self.archive_in_flight.pop(task.task_id, None)
+                self._report(task, result, page)
+                continue
             self.in_flight.pop(task.task_id, None)
             if result.status in ("rate_limited", "banned"):
                 # Any value (the next-window sentinel, a 3-day ban) becomes a bounded hold here;
@@ -141,7 +184,11 @@ class Downloader(Actor):
         if not self.stopping and len(self.in_flight) < self.slots:
             self._on_tasks(self.tasks_in)  # take the next task now, not one poll later
 
-    def _report(self, task: DownloadTask, result: TaskResult, page: list[Candle] | None) -> None:
+    def _report(self, task: DownloadTask | ArchiveTask, result: TaskResult,
+                page: list[Candle] | None) -> None:
+        if isinstance(task, ArchiveTask):
+            self._report_archive(task, result, page)
+            return
         if result.status == "ok" and page is not None:
             # The page first: the scheduler may count the task done only after the writer commits.
             self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval, source="rest",
@@ -158,21 +205,49 @@ class Downloader(Actor):
                              action="reported")
         self.send(self.results_out, result)
 
+    def _report_archive(self, task: ArchiveTask, result: TaskResult, candles: list[Candle] | None) -> None:
+        f = archive.task_file(task)
+        if result.status == "ok" and candles is not None:
+            # Only the last batch names the task: the writer commits in order, so its Committed
+            # means every batch of the file is in.
+            for start in range(0, max(len(candles), 1), ARCHIVE_BATCH_ROWS):
+                chunk = candles[start:start + ARCHIVE_BATCH_ROWS]
+                last = start + ARCHIVE_BATCH_ROWS >= len(candles)
+                self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval,
+                                                  source="archive", candles=chunk,
+                                                  task_id=task.task_id if last else ""))
+            self.archived_files += 1
+            self.fetched_candles += len(candles)
+            self.log.debug("archive_file_stored", task_id=task.task_id, file=f.name,
+                           candles=len(candles))
+        elif result.status == "absent":
+            self.log.info("archive_file_absent", task_id=task.task_id, file=f.name,
+                          detail=result.detail[:200], action="reported; the scheduler plans its range otherwise")
+        else:
+            self.log.warning("archive_file_failed", task_id=task.task_id, file=f.name,
+                             url=f.url(self.archive_url), status=result.status, http=result.http_status,
+                             attempt=task.attempt, detail=result.detail[:300],
+                             action="nothing stored; reported")
+        self.send(self.results_out, result)
+
     # -- stop --------------------------------------------------------------------------------
     def teardown(self) -> None:
         self.stopping = True  # tasks not taken yet stay with the scheduler
         deadline = time.monotonic() + STOP_WAIT_S
-        while self.in_flight and time.monotonic() < deadline:
+        while (self.in_flight or self.archive_in_flight) and time.monotonic() < deadline:
             if zmq.select([self.wake_r], [], [], 0.05)[0]:
                 self._on_outcomes(self.wake_r)
-        if self.in_flight:
-            self.log.warning("stop_with_requests_in_flight", tasks=sorted(self.in_flight),
+        if self.in_flight or self.archive_in_flight:
+            self.log.warning("stop_with_requests_in_flight",
+                             tasks=sorted(self.in_flight) + sorted(self.archive_in_flight),
                              action="not reported; the scheduler's lease re-issues them")
         for _ in self.workers:
             self.work.put(None)
+            self.archive_work.put(None)
         for worker in self.workers:
             worker.join(timeout=0.2)  # daemon threads: one stuck in a request cannot hold the exit
-        self.log.info("downloader_stopped", fetched_candles=self.fetched_candles)
+        self.log.info("downloader_stopped", fetched_candles=self.fetched_candles,
+                      archive_files=self.archived_files)
 
     # -- worker threads (no ZeroMQ here) -----------------------------------------------------
     def _worker(self) -> None:
@@ -206,5 +281,46 @@ class Downloader(Actor):
                     os.write(self.wake_w, b"!")
                 except OSError:
                     pass  # the pipe is full of wake-ups already: the loop will drain the queue
+        finally:
+            session.close()
+
+    def _archive_worker(self) -> None:
+        session = exchange.session(self.config.exchange)
+        timeout_s = max(self.config.exchange.request_timeout_s, ARCHIVE_MIN_TIMEOUT_S)
+        try:
+            while True:
+                task = self.archive_work.get()
+                if task is None:
+                    return
+                f = archive.task_file(task)
+                try:
+                    # The CHECKSUM first: small, and its 404 spares the zip's download.
+                    sum_response, sum_body = get_capped(session, f.checksum_url(self.archive_url),
+                                                        cap_bytes=SMALL_BODY_CAP_BYTES, timeout_s=timeout_s)
+                    if sum_response.status_code != 200:
+                        zip_status, zip_body = 0, b""
+                    else:
+                        zip_response, zip_body = get_capped(session, f.url(self.archive_url),
+                                                            cap_bytes=ARCHIVE_ZIP_CAP_BYTES,
+                                                            timeout_s=timeout_s)
+                        zip_status = zip_response.status_code
+                    # A CHECKSUM that is not 200 decides the result; the zip is not asked.
+                    result, candles = archive.classify(task, sum_response.status_code, sum_body,
+                                                       zip_status, zip_body, self.clock.now_ms())
+                    result.bytes_read = len(zip_body) + len(sum_body)
+                except BodyTooLarge as exc:
+                    result, candles = TaskResult(task_id=task.task_id, status="bad_file", http_status=exc.status,
+                                                 detail=f"{f.name}: {exc}"), None
+                except requests.RequestException as exc:
+                    result, candles = TaskResult(task_id=task.task_id, status="network",
+                                                 detail=f"{f.name}: {type(exc).__name__}: {exc}"[:300]), None
+                except Exception as exc:  # noqa: BLE001 - a bug here must still free the task
+                    result, candles = TaskResult(task_id=task.task_id, status="invalid",
+                                                 detail=f"downloader error {type(exc).__name__}: {exc}"[:300]), None
+                self.outcomes.put((task, result, candles))
+                try:
+                    os.write(self.wake_w, b"!")
+                except OSError:
+                    pass
         finally:
             session.close()

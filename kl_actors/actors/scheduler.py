@@ -7,6 +7,11 @@ the downloader pool, holds a lease on each, and counts a task done only when the
 its rows committed. It owns the request-weight budget. Its state can always be rebuilt from the
 database and the exchange: a restarted scheduler simply plans again.
 
+History older than the archive horizon goes to the exchange's bulk archive when one is
+configured (`core/archive_queue.py` keeps those files and says what falls back to REST): archive
+tasks go out up to `archive.concurrency` at a time, ahead of REST work but outside the weight
+budget, so they never take weight a boundary fetch needs.
+
 It never writes the database and never fetches klines itself.
 """
 
@@ -21,8 +26,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import requests
 import zmq
 
+from .. import config as cfg
 from .. import exchange
 from ..core import backlog, boundaries, intervals, klines, planner
+from ..core.archive_queue import ArchiveQueue
 from .base import Actor
 from ..core.budget import WeightBudget, reserved_weight, weight_for_limit
 from ..core.clock import ServerClock, local_ms
@@ -104,6 +111,9 @@ class Scheduler(Actor):
         self.planned_once = False
         self.generation = 0
         self.backlog = backlog.Backlog(c.downloader.page_limit)
+        # None: no archive in this configuration (history over REST only).
+        self.archive = (ArchiveQueue(concurrency=c.archive.concurrency, horizon_days=c.archive.horizon_days)
+                        if cfg.archive_url(c) else None)
         self.coverage = backlog.Coverage()
         self.planning: Iterator[None] | None = None
         self.plan_again = False
@@ -140,7 +150,7 @@ class Scheduler(Actor):
         if now >= self.next_progress:
             self._progress(now)
         if (self.mode == "once" and self.planned_once and self.planning is None and not len(self.backlog)
-                and self.book.open_count() == 0):
+                and self.book.open_count() == 0 and not (self.archive and len(self.archive))):
             self._finish_once()
         took = time.monotonic() - started
         self.slowest_tick_s = max(self.slowest_tick_s, took)
@@ -263,6 +273,8 @@ class Scheduler(Actor):
     def _drop_symbol(self, symbol: str) -> int:
         """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""
         dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
+        if self.archive is not None:
+            dropped += self.archive.drop_symbol(symbol)
         self.coverage.forget(symbol)
         for key in [k for k in self.open_backfill if k[0] == symbol]:
             del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
@@ -319,7 +331,8 @@ class Scheduler(Actor):
                 for interval in k.intervals:
                     if symbol not in self.trading and symbol not in self.halted:
                         break  # delisted while this pass ran
-                    if (symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval):
+                    if ((symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval)
+                            or (self.archive is not None and self.archive.has(symbol, interval))):
                         continue  # still being filled
                     first = last = None
                     holes: list[tuple[int, int]] = []
@@ -350,6 +363,8 @@ class Scheduler(Actor):
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
                         last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
                         phase_ms=phase)
+                    if ranges and self.archive is not None:
+                        ranges = [rest for r in ranges for rest in self.archive.split(r, server_now)]
                     if ranges:
                         pages += self.backlog.add(ranges)
                     tables_planned += 1
@@ -467,6 +482,8 @@ class Scheduler(Actor):
 
     # -- dispatch ------------------------------------------------------------------------------
     def _dispatch(self) -> None:
+        if self.archive is not None:
+            self._dispatch_archive()
         while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             server_now = self.clock.now_ms()
             st = self.book.next_ready(server_now)
@@ -490,6 +507,33 @@ class Scheduler(Actor):
             self.book.dispatched(st.task.task_id, server_now)
             if st.task.priority == "boundary":
                 self._released(st.boundary_ms, weight)
+
+    def _dispatch_archive(self) -> None:
+        """Archive files: no weight, their own limit; a downloader takes them without a REST slot."""
+        while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            task = self.archive.next_ready(self.clock.now_ms())
+            if task is None:
+                return
+            if not self.send(self.tasks_out, task, block=False):
+                # Not out: back to the queue through its lease (a moment), never lost.
+                return
+
+    def _archive_result(self, r: TaskResult) -> None:
+        outcome = self.archive.result(r, self.clock.now_ms())
+        # A file of a symbol delisted while it was out: its range is not asked over REST either.
+        rest = [x for x in outcome.rest if x.symbol in self.trading or x.symbol in self.halted]
+        if rest:
+            self.backfill_total += self.backlog.add(rest)
+        if not outcome.event:
+            return
+        fields = dict(file=outcome.file, status=r.status, detail=r.detail[:200], action=outcome.action)
+        if outcome.event == "archive_file_gap":
+            fields["missing"] = ",".join(f"{a}-{b}" for a, b in r.missing[:10])
+            fields.pop("detail")
+        if outcome.event == "archive_absent_fallback":
+            self.log.info(outcome.event, **fields)
+        else:
+            self.log.warning(outcome.event, **fields)
 
     def _hold(self, st: TaskState) -> bool:
         """Backpressure: while `max_uncommitted` released tasks wait for the writer, release no more
@@ -529,6 +573,9 @@ class Scheduler(Actor):
     def _expire_leases(self) -> None:
         server_now = self.clock.now_ms()
         writer_silent = time.monotonic() - self.writer_heard > WRITER_SILENT_S
+        if self.archive is not None:
+            for task_id in self.archive.expired(server_now):
+                self.log.warning("lease_expired", task_id=task_id, action="archive file sent again")
         for task_id in self.book.expired(server_now):
             st = self.book.states[task_id]
             if st.result_ok and writer_silent and st.leases_kept < LEASES_KEPT_MAX:
@@ -554,6 +601,9 @@ class Scheduler(Actor):
                 self.log.warning("unexpected_message", socket="results", kind=type(msg).__name__, action="dropped")
 
     def _result(self, r: TaskResult) -> None:
+        if self.archive is not None and self.archive.owns(r.task_id):
+            self._archive_result(r)
+            return
         server_now = self.clock.now_ms()
         self.budget.settle(r.task_id, r.requested_at_ms, server_now)
         if r.weight_used_1m >= 0:
@@ -623,6 +673,10 @@ class Scheduler(Actor):
             if isinstance(msg, Committed):
                 self._writer_heard(msg.writer_started_ms)
                 for task_id in msg.task_ids:
+                    if self.archive is not None and self.archive.committed(task_id) is not None:
+                        if not self.backfill_started:
+                            self.backfill_started = time.monotonic()
+                        continue
                     st = self.book.committed(task_id)
                     if st is not None:
                         self._done(st, msg.committed_at_ms)
@@ -645,6 +699,8 @@ class Scheduler(Actor):
             return
         # Pages fetched for the writer's earlier run may have died with it: fetch them again now.
         server_now = self.clock.now_ms()
+        if self.archive is not None:
+            self.archive.reissue_uncommitted(server_now)
         waiting = [tid for tid in self.book.in_flight if self.book.states[tid].result_ok]
         for task_id in waiting:
             self.budget.settle(task_id, 0, server_now)
@@ -683,23 +739,40 @@ class Scheduler(Actor):
     def _progress(self, now: float) -> None:
         self.next_progress = now + PROGRESS_EVERY_S
         open_backfill = self.backfill_open + self.backlog.pages_left
+        archive_left = len(self.archive) if self.archive is not None else 0
         slowest_ms, self.slowest_tick_s = round(self.slowest_tick_s * 1000, 1), 0.0
-        if not self.backfill_started or (open_backfill == 0 and self.mode != "once"):
+        if not self.backfill_started or (open_backfill == 0 and not archive_left and self.mode != "once"):
             return
         elapsed = max(now - self.backfill_started, 1e-3)
-        rate = self.candles_done / elapsed
+        a = self.archive
+        archive_fields = {}
+        if a is not None:
+            files_rate = a.files_done / elapsed
+            archive_fields = dict(
+                archive_files_done=a.files_done, archive_files_total=a.files_total,
+                archive_mb_per_s=round(a.bytes_done / elapsed / 1e6, 2),
+                archive_candles=a.candles_done, archive_candles_per_s=round(a.candles_done / elapsed, 1),
+                archive_eta_s=round(len(a) / files_rate, 1) if files_rate > 0 else -1,
+                archive_absent=a.files_absent, archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
+        rate = (self.candles_done + (a.candles_done if a else 0)) / elapsed
         done_rate = self.backfill_done / elapsed
         eta = open_backfill / done_rate if done_rate > 0 else -1
         self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
                       candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
                       weight_used=self.budget.spent, weight_limit=self.budget.limit,
-                      failed=self.book.failed_total, slowest_tick_ms=slowest_ms)
+                      failed=self.book.failed_total, slowest_tick_ms=slowest_ms, **archive_fields)
 
     def _finish_once(self) -> None:
+        self._progress(time.monotonic())  # the last figures, also for a run shorter than one period
         elapsed = time.monotonic() - (self.backfill_started or self.started)
         failed = self.book.failed
+        a = self.archive
+        archive_fields = {} if a is None else dict(
+            archive_files=a.files_done, archive_candles=a.candles_done,
+            archive_mb=round(a.bytes_done / 1e6, 2), archive_absent=a.files_absent,
+            archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
         self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
-                      seconds=round(elapsed, 2), failed=self.book.failed_total)
+                      seconds=round(elapsed, 2), failed=self.book.failed_total, **archive_fields)
         for st in list(failed.values())[:20]:
             self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
                            start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)

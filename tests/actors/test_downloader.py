@@ -213,3 +213,153 @@ def test_configured_proxy_is_used(sim, downloader_factory):
     result, batch = d.run(HISTORY, HISTORY + 9 * MIN)
     assert (result.status, batch) == ("network", None)
     assert "ProxyError" in result.detail
+
+
+# --- archive tasks ----------------------------------------------------------------------------
+
+class _ArchiveFiles:
+    """A loopback HTTP server with a dict of path -> bytes (404 otherwise), counting requests.
+
+    Stands in for the simulator's archive until it serves one; real sockets, real HTTP."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        files = self.files = {}
+        self.requests: list[str] = []
+        requests_seen = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                requests_seen.append(self.path)
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                body = body if body is not None else b"<Error><Code>NoSuchKey</Code></Error>"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def put(self, f, zip_bytes: bytes, checksum: bytes | None = None) -> None:
+        import hashlib
+        self.files["/" + f.path] = zip_bytes
+        self.files["/" + f.path + ".CHECKSUM"] = checksum if checksum is not None else (
+            f"{hashlib.sha256(zip_bytes).hexdigest()}  {f.name}\n".encode())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _zip_of(text: str) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.csv", text)
+    return buf.getvalue()
+
+
+def _day_csv(interval: str, day_ms: int, header: bool) -> tuple[str, list[list]]:
+    from kl_actors.core import intervals
+    lines, expect = [], []
+    t = day_ms
+    i = 0
+    while t < day_ms + 86_400_000:
+        close = intervals.close_time(interval, t)
+        row = [t, f"1.{i:04d}0", "2.5", "0.5", "1.5", "10.000", close, "15.00", i, "5.0", "7.50", "0"]
+        lines.append(",".join(map(str, row)))
+        expect.append(row)
+        t = intervals.next_open(interval, t)
+        i += 1
+    head = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"
+            "taker_buy_volume,taker_buy_quote_volume,ignore\n") if header else ""
+    return head + "\n".join(lines) + "\n", expect
+
+
+@pytest.fixture
+def archive_files():
+    server = _ArchiveFiles()
+    yield server
+    server.close()
+
+
+def _send_archive(d: DownloaderProcess, f, task_id: str, attempt: int = 1) -> None:
+    d.tasks.send(messages.encode(messages.ArchiveTask(task_id=task_id, symbol=f.symbol, interval=f.interval,
+                                                      year=f.year, month=f.month, day=f.day, attempt=attempt)))
+
+
+def test_archive_files_verified_parsed_and_sent_as_archive_batches(archive_files, downloader_factory):
+    from kl_actors.core.archive import ArchiveFile
+    good = ArchiveFile("BTCUSDT", "1m", 2024, 3, 5)
+    headed = ArchiveFile("BTCUSDT", "1h", 2021, 1, 2)
+    csv_1m, truth_1m = _day_csv("1m", good.start_ms, header=True)
+    csv_1h, truth_1h = _day_csv("1h", headed.start_ms, header=False)
+    archive_files.put(good, _zip_of(csv_1m))
+    archive_files.put(headed, _zip_of(csv_1h))
+    bad_sum = ArchiveFile("BTCUSDT", "1m", 2024, 3, 6)
+    archive_files.put(bad_sum, _zip_of(_day_csv("1m", bad_sum.start_ms, True)[0]),
+                      checksum=b"0" * 64 + f"  {bad_sum.name}".encode())
+    truncated = ArchiveFile("BTCUSDT", "1m", 2024, 3, 7)
+    whole = _zip_of(_day_csv("1m", truncated.start_ms, True)[0])
+    # Cut short after publishing: its CHECKSUM (of the whole file) fails first.
+    archive_files.put(truncated, whole)
+    archive_files.files["/" + truncated.path] = whole[: len(whole) // 2]
+    # Published truncated (the CHECKSUM fits the cut bytes): the zip itself is refused.
+    broken = ArchiveFile("BTCUSDT", "1m", 2024, 3, 9)
+    archive_files.put(broken, _zip_of(_day_csv("1m", broken.start_ms, True)[0])[:-300])
+    missing = ArchiveFile("BTCUSDT", "1m", 2024, 3, 8)
+
+    d = downloader_factory("http://127.0.0.1:9", archive_url=archive_files.url)
+    _send_archive(d, good, "a-good")
+    candles: list[list] = []
+    while True:
+        batch = d.batch(10.0)
+        assert batch is not None, d.stderr()
+        assert (batch.symbol, batch.interval, batch.source, batch.live) == ("BTCUSDT", "1m", "archive", False)
+        candles += rows(batch.candles)
+        if batch.task_id:
+            assert batch.task_id == "a-good"
+            break
+    assert candles == truth_1m and len(candles) == 1440  # the file's strings, exactly
+    result = d.result(10.0)
+    assert (result.task_id, result.status, result.candles) == ("a-good", "ok", 1440)
+    assert (result.first_open_ms, result.last_open_ms) == (good.start_ms, good.start_ms + 1439 * MIN)
+    assert result.weight_used_1m == -1 and result.requested_at_ms == 0  # no REST weight
+
+    _send_archive(d, headed, "a-1h")
+    batch = d.batch(10.0)
+    assert batch.task_id == "a-1h" and rows(batch.candles) == truth_1h
+    assert d.result(10.0).status == "ok"
+
+    for f, task_id, status in ((bad_sum, "a-sum", "bad_file"), (truncated, "a-trunc", "bad_file"),
+                               (broken, "a-broken", "bad_file"), (missing, "a-missing", "absent")):
+        _send_archive(d, f, task_id)
+        result = d.result(10.0)
+        assert (result.task_id, result.status) == (task_id, status), result
+        assert f.name in result.detail
+        assert d.batch(0.3) is None  # nothing of a bad or absent file is sent
+    # The missing file's zip was never asked: its CHECKSUM's 404 decided.
+    assert "/" + missing.path not in archive_files.requests
+    assert "/" + missing.path + ".CHECKSUM" in archive_files.requests
+    log = d.stderr()
+    failed = [line for line in log.splitlines() if "event=archive_file_failed" in line]
+    assert len(failed) == 3, log
+    assert bad_sum.name in failed[0] and "does not match" in failed[0]
+    assert truncated.name in failed[1] and "does not match" in failed[1]
+    assert broken.name in failed[2] and "broken zip" in failed[2]
+
+
+def test_archive_task_with_the_archive_off_is_answered_absent(downloader_factory):
+    from kl_actors.core.archive import ArchiveFile
+    d = downloader_factory("http://127.0.0.1:9")  # REST elsewhere, no archive named: off
+    _send_archive(d, ArchiveFile("BTCUSDT", "1m", 2024, 3, 5), "a-off")
+    result = d.result(5.0)
+    assert (result.status, result.detail) == ("absent", "archive is off in this configuration")

@@ -516,3 +516,28 @@ def test_full_disk_holds_the_batches_until_space_comes_back(workdir, writer_fact
     finally:
         store.close()
     assert "event=database_resumed" in writer.stderr() and "event=write_failed" not in writer.stderr()
+
+
+def test_archive_rows_are_stored_as_archive_under_rest_and_over_ws(writer):
+    """rest > archive > ws in the writer process: archive values kept as the file's strings."""
+    ws = minutes(0, 2, close="100.1")
+    writer.send(KlineBatch("BTCUSDT", "1m", "ws", ws, live=True))
+    writer.wait_bus(lambda m: isinstance(m, messages.Committed) and not m.task_ids, what="ws commit")
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(1, 1, close="100.2"), task_id="rest"))
+    writer.wait_committed("rest")
+    # The file's decimal strings, trailing zeros and all.
+    archived = [Candle(c.open_time_ms, "100.10", "101.000", "99.9", "100.30", "12.3400",
+                       c.close_time_ms, "1234.56789012345678", 42, "6.00000001", "617.2", "0")
+                for c in minutes(0, 3)]
+    writer.send(KlineBatch("BTCUSDT", "1m", "archive", archived, task_id="arch"))
+    writer.wait_committed("arch")
+    assert writer.rows("BTCUSDT", "1m") == [row(archived[0], "archive"), row(minutes(1, 1, close="100.2")[0], "rest"),
+                                           row(archived[2], "archive")]
+    # ws never over archive; REST over archive.
+    writer.send(KlineBatch("BTCUSDT", "1m", "ws", minutes(0, 1, close="100.4"), live=True))
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(2, 1, close="100.5"), task_id="rest2"))
+    writer.wait_committed("rest2")
+    writer.pump(0.2)
+    rows = writer.rows("BTCUSDT", "1m")
+    assert [(r[4], r[-1]) for r in rows] == [("100.30", "archive"), ("100.2", "rest"), ("100.5", "rest")]
+    assert all(f.source != "archive" for _, f in writer.feed_messages)  # backfill is never published
