@@ -215,6 +215,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def ready(timeout_s: float, *sockets: zmq.Socket):
+    """Each socket with a message waiting, as messages come, until `timeout_s` passes quietly."""
+    poller = zmq.Poller()
+    for sock in sockets:
+        poller.register(sock, zmq.POLLIN)
+    end = time.monotonic() + timeout_s
+    while True:
+        events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
+        if not events:
+            return
+        yield from (sock for sock in sockets if sock in events)
+
+
 class ActorProcess:
     """One `python -m kl_actors.run <name>` process, its stderr in a file; killed by `stop()`."""
 
@@ -384,24 +397,17 @@ class WriterProcess(ActorProcess):
 
     def pump(self, timeout_s: float) -> None:
         """Receive whatever arrives within timeout_s on bus, feed and control."""
-        poller = zmq.Poller()
-        for s in (self.bus, self.feed, self.control):
-            poller.register(s, zmq.POLLIN)
-        end = time.monotonic() + timeout_s
-        while True:
-            events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
-            if not events:
-                return
-            if self.bus in events:
+        for sock in ready(timeout_s, self.bus, self.feed, self.control):
+            if sock is self.bus:
                 m = messages.decode(self.bus.recv())
                 self.bus_messages.append(m)
                 self.events.append(("bus", m))
-            if self.feed in events:
+            elif sock is self.feed:
                 topic, body = self.feed.recv_multipart()
                 f = messages.decode_feed(body)
                 self.feed_messages.append((topic, f))
                 self.events.append(("feed", f))
-            if self.control in events:
+            else:
                 self.heartbeats.append(messages.decode(self.control.recv()))
                 self.heartbeat_times.append(time.monotonic())
 
@@ -464,23 +470,16 @@ class Peers:
         return sock
 
     def pump(self, timeout_s: float = 0.1) -> None:
-        poller = zmq.Poller()
-        for s in (self.feed, self.writer, self.control):
-            poller.register(s, zmq.POLLIN)
-        end = time.monotonic() + timeout_s
-        while True:
-            events = dict(poller.poll(max(0, int((end - time.monotonic()) * 1000))))
-            if not events:
-                return
-            if self.feed in events:
+        for sock in ready(timeout_s, self.feed, self.writer, self.control):
+            if sock is self.feed:
                 topic, body = self.feed.recv_multipart()
                 if topic == messages.FEED_GAP_TOPIC:
                     self.gaps.append(messages.decode_feed_gap(body))
                 else:
                     self.feed_messages.append((topic, messages.decode_feed(body)))
-            if self.writer in events:
+            elif sock is self.writer:
                 self.batches.append((int(time.time() * 1000), messages.decode(self.writer.recv())))
-            if self.control in events:
+            else:
                 self.control.recv()
                 self.heartbeats += 1
 

@@ -26,6 +26,7 @@ import zmq
 
 from .. import messages
 from ..config import Config
+from ..core.clock import ServerClock
 from ..log import Logger
 
 LINGER_MS = 500
@@ -102,6 +103,19 @@ class Actor:
             return None
         self.handled += 1
         return message
+
+    def take_clock(self, sock: zmq.Socket, clock: ServerClock) -> None:
+        """Read the `ClockSync` messages waiting on a bus SUB into `clock` (one line when it is
+        first known: checks against the exchange's now start then)."""
+        for _ in range(100):
+            if not sock.poll(0):
+                return
+            message = self.receive(sock)
+            if isinstance(message, messages.ClockSync):
+                if not clock.synced:
+                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
+                                  action="candles dated in the future are refused from now on")
+                clock.update(message)
 
     def send(self, sock: zmq.Socket, message: messages.Message, block: bool = True) -> bool:
         """Send one message; with block=False a full or absent peer drops it and returns False."""

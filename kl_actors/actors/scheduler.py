@@ -59,6 +59,7 @@ QUEUED_BACKFILL = 2000
 # A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
 # has not committed are waited for, not fetched again; a restarted writer gets them again.
 WRITER_SILENT_S = 3.0
+RESULT_WAIT_S = 10.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
 # Stored 3d tables read for their phase before the exchange is asked instead.
 STORED_PHASE_TABLES = 20
@@ -124,6 +125,7 @@ class Scheduler(Actor):
         self.holding = False  # release held back: too many results wait for the writer
         self.writer_heard = time.monotonic()
         self.writer_started_ms = 0
+        self.results_due: dict[str, float] = {}  # task id -> when it was committed, result unread
         self.slowest_tick_s = 0.0  # since the last progress line
         self.pass_slowest_s = 0.0  # since the current planning pass began
 
@@ -150,11 +152,19 @@ class Scheduler(Actor):
         if now >= self.next_progress:
             self._progress(now)
         if (self.mode == "once" and self.planned_once and self.planning is None and not len(self.backlog)
-                and self.book.open_count() == 0 and not (self.archive and len(self.archive))):
+                and self.book.open_count() == 0 and not (self.archive and len(self.archive))
+                and not self._results_due(now)):
             self._finish_once()
         took = time.monotonic() - started
         self.slowest_tick_s = max(self.slowest_tick_s, took)
         self.pass_slowest_s = max(self.pass_slowest_s, took)
+
+    def _results_due(self, now: float) -> bool:
+        """Results of committed tasks not read yet (one lost on the way is forgotten after 10 s)."""
+        for task_id, since in list(self.results_due.items()):
+            if now - since > RESULT_WAIT_S:
+                del self.results_due[task_id]
+        return bool(self.results_due)
 
     def poll_timeout_ms(self) -> int:
         return self.poll_ms
@@ -601,6 +611,7 @@ class Scheduler(Actor):
                 self.log.warning("unexpected_message", socket="results", kind=type(msg).__name__, action="dropped")
 
     def _result(self, r: TaskResult) -> None:
+        self.results_due.pop(r.task_id, None)
         if self.archive is not None and self.archive.owns(r.task_id):
             self._archive_result(r)
             return
@@ -679,6 +690,10 @@ class Scheduler(Actor):
                         continue
                     st = self.book.committed(task_id)
                     if st is not None:
+                        if not st.result_ok:
+                            # Committed before its result arrived (an empty page is committed at
+                            # once): --once must still read the result (an empty hole is asked again).
+                            self.results_due[task_id] = time.monotonic()
                         self._done(st, msg.committed_at_ms)
             elif isinstance(msg, WriteFailed):
                 server_now = self.clock.now_ms()
@@ -687,7 +702,12 @@ class Scheduler(Actor):
                 self.log.warning("write_failed", tasks=len(msg.task_ids), error=msg.error[:200],
                                  action="tasks re-issued in 1.0s")
             elif isinstance(msg, ClockSync):
+                first = not self.clock.synced
                 self.clock.update(msg)
+                if first and self.next_boundary_ms is not None:
+                    # Boundaries were planned on local time while the clock was unknown: start them
+                    # again from the exchange's time (not a clock jump: nothing was missed).
+                    self.next_boundary_ms = None
 
     def _writer_heard(self, started_ms: int) -> None:
         self.writer_heard = time.monotonic()
@@ -738,6 +758,7 @@ class Scheduler(Actor):
     # -- reporting -----------------------------------------------------------------------------
     def _progress(self, now: float) -> None:
         self.next_progress = now + PROGRESS_EVERY_S
+        self._results_due(now)  # forgets results lost on the way
         open_backfill = self.backfill_open + self.backlog.pages_left
         archive_left = len(self.archive) if self.archive is not None else 0
         slowest_ms, self.slowest_tick_s = round(self.slowest_tick_s * 1000, 1), 0.0

@@ -438,15 +438,7 @@ class WebSocketActor(Actor):
                 self._drop(link, f"frame of {payload} bytes, over {MAX_FRAME_BYTES}")
 
     def _on_bus(self, sock: zmq.Socket) -> None:
-        for _ in range(100):
-            if not sock.poll(0):
-                return
-            message = self.receive(sock)
-            if isinstance(message, ClockSync):
-                if not self.clock.synced:
-                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
-                                  action="candles dated in the future are refused from now on")
-                self.clock.update(message)
+        self.take_clock(sock, self.clock)
 
     def _drop(self, link: Link, reason: str) -> None:
         self.malformed_total += 1

@@ -294,15 +294,7 @@ class Writer(Actor):
 
     # -- handlers -------------------------------------------------------------------------------
     def _on_clock(self, sock: zmq.Socket) -> None:
-        for _ in range(100):
-            if not sock.poll(0):
-                return
-            message = self.receive(sock)
-            if isinstance(message, ClockSync):
-                if not self.clock.synced:
-                    self.log.info("clock_known", offset_ms=round(message.offset_ms, 1),
-                                  action="candles dated in the future are refused from now on")
-                self.clock.update(message)
+        self.take_clock(sock, self.clock)
 
     def _future_limit_ms(self) -> int | None:
         """Nothing may close after this (server time); None until the exchange's clock is known."""
