@@ -704,10 +704,13 @@ class Scheduler(Actor):
             elif isinstance(msg, ClockSync):
                 first = not self.clock.synced
                 self.clock.update(msg)
-                if first and self.next_boundary_ms is not None:
-                    # Boundaries were planned on local time while the clock was unknown: start them
-                    # again from the exchange's time (not a clock jump: nothing was missed).
+                if first and (self.next_boundary_ms is not None or self.planned_once or self.planning):
+                    # Boundaries and backfill were planned on local time while the clock was
+                    # unknown: start boundaries again from the exchange's time (not a clock jump:
+                    # nothing was missed) and plan the tails again at once with it.
                     self.next_boundary_ms = None
+                    self.next_plan = 0.0
+                    self.plan_again = self.planning is not None
 
     def _writer_heard(self, started_ms: int) -> None:
         self.writer_heard = time.monotonic()

@@ -37,12 +37,12 @@ def test_fifty_symbols_four_intervals_from_empty_then_only_tail(workdir, sim_fac
 
     # Second run: only the tails are asked, at most one small page per table.
     sim.reset_stats()
-    started = server_ms(sim)
     code, err = run_once(config, workdir)
     assert code == 0, err[-3000:]
     by_table = sim.stats()["requests_by_symbol_interval"]
     assert all(count == 1 for count in by_table.values()), by_table
     assert set(by_table) <= {f"{s} {i}" for s in symbols for i in FOUR}
+    # The depth was counted when the first run planned the table.
     assert_exact(workdir / "db.sqlite", sim, symbols, FOUR, started, server_ms(sim))
 
 
@@ -71,11 +71,10 @@ def test_punched_holes_refilled_and_maintenance_hole_recorded_once(workdir, sim_
     db.execute("DELETE FROM k_1000pepe_1h WHERE open_time = ?", (intervals.step("1h", last_hour, -50),))
     db.close()
     sim.reset_stats()
-    started = server_ms(sim)
     code, err = run_once(config, workdir)
     assert code == 0, err[-3000:]
     assert "exchange_hole_confirmed" not in err  # the refilled holes were ours, not the exchange's
-    assert_exact(workdir / "db.sqlite", sim, symbols, depth, started, server_ms(sim))
+    assert_exact(workdir / "db.sqlite", sim, symbols, depth, now, server_ms(sim))  # depth set by run 1
     with apsw.Connection(str(workdir / "db.sqlite")) as conn:
         recorded = conn.execute("SELECT symbol, interval, start_ms, end_ms FROM meta_holes").fetchall()
     assert recorded == [("BTCUSDT", "1h", hole_start, hole_end)]
