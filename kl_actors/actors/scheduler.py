@@ -12,62 +12,46 @@ configured (`core/archive_queue.py` keeps those files and says what falls back t
 tasks go out up to `archive.concurrency` at a time, ahead of REST work but outside the weight
 budget, so they never take weight a boundary fetch needs.
 
+Its ideas live in three modules: this one (the loop, live boundaries, dispatch, results),
+`scheduler_discovery.py` (symbols and the 3d phase) and `scheduler_backfill.py` (the planning pass).
+
 It never writes the database and never fetches klines itself.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import requests
 import zmq
 
 from .. import config as cfg
 from .. import exchange
-from ..core import backlog, boundaries, intervals, klines, planner
+from ..core import backlog, boundaries, intervals
 from ..core.archive_queue import ArchiveQueue
 from .base import Actor
+from .scheduler_backfill import BackfillPlanning
+from .scheduler_discovery import Discovery
 from ..core.budget import WeightBudget, reserved_weight, weight_for_limit
 from ..core.clock import ServerClock, local_ms
-from ..core.discovery import Discovered, DiscoveryError, changes
-from ..httpcap import BodyTooLarge, get_capped
-from ..messages import (
-    ClockSync,
-    Committed,
-    DownloadTask,
-    ExchangeHole,
-    SymbolInfo,
-    SymbolsUpdate,
-    TaskResult,
-    WriteFailed,
-)
-from ..store import Store, StoreError
+from ..messages import ClockSync, Committed, DownloadTask, SymbolInfo, TaskResult, WriteFailed
 from ..core.tasks import TaskBook, TaskState
 
 CLOCK_WAIT_S = 3.0
 PROGRESS_EVERY_S = 5.0
 EXIT_INCOMPLETE = 3
-# Planning runs a slice at a time between the loop's other work, so heartbeats, results and
-# boundaries never wait for it however large the database.
-PLAN_SLICE_S = 0.05
-# Backfill tasks kept queued in the book; the rest waits as ranges in the backlog.
-QUEUED_BACKFILL = 2000
 # A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
 # has not committed are waited for, not fetched again; a restarted writer gets them again.
 WRITER_SILENT_S = 3.0
 RESULT_WAIT_S = 10.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
-# Stored 3d tables read for their phase before the exchange is asked instead.
-STORED_PHASE_TABLES = 20
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 
 
-class Scheduler(Actor):
+class Scheduler(Discovery, BackfillPlanning, Actor):
     poll_ms = 20
 
     # -- sockets and state ---------------------------------------------------------------------
@@ -168,250 +152,6 @@ class Scheduler(Actor):
 
     def poll_timeout_ms(self) -> int:
         return self.poll_ms
-
-    # -- discovery -----------------------------------------------------------------------------
-    def _discover(self, now: float) -> None:
-        """Read exchangeInfo in a thread (a slow exchange must not stall the loop), then apply it."""
-        if self.discovery is None:
-            probe = False
-            if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
-                stored = self._stored_phase_3d()
-                if stored is not None:
-                    self._set_phase_3d(stored, "stored")
-                probe = stored is None
-            if not self.budget.try_spend(1 + probe, self.clock.now_ms()):
-                self.next_discovery = now + 1.0
-                return
-            self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
-            return
-        if not self.discovery.done():
-            return
-        future, self.discovery = self.discovery, None
-        try:
-            used, sent_ms, found, phase, phase_error = future.result()
-        except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
-            self.next_discovery = now + 5.0
-            self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
-                             action="keeping last list, retry in 5.0s")
-            return
-        if used >= 0:
-            self.budget.observe(used, sent_ms, self.clock.now_ms())
-        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
-            self._set_phase_3d(phase, "exchange", phase_error)
-        self.next_discovery = now + self.config.symbols.rediscover_s
-        if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
-            self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
-        new = {s.symbol: s for s in found.trading}
-        halted = {s.symbol: s for s in found.halted}
-        moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
-        listed, resumed = moved.listed, moved.resumed
-        for symbol in moved.delisted:
-            dropped = self._drop_symbol(symbol)
-            self.log.info("symbol_delisted", symbol=symbol, dropped_tasks=dropped, action="no longer requested; data kept")
-        for symbol in moved.halted:
-            dropped = self._drop_symbol(symbol)
-            self.log.info("symbol_halted", symbol=symbol, status=halted[symbol].status, dropped_tasks=dropped,
-                          action="nothing live until it trades again; not delisted, data kept")
-        for symbol in resumed:
-            self.log.info("symbol_resumed", symbol=symbol, action="tail backfill, then live")
-        self.trading = new
-        self.halted = halted
-        if (listed or resumed) and self.known_symbols:
-            if listed:
-                self.log.info("symbols_listed", symbols=",".join(listed[:20]), count=len(listed), action="backfill")
-            self.next_plan = 0.0
-            self.plan_again = self.planning is not None
-        self.known_symbols = True
-        self.send(self.writer, SymbolsUpdate(symbols=found.trading + found.halted + found.not_trading,
-                                             seen_at_ms=self.clock.now_ms()), block=False)
-        if found.rejected:
-            self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
-                             reason="not a valid table-name symbol", action="ignored")
-        self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
-                      weight_limit=self.budget.limit)
-
-    def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
-        """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
-        the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
-        used, found = exchange.read_exchange_info(self.http, self.config.exchange, self.config.symbols)
-        phase, error = None, ""
-        if probe_3d and found.trading:
-            try:
-                answer, page_body = get_capped(
-                    self.http, exchange.url(self.config.exchange, exchange.KLINES_PATH),
-                    params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
-                    cap_bytes=64 * 1024, timeout_s=self.config.exchange.request_timeout_s)
-                page = klines.decode_page(page_body) if answer.status_code == 200 else []
-                if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
-                    phase = intervals.phase_of("3d", page[-1].open_time_ms)
-                else:
-                    error = f"HTTP {answer.status_code}, {len(page)} candles"
-            except (requests.RequestException, klines.PageError, BodyTooLarge) as exc:
-                error = str(exc)[:200]
-        return used, sent_ms, found, phase, error
-
-    def _stored_phase_3d(self) -> int | None:
-        """Where the stored 3d candles open (any 3d table: they all come from the exchange). At
-        most a few tables are read (the writer makes empty ones ahead): else the exchange is asked."""
-        store = self._open_store()
-        try:
-            with_3d = [symbol for symbol, tables in (store.kline_tables() if store else {}).items() if "3d" in tables]
-            for symbol in with_3d[:STORED_PHASE_TABLES]:
-                last = store.last_open_ms(symbol, "3d")
-                if last is not None:
-                    return intervals.phase_of("3d", last)
-            return None
-        finally:
-            if store:
-                store.close()
-
-    def _set_phase_3d(self, phase: int | None, source: str, error: str = "") -> None:
-        """Never from arithmetic the exchange might not share: stored candles, else the exchange's
-        newest 3d candle, else (logged) `klines.phase_3d_days` until the next discovery asks again."""
-        if phase is None:
-            assumed = self.config.klines.phase_3d_days
-            self.log.warning("phase_3d_unknown", error=error or "no trading symbol",
-                             action=f"assuming epoch day {assumed} mod 3, asking again at the next discovery")
-            self.phase_3d_assumed_ms = assumed * intervals.DAY_MS
-            return
-        self.phase_3d_ms = phase
-        self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
-
-    def _phase_3d(self) -> int:
-        return self.phase_3d_ms if self.phase_3d_ms is not None else self.phase_3d_assumed_ms
-
-    def _drop_symbol(self, symbol: str) -> int:
-        """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""
-        dropped = self.book.drop_symbol(symbol) + self.backlog.drop_symbol(symbol)
-        if self.archive is not None:
-            dropped += self.archive.drop_symbol(symbol)
-        self.coverage.forget(symbol)
-        for key in [k for k in self.open_backfill if k[0] == symbol]:
-            del self.open_backfill[key]  # its queued tasks are gone; in-flight ones still close
-        self.backfill_open = sum(self.open_backfill.values())
-        return dropped
-
-    # -- backfill planning -------------------------------------------------------------------------
-    def _open_store(self) -> Store | None:
-        path = self.config.database.path
-        if not os.path.exists(path):
-            return None
-        try:
-            return Store.open_readonly(self.config.database, path)
-        except StoreError as exc:
-            self.log.warning("inventory_unreadable", path=path, error=str(exc)[:200], action="planning as empty")
-            return None
-
-    def _advance_planning(self) -> None:
-        started = self.slice_started = time.monotonic()
-        deadline = started + PLAN_SLICE_S
-        try:
-            while time.monotonic() < deadline:
-                next(self.planning)
-        except StopIteration:
-            self.planning = None
-            if self.plan_again:
-                self.plan_again, self.next_plan = False, 0.0
-        finally:
-            self.plan_busy_s += time.monotonic() - started
-
-    def _planning_pass(self) -> Iterator[None]:
-        """One look at every table, a slice per tick: what is missing goes to the backlog as ranges.
-
-        A table already being filled is skipped (its gaps are planned once it is done); a table's
-        history proven complete by an earlier pass is not read again (`backlog.Coverage`)."""
-        server_now = self.clock.now_ms()
-        k = self.config.klines
-        started = time.monotonic()
-        self.plan_busy_s = self.pass_slowest_s = 0.0
-        self.generation += 1
-        tables_planned = rows_checked = pages = 0
-        store = self._open_store()
-        try:
-            tables = store.kline_tables() if store else {}
-            yield
-            # A halted symbol's history is fetched once (a new table); its tail waits until it
-            # trades again, so a halt never costs a request per pass (once per process, even when
-            # the exchange has nothing in the window and no table appears).
-            fresh_halted = {s: info for s, info in self.halted.items()
-                            if s not in tables and s not in self.halted_planned}
-            self.halted_planned.update(fresh_halted)
-            plannable = [*self.trading.items(), *fresh_halted.items()]
-            for symbol, info in plannable:
-                for interval in k.intervals:
-                    if symbol not in self.trading and symbol not in self.halted:
-                        break  # delisted while this pass ran
-                    if ((symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval)
-                            or (self.archive is not None and self.archive.has(symbol, interval))):
-                        continue  # still being filled
-                    first = last = None
-                    holes: list[tuple[int, int]] = []
-                    known: list[tuple[int, int]] = []
-                    # One query per step: while the writer creates tables, each query of this
-                    # reader may reload the whole schema (~0.1 s at 8,000 tables).
-                    if store is not None and interval in tables.get(symbol, {}):
-                        first, last = store.first_last(symbol, interval)
-                        yield
-                    if last is not None:
-                        found = []
-                        for lo, hi in backlog.chunks(interval, self.coverage.scan_from(symbol, interval, first), last):
-                            expected = intervals.count_between(interval, lo, hi)
-                            short = store.count_between(symbol, interval, lo, hi) < expected
-                            yield
-                            if short:
-                                found.extend(store.gaps_between(symbol, interval, lo, hi))
-                                yield
-                            rows_checked += expected
-                        known = store.exchange_holes(symbol, interval)
-                        yield
-                        holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
-                        self.coverage.proven(symbol, interval, first, last, holes)
-                    # A table's own candles say where its 3d candles open.
-                    phase = intervals.phase_of(interval, last) if last is not None else self._phase_3d()
-                    ranges = planner.plan_table(
-                        symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
-                        depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
-                        last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
-                        phase_ms=phase)
-                    if ranges and self.archive is not None:
-                        ranges = [rest for r in ranges for rest in self.archive.split(r, server_now)]
-                    if ranges:
-                        pages += self.backlog.add(ranges)
-                    tables_planned += 1
-                    yield
-        finally:
-            if store:
-                store.close()
-        self.planned_once = True
-        self.backfill_total += pages
-        if pages and not self.backfill_started:
-            self.backfill_started = time.monotonic()
-        busy_ms = (self.plan_busy_s + time.monotonic() - self.slice_started) * 1000
-        self.log.info("planned", tasks=pages, symbols=len(self.trading), intervals=",".join(k.intervals),
-                      tables=tables_planned, rows_checked=rows_checked, busy_ms=round(busy_ms, 1),
-                      per_table_ms=round(busy_ms / max(tables_planned, 1), 3),
-                      seconds=round(time.monotonic() - started, 2),
-                      slowest_tick_ms=round(self.pass_slowest_s * 1000, 1))
-
-    def _refill(self) -> None:
-        """Cut pages off the backlog while the queue is short: tasks exist only shortly before
-        they are released, whatever the plan's size."""
-        want = QUEUED_BACKFILL - self.backfill_open
-        if want <= 0 or not len(self.backlog):
-            return
-        for kind, symbol, interval, start, end in self.backlog.take(want):
-            # Each page asks for exactly its candles: a short tail costs weight 1 (planner.page_limit).
-            self._add_backfill(kind, symbol, interval, start, end, planner.page_limit(interval, start, end))
-
-    def _add_backfill(self, kind: str, symbol: str, interval: str, start: int, end: int, limit: int,
-                      empty_answers: int = 0, not_before_ms: int = 0) -> None:
-        task_id = f"{kind}:{symbol}:{interval}:{start}-{end}:{self.generation}.{empty_answers}"
-        task = DownloadTask(task_id=task_id, symbol=symbol, interval=interval, start_ms=start, end_ms=end,
-                            limit=limit, priority="backfill")
-        self.book.add(TaskState(task=task, kind=kind, empty_answers=empty_answers, not_before_ms=not_before_ms,
-                                created_ms=self.clock.now_ms()))
-        self.open_backfill[(symbol, interval)] += 1
-        self.backfill_open += 1
 
     # -- boundaries ----------------------------------------------------------------------------
     def _plan_boundaries(self) -> None:
@@ -648,33 +388,6 @@ class Scheduler(Actor):
         else:
             self.log.info("task_retry", task_id=r.task_id, status=r.status, detail=r.detail[:160],
                           action=f"retry in {delay / 1000:.1f}s")
-
-    def _empty_hole(self, st: TaskState) -> None:
-        """The exchange answered nothing for a range inside our history: confirm later, then record."""
-        t = st.task
-        if st.empty_answers >= 1:
-            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
-                                                end_ms=t.end_ms))
-            self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
-                          start_ms=t.start_ms, end_ms=t.end_ms, action="recorded, not requested again")
-        else:
-            # Asked again later, not at once: a blip of the exchange lasts seconds, and a hole once
-            # recorded is never asked again.
-            delay_ms = int(self.config.klines.hole_confirm_s * 1000)
-            self._add_backfill("hole", t.symbol, t.interval, t.start_ms, t.end_ms, t.limit, empty_answers=1,
-                               not_before_ms=self.clock.now_ms() + delay_ms)
-            self.log.info("hole_empty_once", symbol=t.symbol, interval=t.interval, start_ms=t.start_ms,
-                          end_ms=t.end_ms, action=f"asking again in {delay_ms / 1000:.0f}s before recording it")
-
-    def _page_gaps(self, t: DownloadTask, missing: list[tuple[int, int]]) -> None:
-        """A page with candles that skipped open times inside its range: the exchange has none
-        there (maintenance, a closed market session). Recorded, so never asked again."""
-        for start_ms, end_ms in missing:
-            self.send(self.writer, ExchangeHole(symbol=t.symbol, interval=t.interval, start_ms=start_ms,
-                                                end_ms=end_ms))
-        self.log.info("exchange_hole_confirmed", symbol=t.symbol, interval=t.interval,
-                      start_ms=missing[0][0], end_ms=missing[-1][1], ranges=len(missing),
-                      source="page", action="recorded, not requested again")
 
     def _on_bus(self, sock: zmq.Socket) -> None:
         for _ in range(1000):
