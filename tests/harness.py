@@ -84,15 +84,6 @@ def backfill_config(workdir: Path, sim, depth: dict[str, int], **overrides) -> c
     return make_config(workdir, **sections)
 
 
-def offset_before_boundary(lead_ms: int, interval: str = "1m", at_least_ms: int = 2000) -> int:
-    """A simulator `clock_offset_ms` that puts its clock `lead_ms` before the next `interval`
-    boundary now (the offset is at least `at_least_ms`, so it still differs from local time):
-    a test that needs a boundary gets one in seconds instead of waiting up to a minute."""
-    local = now_ms()
-    boundary = intervals.next_boundary(interval, local + lead_ms + at_least_ms)
-    return boundary - lead_ms - local
-
-
 def server_ms(sim) -> int:
     return sim.info()["server_time_ms"]
 
