@@ -10,7 +10,8 @@ Alignment chosen (binance-api.md §2.1):
 - 3d: open on epoch days ≡ D (mod 3), D = `--phase-3d-days` (default 0: multiples of
   259 200 000 ms; the real spot archive shows D = 1, futures unknown). Set once per process by
   `set_phase_3d` before the market is built;
-- 1w: Monday 00:00 UTC (1970-01-05 is the first Monday after the epoch);
+- 1w: on epoch days ≡ W (mod 7), W = `--phase-1w-days` (default 4: Monday 00:00 UTC, as the
+  docs' weekly example; 1970-01-05 is the first Monday after the epoch). Set by `set_phase_1w`;
 - 1M: calendar months, the 1st at 00:00 UTC (UNVERIFIED by a recording).
 """
 
@@ -45,6 +46,15 @@ def set_phase_3d(days: int) -> None:
 
 def phase_3d_days() -> int:
     return _OFFSET["3d"] // DAY
+
+
+def set_phase_1w(days: int) -> None:
+    """Weekly candles open on epoch days ≡ `days` (mod 7) from now on (4: Mondays)."""
+    _OFFSET["1w"] = (days % 7) * DAY
+
+
+def phase_1w_days() -> int:
+    return _OFFSET["1w"] // DAY
 
 
 def is_interval(name: str) -> bool:
