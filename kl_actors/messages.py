@@ -148,6 +148,7 @@ class TaskResult(_Msg, tag="result"):
     # has no candles there (maintenance, a closed market session).
     missing: list[tuple[int, int]] = []
     bytes_read: int = 0  # archive tasks: bytes of the zip downloaded (the progress line's MB/s)
+    by: str = ""  # the downloader that did the task (its actor name)
 
 
 class ClockSync(_Msg, tag="clock"):

@@ -50,6 +50,7 @@ RESULT_WAIT_S = 10.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
+MAX_NAMED_DOWNLOADERS = 256
 
 
 class Scheduler(Discovery, BackfillPlanning, Actor):
@@ -60,6 +61,8 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         e = self.config.endpoints
         self.tasks_out = self.socket(zmq.PUSH, e.tasks, bind=True, hwm=1)
         self.results_in = self.socket(zmq.PULL, e.results, bind=True)
+        self.serve_remote(self.tasks_out, "tasks")  # downloaders on other hosts (curve.py)
+        self.serve_remote(self.results_in, "results")
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
         self.on(self.results_in, self._on_result)
@@ -107,6 +110,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         self.slice_started = 0.0
         self.discovery: Future | None = None
         self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
+        self.results_by: dict[str, int] = {}  # downloader name -> results (here or on another host)
         self.holding = False  # release held back: too many results wait for the writer
         self.writer_heard = time.monotonic()
         self.writer_started_ms = 0
@@ -361,6 +365,11 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
 
     def _result(self, r: TaskResult) -> None:
         self.results_due.pop(r.task_id, None)
+        if r.by not in self.results_by and len(self.results_by) < MAX_NAMED_DOWNLOADERS:
+            self.results_by[r.by] = 0  # names come over the wire: a bounded set
+            self.log.info("downloader_joined", name=r.by[:64], downloaders=len(self.results_by))
+        if r.by in self.results_by:
+            self.results_by[r.by] += 1
         if self.archive is not None and self.archive.owns(r.task_id):
             self._archive_result(r)
             return

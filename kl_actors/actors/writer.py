@@ -192,6 +192,7 @@ class Writer(Actor):
         self.store: Store | None = None
         self.hold: _Hold | None = None
         self.inbox = self.socket(zmq.PULL, e.writer, bind=True, hwm=INBOX_HWM)
+        self.serve_remote(self.inbox, "writer")  # batches of downloaders on other hosts (curve.py)
         self.bus = self.socket(zmq.PUB, e.bus_pub)
         self.feed = self.socket(zmq.PUB, e.feed_in, hwm=messages.FEED_HWM)
         self.on(self.inbox, self._on_inbox)
