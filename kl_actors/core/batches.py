@@ -23,11 +23,10 @@ import re
 import msgspec
 
 from . import intervals
-from .klines import MAX_SQL_INT, MAX_TIME_MS, PageError, check_candle
+from .klines import FUTURE_TOLERANCE_MS, MAX_SQL_INT, MAX_TIME_MS, PageError, check_candle
 from .symbols import table_name
 from ..messages import Candle
 
-FUTURE_TOLERANCE_MS = 5_000  # clock error: a candle closing later than this past now is refused
 RECENT_MS = 10 * 60_000    # a candle closed this recently when asked may still change
 REMEMBER_MS = 20 * 60_000  # requests older than this (behind the newest) are forgotten
 REMEMBER_MAX = 200_000     # (symbol, interval, open_time) entries at most
