@@ -100,6 +100,7 @@ class DatabaseHold:
 
 
 def hold_reason(exc: Exception) -> str:
+    """Why the database refuses writes, for the log line (busy decides the retry pace)."""
     if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
         return "busy"
     if isinstance(exc, apsw.FullError):
@@ -110,6 +111,7 @@ def hold_reason(exc: Exception) -> str:
 
 
 def describe(exc: Exception) -> str:
+    """A database error as one short text, for a log line or a `WriteFailed`."""
     if isinstance(exc, apsw.FullError):
         return f"disk full: {exc}"
     if isinstance(exc, apsw.ReadOnlyError):
