@@ -531,7 +531,11 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         for st in list(failed.values())[:20]:
             self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
                            start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
-        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total else 0
+        skipped = [i for i in self.config.klines.intervals if not self.alignment.usable(i)]
+        for interval in skipped:
+            self.log.error("not_fetched", interval=interval,
+                           error="the exchange's candles do not open where this interval is assumed to (see month_alignment_contradicted)")
+        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total or skipped else 0
         self.stop()
 
     def teardown(self) -> None:

@@ -87,6 +87,7 @@ class AdminApi:
         m = st.market
         return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms, **m.extras,
                       "phase_3d_days": tf.phase_3d_days(), "phase_1w_days": tf.phase_1w_days(),
+                      "month_shift_days": tf.month_shift_days(),
                       "weight_limit": st.limiter.limit, "server_time_ms": st.now_ms(),
                       "options": vars(st.options)})
 

@@ -9,7 +9,7 @@ import apsw
 import pytest
 import requests
 
-from exactness import run_once, stored_rows
+from exactness import assert_exact, run_once, stored_rows, trading_symbols
 from kl_actors.core import intervals
 from kl_actors.store import Store
 from kl_actors.core.symbols import table_name
@@ -127,3 +127,32 @@ def test_whole_universe_exact_then_nothing_asked_for_complete_tables(workdir, si
         grid_moved = intervals.last_closed_open(interval, ended, phases.get(interval)) > last
         assert grid_moved and count == 1, (key, count, last)
     assert_universe_exact(db, sim, {**trading, **halted}, phases, first_run, (started, ended))
+
+
+def test_months_off_the_calendar_are_refused_not_retried_and_the_rest_is_exact(workdir, sim_factory):
+    """A 1M grid the exchange does not share with the calendar: 1M is neither planned nor fetched
+    (not one 1M request after the probe), the run says so and ends incomplete; every other
+    interval is exact."""
+    sim = sim_factory(symbols=3, month_shift_days=3, weight_limit=1_000_000)
+    depth = {"1h": 300, "1d": 60, "1M": 12}
+    config = make_config(
+        workdir,
+        exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 3.0},
+        klines={"intervals": list(depth), "depth": dict(depth)},
+        downloader={"processes": 1, "concurrency": 2, "lease_s": 10.0})
+    started = server_ms(sim)
+    code, err = run_once(config, workdir)
+    ended = server_ms(sim)
+    assert code == 1, err[-3000:]  # incomplete: 1M could not be fetched
+    assert "event=month_alignment_contradicted" in err and "source=exchange" in err
+    assert "event=not_fetched interval=1M" in err
+    asked = sim.stats()["requests_by_symbol_interval"]
+    assert sum(n for key, n in asked.items() if key.endswith(" 1M")) == 1  # the probe, nothing else
+    store = Store.open_readonly(path=str(workdir / "db.sqlite"))
+    try:
+        for symbol in trading_symbols(sim):
+            assert not stored_rows(store, symbol, "1M")
+    finally:
+        store.close()
+    assert_exact(workdir / "db.sqlite", sim, trading_symbols(sim), {"1h": 300, "1d": 60}, started, ended,
+                 tables_beyond={"1M"})
