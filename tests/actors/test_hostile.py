@@ -69,7 +69,10 @@ def test_retry_after_inf_during_backfill_pauses_to_next_window_and_ends_exact(wo
     # Paused until the next minute window, not forever and not a crash.
     pauses = [float(ln.split("paused for ")[1].split("s")[0]) for ln in throttled]
     assert all(0 <= p <= 60 for p in pauses), pauses
-    assert err.count("event=actor_started name=scheduler") == 1, "the scheduler was restarted"
+    assert err.count("event=actor_started name=scheduler") == 1, (
+        "the scheduler was restarted:\n" + "\n".join(ln for ln in err.splitlines()
+                                                     if "name=scheduler" in ln or "actor=scheduler level=error" in ln
+                                                     or "Traceback" in ln)[-3000:])
     assert "event=actor_exited" not in err and "Traceback" not in err, err[-3000:]
 
 
