@@ -71,7 +71,7 @@ def test_retry_after_inf_during_backfill_pauses_to_next_window_and_ends_exact(wo
     assert all(0 <= p <= 60 for p in pauses), pauses
     assert err.count("event=actor_started name=scheduler") == 1, (
         "the scheduler was restarted:\n" + "\n".join(ln for ln in err.splitlines()
-                                                     if "name=scheduler" in ln or "actor=scheduler level=error" in ln
+                                                     if "name=scheduler" in ln or "level=error actor=scheduler" in ln
                                                      or "Traceback" in ln)[-3000:])
     assert "event=actor_exited" not in err and "Traceback" not in err, err[-3000:]
 
