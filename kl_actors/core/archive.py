@@ -270,19 +270,27 @@ def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | Non
         return None
     opens, closes, trades = (list(map(int, cols[i])) for i in (0, 6, 8))
     step = intervals.nominal_ms(interval)
-    nexts = itertools.islice(opens, 1, None)
-    if not (f.start_ms <= opens[0] and opens[-1] <= f.last_open_ms
-            and all(map(operator.lt, opens, nexts))):
+    first, n = opens[0], len(opens)
+    if not (f.start_ms <= first and opens[-1] <= f.last_open_ms):
         return None
-    if interval in klines.PHASED:
-        # Whole days, whole steps apart: the phase is the exchange's (klines.validate_page).
-        if (any(map(operator.mod, opens, itertools.repeat(intervals.DAY_MS)))
-                or any(map(operator.mod, map(operator.sub, itertools.islice(opens, 1, None), opens),
-                           itertools.repeat(klines.PHASED[interval])))):
+    # The usual file, one candle every step: sorted, on the grid, each close its open's.
+    usual = (first % (intervals.DAY_MS if interval in klines.PHASED else step) == 0
+             and opens == list(range(first, first + n * step, step))
+             and closes == list(range(first + step - 1, first + n * step, step)))
+    if not usual:
+        if not all(map(operator.lt, opens, itertools.islice(opens, 1, None))):
             return None
-    elif any(map(operator.mod, opens, itertools.repeat(step))):
-        return None  # every fixed interval but 1w has its grid at 0
-    if (set(map(operator.sub, closes, opens)) != {step - 1} or closes[-1] >= now_ms
+        if interval in klines.PHASED:
+            # Whole days, whole steps apart: the phase is the exchange's (klines.validate_page).
+            if (any(map(operator.mod, opens, itertools.repeat(intervals.DAY_MS)))
+                    or any(map(operator.mod, map(operator.sub, itertools.islice(opens, 1, None), opens),
+                               itertools.repeat(klines.PHASED[interval])))):
+                return None
+        elif any(map(operator.mod, opens, itertools.repeat(step))):
+            return None  # every fixed interval but 1w has its grid at 0
+        if set(map(operator.sub, closes, opens)) != {step - 1}:
+            return None
+    if (closes[-1] >= now_ms
             or closes[-1] > klines.MAX_TIME_MS or max(trades) > klines.MAX_SQL_INT):
         return None
     # Decimals: no value is empty (lengths above), so each is ASCII digits with at most one

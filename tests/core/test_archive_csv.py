@@ -102,6 +102,7 @@ MALFORMED = {
     "open time not on the grid": _edit(_edit(BODY, 5, 0, str(int(R5[0]) + 30_000)), 5, 6,
                                        str(int(R5[6]) + 30_000)),
     "close time one short": _edit(BODY, 5, 6, str(int(R5[6]) - 1)),
+    "close time one short in a file with a gap": [*BODY[:3], *_edit(BODY, 5, 6, str(int(R5[6]) - 1))[4:]],
     "duplicate row": [*BODY[:6], BODY[5], *BODY[6:]],
     "header row mid-file": [*BODY[:5], HEADER, *BODY[5:]],
     "empty price": _edit(BODY, 5, 2, ""),
@@ -170,6 +171,14 @@ def test_unclosed_and_phased_steps_decline():
     data = "\n".join(body).encode()
     assert archive.fast_candles(f, data, NOW) is None
     assert "whole number of 3d steps" in outcome(f, data)[1]
+    # Whole steps apart with a gap, but one close time a day long.
+    gappy = rows("3d", ms(2023, 1, 2), 2) + rows("3d", ms(2023, 1, 11), 2)
+    gappy[3] = gappy[3].replace(str(ms(2023, 1, 17) - 1), str(ms(2023, 1, 15) - 1))
+    data = "\n".join(gappy).encode()
+    assert archive.fast_candles(f, data, NOW) is None
+    assert "does not match open" in outcome(f, data)[1]
+    good = "\n".join(rows("3d", ms(2023, 1, 2), 2) + rows("3d", ms(2023, 1, 11), 2)).encode()
+    assert archive.fast_candles(f, good, NOW) == reference(f, good) and len(reference(f, good)) == 4
     data = "\n".join(rows("1h", MONTHLY_1H.start_ms, 24)).encode()
     now = MONTHLY_1H.start_ms + 10 * 3_600_000
     assert archive.fast_candles(MONTHLY_1H, data, now) is None
