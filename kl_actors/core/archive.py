@@ -4,8 +4,9 @@ Owns: the file name and URL of one monthly or daily kline zip (`1M` is written `
 and checking its sha256sum-format `.CHECKSUM`, reading the single CSV inside a zip held in
 memory, detecting a header row per file (first field numeric or not: the exchange added headers
 around 2022-05 and never regenerated older files), turning rows into `Candle`s checked exactly as
-a REST page is (`klines.validate_page`), and splitting a range of open times into monthly files,
-daily files and the part left for REST.
+a REST page is (`klines.validate_page`; a clean file is proved so column by column by
+`fast_candles`, anything else goes row by row), and splitting a range of open times into monthly
+files, daily files and the part left for REST.
 
 Never: open sockets or files, read a clock (`now_ms` is passed in), or accept a candle from a
 file whose checksum was not verified first. A file is accepted whole or rejected whole, like a
