@@ -19,7 +19,7 @@ from . import intervals
 from ..messages import Candle
 
 # Intervals whose phase is the exchange's, not ours: validated by step (whole days apart).
-_PHASED = {"3d": intervals.THREE_DAYS_MS, "1w": intervals.WEEK_MS}
+PHASED = {"3d": intervals.THREE_DAYS_MS, "1w": intervals.WEEK_MS}
 # ASCII only: `\d` also matches other scripts' digits ("١٢"), which SQLite then reads as 0.
 _DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
 MAX_SQL_INT = 2**63 - 1          # SQLite's INTEGER; msgspec reads up to 2**64 - 1
@@ -121,7 +121,7 @@ def check_candle(interval: str, c: Candle) -> None:
         raise PageError(f"open/close time {c.open_time_ms}/{c.close_time_ms} out of range")
     try:
         # 3d and 1w: any phase the exchange uses (whole days); the page checks the steps between them.
-        aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval in _PHASED
+        aligned = (c.open_time_ms % intervals.DAY_MS == 0 if interval in PHASED
                    else intervals.is_aligned(interval, c.open_time_ms))
         close_ms = intervals.close_time(interval, c.open_time_ms) if aligned else 0
     except (intervals.IntervalError, ValueError, OverflowError, OSError) as exc:
@@ -163,7 +163,7 @@ def validate_page(
         check_candle(interval, c)
         if previous is not None and c.open_time_ms <= previous:
             raise PageError(f"duplicate open time {c.open_time_ms}")
-        if previous is not None and interval in _PHASED and (c.open_time_ms - previous) % _PHASED[interval]:
+        if previous is not None and interval in PHASED and (c.open_time_ms - previous) % PHASED[interval]:
             raise PageError(f"open time {c.open_time_ms} is not a whole number of {interval} steps after {previous}")
         if not start_ms <= c.open_time_ms <= end_ms:
             raise PageError(f"open time {c.open_time_ms} outside asked range [{start_ms}, {end_ms}]")
