@@ -148,6 +148,9 @@ class TaskResult(_Msg, tag="result"):
     # has no candles there (maintenance, a closed market session).
     missing: list[tuple[int, int]] = []
     bytes_read: int = 0  # archive tasks: bytes of the zip downloaded (the progress line's MB/s)
+    # The egress group whose way out the request took (its IP's header is `weight_used_1m`);
+    # "" from a sender that does not say: the group the scheduler sent the task to.
+    egress: str = ""
 
 
 class ClockSync(_Msg, tag="clock"):
