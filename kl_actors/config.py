@@ -280,6 +280,9 @@ def _where(message: str) -> tuple[str, str]:
     unknown = re.fullmatch(r"Object contains unknown field (.+)", text)
     if unknown:
         return (f"{key}.{unknown.group(1)}" if key else unknown.group(1)), "unknown key"
+    missing = re.fullmatch(r"Object missing required field (.+)", text)
+    if missing:
+        return (f"{key}.{missing.group(1)}" if key else missing.group(1)), "required, not given"
     return key, text
 
 
@@ -473,7 +476,7 @@ def _check_egress(config: Config, fail) -> None:
         if not _EGRESS_NAME_RE.fullmatch(g.name):
             fail(f"{key}.name", f"{g.name!r} must be 1..32 letters, digits or _ (it names sockets and log lines)")
         if g.name in names:
-            fail(f"{key}.name", f"{g.name!r} is used by an earlier [[egress]] group; names must differ")
+            fail(f"{key}.name", f"{g.name!r} is a duplicate name: an earlier [[egress]] group has it")
         names.add(g.name)
         if g.source_address and g.proxy:
             fail(key, f"group {g.name!r} has both source_address and proxy; give one (a proxy's own IP is the one counted)")
