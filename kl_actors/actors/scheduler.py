@@ -260,32 +260,15 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 # ranks those first, so nothing fresh waits behind a task held back here).
                 reserve = boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
                                              len(self.trading), self.config.klines.intervals)
-            group = self._group_with_room(open_groups, weight, reserve, server_now)
+            group = self.budgets.pick([self.groups[i] for i in open_groups], weight, reserve, server_now)
             if group is None:
                 return
-            if not self.send(self.tasks_out[group], st.task, block=False):
+            if not self.send(self.tasks_out[self.groups.index(group)], st.task, block=False):
                 return
-            self.budgets.try_spend(self.groups[group], weight, server_now, st.task.task_id)
+            self.budgets.try_spend(group, weight, server_now, st.task.task_id)
             self.book.dispatched(st.task.task_id, server_now)
             if st.task.priority == "boundary":
                 self._released(st.boundary_ms, weight)
-
-    def _group_with_room(self, open_groups: list[int], weight: int, reserve: int, server_now: int) -> int | None:
-        """The ready group whose budget has the most room for `weight` after `reserve` (this
-        minute's own closes), or None. The reserve is kept in the budgets in group order (the
-        first group's first), so it is counted once however many groups there are."""
-        room_after: dict[str, int] = {}
-        for owner, budget in self.budgets.distinct():
-            room = budget.available(server_now)
-            held = min(room, reserve)
-            reserve -= held
-            room_after[owner] = room - held
-        best, best_room = None, weight - 1
-        for i in open_groups:
-            room = room_after[self.budgets.owner[self.groups[i]]]
-            if room > best_room:
-                best, best_room = i, room
-        return best
 
     def _dispatch_archive(self) -> None:
         """Archive files: no weight, their own limit; a downloader takes them without a REST slot."""

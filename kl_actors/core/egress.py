@@ -95,6 +95,25 @@ class EgressBudgets:
     def available(self, group: str, now_ms: int) -> int:
         return self.budget(group).available(now_ms)
 
+    def pick(self, ready: list[str], weight: int, reserve: int, now_ms: int) -> str | None:
+        """The group, among `ready` (a downloader free to take a task), to send a task of `weight`
+        to: the one with the most room after `reserve` (weight this minute's own boundary fetches
+        need, kept from older work), or None when none has room. The reserve is kept in the
+        budgets in group order, the first group's first, so it is counted once whatever the
+        number of groups, and a boundary fetch goes to whichever group has room."""
+        room_after: dict[str, int] = {}
+        for owner, budget in self.distinct():
+            room = budget.available(now_ms)
+            held = min(room, reserve)
+            reserve -= held
+            room_after[owner] = room - held
+        best, best_room = None, weight - 1
+        for group in ready:
+            room = room_after[self.owner[group]]
+            if room > best_room:
+                best, best_room = group, room
+        return best
+
     def left_in_minute(self, now_ms: int) -> int:
         return sum(b.left_in_minute(now_ms) for _, b in self.distinct())
 

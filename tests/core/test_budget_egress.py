@@ -100,3 +100,20 @@ def test_refused_requests_add_no_own_weight_so_a_throttled_group_is_not_taken_fo
     for i in range(60):
         assert b.observe("b", 2400, T, T + 1, own_weight=0) is None
     assert len(b.distinct()) == 2
+
+
+def test_a_task_goes_to_the_ready_group_with_most_room_and_the_reserve_is_kept_once():
+    b = EgressBudgets(["a", "b"], 100, usable_fraction=1.0)
+    assert b.try_spend("a", 30, T)
+    assert b.pick(["a", "b"], 2, 0, T) == "b"  # b has 100, a 70
+    assert b.pick(["a"], 2, 0, T) == "a"  # only a's downloaders are free
+    assert b.pick([], 2, 0, T) is None
+    # Older work leaves this minute's boundary reserve (here 120) free: a's 70 and 50 of b's.
+    assert b.pick(["a", "b"], 2, 120, T) == "b"
+    assert b.pick(["a"], 2, 120, T) is None
+    assert b.pick(["b"], 50, 120, T) == "b" and b.pick(["b"], 51, 120, T) is None
+    # A boundary fetch (no reserve) goes wherever there is room; a group held by a 429 has none.
+    b.block("b", 30.0, T)
+    assert b.pick(["a", "b"], 1, 0, T) == "a"
+    assert b.try_spend("a", 70, T)
+    assert b.pick(["a", "b"], 1, 0, T) is None
