@@ -236,3 +236,13 @@ def test_egress_session_binds_the_group_address_or_uses_its_proxy():
     assert proxied.trust_env is False
     default = exchange.session(ExchangeConfig(), EgressConfig(name="default"))
     assert default.trust_env is True and default.proxies == {}
+
+
+def test_the_commented_egress_example_in_default_toml_is_a_valid_config():
+    import re
+    from kl_actors import cli
+    text = cli.DEFAULT_CONFIG.read_text()
+    example = re.sub(r"^# (\[\[egress\]\]|name |source_address |downloaders )", r"\1", text, flags=re.M)
+    config = cfg.check(cfg.decode(example.encode(), "example"), "example")
+    assert [(g.name, g.source_address, g.downloaders) for g in config.egress] == \
+        [("a", "203.0.113.10", 2), ("b", "203.0.113.11", 2)]
