@@ -118,7 +118,8 @@ def _check_tables(db: Path, sim: SimProcess, depth: int) -> tuple[int, list[str]
     info = sim.info()
     end_ms = info["server_time_ms"] - info["server_time_ms"] % 60_000 - 60_000
     listed = {s["symbol"]: s["onboardDate"] for s in
-              requests.get(sim.rest_url + "/fapi/v1/exchangeInfo", timeout=10).json()["symbols"]}
+              requests.get(sim.rest_url + "/fapi/v1/exchangeInfo", timeout=10).json()["symbols"]
+              if s["contractType"] == "PERPETUAL" and s["quoteAsset"] == "USDT" and s["status"] == "TRADING"}
     store = Store.open_readonly(path=str(db))
     problems, rows = [], 0
     try:
@@ -129,7 +130,7 @@ def _check_tables(db: Path, sim: SimProcess, depth: int) -> tuple[int, list[str]
         for symbol in sorted(tables):
             stored = store.candles(symbol, "1m")
             rows += len(stored)
-            first_possible = -(-listed.get(symbol, 0) // 60_000) * 60_000
+            first_possible = listed.get(symbol, 0) // 60_000 * 60_000  # the minute it was listed in
             want = min(depth, (stored[-1][0] - first_possible) // 60_000 + 1) if stored else depth
             if len(stored) != want:
                 problems.append(f"{symbol}: {len(stored)} rows, expected {want}")
