@@ -2,12 +2,16 @@
 
 The tree, by kind (docs/ARCHITECTURE.md has the whole map):
 - `core/`      the pure core: no sockets, files or clocks (`now` is passed in), unit-tested:
-               `intervals`, `symbols` (table names), `klines` (page and event checks), `answers`
-               (what an HTTP answer means), `planner` + `backlog` (what to fetch), `boundaries`
-               (live-edge order), `budget` (request weight), `tasks` (queue, leases), `restarts`,
-               `clock`, `discovery` (exchangeInfo), `streams` (WebSocket stream names)
+               `intervals`, `symbols` (table names), `klines` (page and event checks), `batches`
+               (what the writer lets in), `answers` (what an HTTP answer means), `planner` +
+               `backlog` (what to fetch), `boundaries` (live-edge order), `budget` (request
+               weight), `tasks` (queue, leases), `restarts`, `clock`, `discovery` (exchangeInfo),
+               `streams` (WebSocket stream names), `slots` (WebSocket connections' state machine),
+               `archive` + `archive_queue` (bulk-archive files)
 - `actors/`    one module per actor (`broker`, `writer`, `scheduler`, `downloader`, `websocket`,
-               `timesync`), the shell they share (`base`) and the registry of kinds (`registry`)
+               `timesync`), split by idea into `<actor>_*.py` parts where it grew (`scheduler_*`,
+               `writer_*`, `websocket_link`), the shell they share (`base`) and the registry of
+               kinds (`registry`)
 - `messages`   every message on the wire; `config` the config tree and its checks; `store` the
                SQL; `log` the log line format; `locks` the start-up locks
 - `supervisor`, `run`, `cli`  the process that starts and watches the actors, the launcher of

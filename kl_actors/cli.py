@@ -37,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-dir", metavar="DIR", help="directory for ipc:// endpoints (mode 0700)")
     p.add_argument("--actors", metavar="LIST",
                    help="run only these actors, e.g. downloader-1,downloader-2 on a second host (default: all)")
+    p.add_argument("--listen", metavar="ADDR",
+                   help="serve downloaders on other hosts: bind the CURVE ports on this address (needs --keys)")
+    p.add_argument("--connect", metavar="HOST",
+                   help="run downloaders for the service on HOST over its CURVE ports (with --actors, --keys)")
+    p.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `supervisor.py keygen DIR`)")
     p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
     p.add_argument("--sim-symbols", metavar="N", type=int, default=20, help="trading symbols of the simulator (with --sim)")
     mode = p.add_mutually_exclusive_group()
@@ -76,9 +81,16 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
     archive = config.archive
     if getattr(args, "archive_url", None):
         archive = replace(archive, enabled=True, base_url=args.archive_url)
+    remote = config.remote
+    if getattr(args, "listen", None):
+        remote = replace(remote, listen=args.listen)
+    if getattr(args, "connect", None):
+        remote = replace(remote, connect=args.connect)
+    if getattr(args, "keys", None):
+        remote = replace(remote, keys_dir=args.keys)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,
-        endpoints=endpoints, downloader=downloader, archive=archive, mode=mode,
+        endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, mode=mode,
     )
     return cfg.check(config, f"{path} + command line")

@@ -132,6 +132,23 @@ class EndpointsConfig(_Section):
     allow_public_feed: bool = False
 
 
+class RemoteConfig(_Section):
+    """Downloaders on other hosts (see curve.py). The service host sets `listen`: its scheduler,
+    writer and broker also bind these ports there, CURVE only. A downloader host sets `connect`
+    (or `--connect HOST`): its downloaders join that host's ports with the key bundle in `keys_dir`."""
+    listen: str = ""
+    connect: str = ""
+    keys_dir: str = ""
+    tasks_port: int = 7761
+    results_port: int = 7762
+    writer_port: int = 7763
+    bus_port: int = 7764
+
+
+# Endpoint key -> the RemoteConfig port that serves it to downloaders on other hosts.
+REMOTE_PORTS = {"tasks": "tasks_port", "results": "results_port", "writer": "writer_port", "bus_sub": "bus_port"}
+
+
 class DatabaseConfig(_Section):
     path: str = "data/klines.sqlite"
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
@@ -223,9 +240,11 @@ def downloader_group(config: "Config", actor_name: str) -> tuple[int, EgressConf
 
 def tasks_endpoint(config: "Config", group_index: int) -> str:
     """Where the scheduler hands out one group's tasks: the first group uses `endpoints.tasks`
-    itself; the others a sibling (ipc: the path plus `-<name>`; tcp: the port plus the index)."""
+    itself; the others a sibling (ipc: the path plus `-<name>`; tcp: the port plus the index).
+    On a downloader host (`remote.connect`) every group joins the service's remote tasks port."""
     base = config.endpoints.tasks
-    if group_index == 0:
+    if group_index == 0 or config.remote.connect:
+        # A downloader host joins the service host's one remote tasks port (its first group's).
         return base
     if base.startswith("tcp://"):
         host, _, port = base.rpartition(":")
@@ -263,6 +282,7 @@ class Config(_Section):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
+    remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     # Empty: one group, this host's default route, with `downloader.processes` downloaders.
     egress: list[EgressConfig] = []
@@ -305,6 +325,14 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     return check(decode(data, str(path)), str(path))
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _endpoint_is_loopback(endpoint: str) -> bool:
@@ -421,6 +449,21 @@ def check(config: Config, source: str) -> Config:
                                      "authentication and must be ipc:// or a loopback tcp:// address")
     if not e.allow_public_feed and not _endpoint_is_loopback(e.feed):
         fail("endpoints.feed", f"{e.feed!r} is not loopback; set endpoints.allow_public_feed = true to expose it")
+    r = config.remote
+    if r.listen and r.connect:
+        fail("remote.connect", "a host either serves remote downloaders (remote.listen) or joins one (remote.connect)")
+    if (r.listen or r.connect) and not r.keys_dir.strip():
+        fail("remote.keys_dir", "remote downloaders need CURVE keys: make them with `python supervisor.py keygen DIR`")
+    if r.listen and not _is_address(r.listen):
+        fail("remote.listen", f"{r.listen!r} must be an IP address to bind (0.0.0.0 for every interface)")
+    if r.connect and not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,253}", r.connect):
+        fail("remote.connect", f"{r.connect[:60]!r} must be a host name or an IP address")
+    ports = [getattr(r, p) for p in REMOTE_PORTS.values()]
+    for key in REMOTE_PORTS.values():
+        if not 1 <= getattr(r, key) <= 65535:
+            fail(f"remote.{key}", f"must be 1..65535, got {getattr(r, key)}")
+    if len(set(ports)) != len(ports):
+        fail("remote.tasks_port", f"the four remote ports must differ, got {ports}")
     db = config.database
     if not db.path.strip():
         fail("database.path", "must not be empty")
@@ -514,11 +557,16 @@ def default_runtime_dir() -> str:
 
 
 def resolve_endpoints(config: Config) -> Config:
-    """Fill `{runtime_dir}` into every endpoint; returns a new Config."""
+    """Fill `{runtime_dir}` into every endpoint; on a downloader host (`remote.connect`) the
+    endpoints a downloader joins become the service host's CURVE ports. Returns a new Config."""
     runtime_dir = config.endpoints.runtime_dir or default_runtime_dir()
     fields = {
         f: getattr(config.endpoints, f).replace("{runtime_dir}", runtime_dir)
         for f in ENDPOINT_KEYS
     }
+    r = config.remote
+    if r.connect:
+        host = f"[{r.connect}]" if ":" in r.connect and not r.connect.startswith("[") else r.connect
+        fields.update({key: f"tcp://{host}:{getattr(r, port)}" for key, port in REMOTE_PORTS.items()})
     endpoints = msgspec.structs.replace(config.endpoints, runtime_dir=runtime_dir, **fields)
     return msgspec.structs.replace(config, endpoints=endpoints)

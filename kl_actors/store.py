@@ -457,24 +457,6 @@ class Store:
             "SELECT start_ms, end_ms FROM meta_holes WHERE symbol = ? AND interval = ? "
             "ORDER BY start_ms", (symbol, interval))]
 
-    def _gaps(self, table: str, interval: str) -> list[tuple[int, int]]:
-        """Missing open times strictly between stored ones, as [first_missing, last_missing]."""
-        if interval == intervals.MONTH:
-            gaps = []
-            previous = None
-            for (open_ms,) in self._cursor.execute(f"SELECT open_time FROM {table} ORDER BY open_time"):
-                if previous is not None:
-                    expected = intervals.next_open(interval, previous)
-                    if open_ms > expected:
-                        gaps.append((expected, intervals.prev_open(interval, open_ms)))
-                previous = open_ms
-            return gaps
-        step_ms = intervals.nominal_ms(interval)
-        return [(a + step_ms, b - step_ms) for a, b in self._cursor.execute(
-            f"SELECT open_time, next_open FROM (SELECT open_time, LEAD(open_time) OVER "
-            f"(ORDER BY open_time) AS next_open FROM {table}) WHERE next_open - open_time > ?",
-            (step_ms,))]
-
     def first_last(self, symbol: str, interval: str) -> tuple[int | None, int | None]:
         """First and last stored open time (two primary-key lookups, whatever the table's size)."""
         table = self._existing(symbol, interval)
@@ -527,18 +509,11 @@ class Store:
     def holes(self, symbol: str, interval: str) -> list[tuple[int, int]]:
         """Ranges [first_missing, last_missing] of open times missing inside stored history,
         minus the exchange holes recorded in `meta_holes`."""
-        table = self._existing(symbol, interval)
-        if table is None:
+        first, last = self.first_last(symbol, interval)
+        if last is None:
             return []
-        known = self.exchange_holes(symbol, interval)
-        result = []
-        for gap in self._gaps(table, interval):
-            pieces = [gap]
-            for hole_start, hole_end in known:
-                pieces = [p for piece in pieces
-                          for p in planner.subtract(interval, piece, hole_start, hole_end)]
-            result.extend(pieces)
-        return result
+        return planner.minus_known(interval, self.gaps_between(symbol, interval, first, last),
+                                   self.exchange_holes(symbol, interval))
 
     def symbols(self) -> list[SymbolRecord]:
         return [SymbolRecord(*row) for row in self._cursor.execute(

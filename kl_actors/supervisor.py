@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -31,7 +32,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from . import cli, messages
+from . import cli, curve, messages
 from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
@@ -258,7 +259,57 @@ class Supervisor:
         return self.exit_code
 
 
+def keygen_main(argv: list[str]) -> int:
+    """`supervisor.py keygen DIR [--client NAME]`: the CURVE keys of a two-host setup (curve.py)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="supervisor.py keygen",
+                                description="Make CURVE keys: the service host's pair, and with --client "
+                                            "a key bundle for one downloader host (authorized at once).")
+    p.add_argument("dir", help="keys directory (created mode 0700)")
+    p.add_argument("--client", metavar="NAME", help="make DIR/NAME/, the bundle to copy to that host")
+    args = p.parse_args(argv)
+    try:
+        written = curve.keygen(args.dir, args.client)
+    except (curve.CurveKeyError, OSError) as exc:
+        print(f"kl-actors: keygen: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    if args.client:
+        print(f"copy {Path(args.dir) / args.client}/ to host {args.client} and run there: python supervisor.py "
+              f"--connect THIS_HOST --keys DIR_ON_THAT_HOST --actors downloader-3,downloader-4")
+    return 0
+
+
+def remote_names(wanted: list[str]) -> str:
+    """What is wrong with the actors asked for on a downloader host ('' if nothing): only
+    downloaders run there, and they must be named (their names show in the service's log)."""
+    if not wanted:
+        return "--connect needs --actors naming the downloaders this host runs, e.g. downloader-3,downloader-4"
+    other = [n for n in wanted if not re.fullmatch(r"downloader-[1-9][0-9]{0,3}", n)]
+    if other:
+        return f"--connect runs downloaders only (downloader-N), not {', '.join(other)}"
+    return ""
+
+
+def check_keys(config: cfg.Config) -> str:
+    """A clear start error ('' if fine) when remote downloaders are configured without usable keys."""
+    r = config.remote
+    try:
+        if r.listen:
+            curve.check_server(r.keys_dir)
+        elif r.connect:
+            curve.check_client(r.keys_dir)
+    except curve.CurveKeyError as exc:
+        return f"CURVE keys: {exc}; make them with `python supervisor.py keygen DIR [--client NAME]`"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        return keygen_main(argv[1:])
     args = cli.parser().parse_args(argv)
     try:
         config = cfg.resolve_endpoints(cli.effective_config(args))
@@ -268,8 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(msgspec.to_builtins(config), indent=2))
         return 0
+    problem = check_keys(config)
+    if problem:
+        print(f"kl-actors: {problem}", file=sys.stderr)
+        return 2
     names = actor_names(config)
-    if args.actors:
+    if config.remote.connect:
+        wanted = [n.strip() for n in (args.actors or "").split(",") if n.strip()]
+        problem = remote_names(wanted)
+        if problem:
+            print(f"kl-actors: {problem}", file=sys.stderr)
+            return 2
+        names = wanted
+    elif args.actors:
         wanted = [n.strip() for n in args.actors.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in names]
         if unknown:

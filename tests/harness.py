@@ -340,10 +340,10 @@ class WriterProcess(ActorProcess):
     """A writer process plus the sockets of its peers, all owned by the test."""
 
     def __init__(self, workdir: Path, wait: bool = True, database: dict | None = None,
-                 wrap: list[str] | None = None, **writer_settings) -> None:
+                 wrap: list[str] | None = None, remote: dict | None = None, **writer_settings) -> None:
         settings = {"max_rows_per_txn": 50_000, "max_delay_ms": 20, **writer_settings}
         self.config = make_config(workdir, writer=settings, log={"level": "DEBUG"},
-                                  database=database or {})
+                                  database=database or {}, remote=remote or {})
         Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.config.database.path
         e = self.config.endpoints

@@ -10,7 +10,10 @@ An actor subclass declares its sockets in `setup()` (with `self.socket(...)` and
 - exit when the supervisor is gone (parent-death signal plus a parent-pid check), so no orphan
   outlives a killed supervisor;
 - `receive()` decodes with the typed wire decoder and drops, counts and logs a malformed frame
-  instead of raising.
+  instead of raising;
+- downloaders on other hosts (curve.py): `serve_remote` gives a bound socket its CURVE-only TCP
+  endpoint and logs refused handshakes; on a downloader host `socket` joins those endpoints as a
+  CURVE client. Nothing here ever binds a non-loopback address without CURVE.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import time
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from .. import messages
-from ..config import Config
+from .. import curve, messages
+from ..config import EXIT_FATAL, REMOTE_PORTS, Config
 from ..core.clock import ServerClock
 from ..log import Logger
 
@@ -65,6 +69,8 @@ class Actor:
         self._sockets: list[zmq.Socket] = []
         self._running = False
         self._heartbeat: zmq.Socket | None = None
+        self._authenticator = None  # the process's ZAP handler, once a remote endpoint is served
+        self.remote_refused = 0
         self._next_heartbeat = 0.0
         self.handled = 0
         self.dropped_malformed = 0
@@ -81,12 +87,55 @@ class Actor:
             sock.setsockopt(zmq.RCVHWM, hwm)
         if subscribe is not None:
             sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+        if not bind and self._joins_remote(endpoint):
+            self._keys(curve.join, sock)
         if bind:
             sock.bind(endpoint)
         else:
             sock.connect(endpoint)
         self._sockets.append(sock)
         return sock
+
+    def _joins_remote(self, endpoint: str) -> bool:
+        e = self.config.endpoints
+        return bool(self.config.remote.connect) and endpoint in {getattr(e, key) for key in REMOTE_PORTS}
+
+    def serve_remote(self, sock: zmq.Socket, endpoint_key: str) -> None:
+        """Also bind `sock` for downloaders on other hosts, CURVE only (when `remote.listen` is set).
+        Call after its local bind: that one keeps no encryption (ipc, this user only)."""
+        r = self.config.remote
+        if not r.listen:
+            return
+        if self._authenticator is None:
+            self._authenticator = curve.authenticator(self.context, r.keys_dir)
+        self._keys(curve.serve, sock)
+        host = f"[{r.listen}]" if ":" in r.listen else r.listen
+        endpoint = f"tcp://{host}:{getattr(r, REMOTE_PORTS[endpoint_key])}"
+        sock.bind(endpoint)
+        monitor = sock.get_monitor_socket(sum(curve.REFUSALS))
+        self._sockets.append(monitor)
+        self.on(monitor, self._remote_refusal)
+        self.log.info("remote_endpoint", endpoint=endpoint, serves=endpoint_key, security="CURVE")
+
+    def _keys(self, apply: Callable[[zmq.Socket, str], None], sock: zmq.Socket) -> None:
+        """Keys gone or unreadable since the supervisor checked them: a restart cannot help."""
+        try:
+            apply(sock, self.config.remote.keys_dir)
+        except curve.CurveKeyError as exc:
+            self.log.error("curve_keys_unusable", error=str(exc)[:300],
+                           action=f"exiting fatal ({EXIT_FATAL}): the supervisor stops the service")
+            raise SystemExit(EXIT_FATAL) from None
+
+    def _remote_refusal(self, monitor: zmq.Socket) -> None:
+        for _ in range(100):
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.remote_refused += 1
+            self.log.warning("remote_refused", endpoint=event["endpoint"].decode(errors="replace"),
+                             reason=curve.REFUSALS.get(event["event"], str(event["event"])),
+                             refused_total=self.remote_refused, action="connection dropped, nothing delivered")
 
     def on(self, sock: zmq.Socket, handler: Callable[[zmq.Socket], None]) -> None:
         self._handlers[sock] = handler
@@ -169,6 +218,8 @@ class Actor:
         finally:
             for sock in self._sockets:
                 sock.close(linger=LINGER_MS)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             self.context.term()
 
     def _wait(self, timeout_ms: int) -> dict:

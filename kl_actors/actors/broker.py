@@ -48,6 +48,7 @@ class Broker(Actor):
         e = self.config.endpoints
         self.bus_in = self.socket(zmq.XSUB, e.bus_pub, bind=True)
         self.bus_out = self.socket(zmq.XPUB, e.bus_sub, bind=True)
+        self.serve_remote(self.bus_out, "bus_sub")  # the clock for downloaders on other hosts (curve.py)
         self.feed_in = self.socket(zmq.XSUB, e.feed_in, bind=True, hwm=messages.FEED_HWM)
         self.feed_out = self._feed_socket(e.feed)
         self.feed_in.send(b"\x01")  # subscribe to every feed topic upstream

@@ -213,6 +213,10 @@ class Downloader(Actor):
                              retry_after_s=result.retry_after_s, detail=result.detail[:200],
                              action="reported")
         result.egress = self.group.name
+        self._send_result(result)
+
+    def _send_result(self, result: TaskResult) -> None:
+        result.by = self.name  # the scheduler names who did the work (a downloader on another host)
         self.send(self.results_out, result)
 
     def _report_archive(self, task: ArchiveTask, result: TaskResult, candles: list[Candle] | None) -> None:
@@ -238,7 +242,7 @@ class Downloader(Actor):
                              url=f.url(self.archive_url), status=result.status, http=result.http_status,
                              attempt=task.attempt, detail=result.detail[:300],
                              action="nothing stored; reported")
-        self.send(self.results_out, result)
+        self._send_result(result)
 
     # -- stop --------------------------------------------------------------------------------
     def teardown(self) -> None:

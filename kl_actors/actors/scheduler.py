@@ -15,7 +15,7 @@ tasks go out up to `archive.concurrency` at a time, ahead of REST work but outsi
 budget, so they never take weight a boundary fetch needs.
 
 Its ideas live in three modules: this one (the loop, live boundaries, dispatch, results),
-`scheduler_discovery.py` (symbols and the 3d phase) and `scheduler_backfill.py` (the planning pass).
+`scheduler_discovery.py` (symbols, and where 3d, 1w and 1M candles open) and `scheduler_backfill.py` (the planning pass).
 
 It never writes the database and never fetches klines itself.
 """
@@ -32,6 +32,7 @@ import zmq
 from .. import config as cfg
 from .. import exchange
 from ..core import backlog, boundaries, intervals
+from ..core.alignment import Alignment
 from ..core.archive_queue import ArchiveQueue
 from .base import Actor
 from .scheduler_backfill import BackfillPlanning
@@ -52,6 +53,7 @@ RESULT_WAIT_S = 10.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
 CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
+MAX_NAMED_DOWNLOADERS = 256
 
 
 class Scheduler(Discovery, BackfillPlanning, Actor):
@@ -65,6 +67,10 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         self.tasks_out = [self.socket(zmq.PUSH, cfg.tasks_endpoint(self.config, i), bind=True, hwm=1)
                           for i in range(len(self.groups))]
         self.results_in = self.socket(zmq.PULL, e.results, bind=True)
+        # Downloaders on other hosts (curve.py) join the first group's socket, so its budget
+        # counts them (a group per remote host is still to come).
+        self.serve_remote(self.tasks_out[0], "tasks")
+        self.serve_remote(self.results_in, "results")
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
         self.on(self.results_in, self._on_result)
@@ -81,9 +87,9 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         self.trading: dict[str, SymbolInfo] = {}
         self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
         self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
-        # Where 3d candles open: learned from stored candles or the exchange (`_set_phase_3d`).
-        self.phase_3d_ms: int | None = None
-        self.phase_3d_assumed_ms = c.klines.phase_3d_days * intervals.DAY_MS
+        # Where 3d, 1w and 1M candles open: learned from stored candles or the exchange (`_learn`).
+        self.alignment = Alignment(c.klines.intervals, c.klines.phase_3d_days)
+        self.alignment_read_stored = False
         self.known_symbols = False
         self.started = time.monotonic()
         self.started_local_ms = local_ms()
@@ -113,6 +119,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         self.slice_started = 0.0
         self.discovery: Future | None = None
         self.discovery_pool = ThreadPoolExecutor(1, thread_name_prefix="discovery")
+        self.results_by: dict[str, int] = {}  # downloader name -> results (here or on another host)
         self.holding = False  # release held back: too many results wait for the writer
         self.writer_heard = time.monotonic()
         self.writer_started_ms = 0
@@ -169,13 +176,17 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
             # while the clock or the symbols were still unknown, or so shortly before that
             # backfill may have stored a provisional copy, still gets its fetch and re-check.
             since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
-            self.next_boundary_ms = min(intervals.next_boundary(i, since, self._phase_3d()) for i in configured)
+            self.next_boundary_ms = self._next_boundary(since)
         live = self.config.live
         if server_now - self.next_boundary_ms > CLOCK_JUMP_MS:
             self._clock_jumped(server_now)
         while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
             boundary = self.next_boundary_ms
-            closing = intervals.closing_at(boundary, configured, self._phase_3d())
+            closing = [i for i in intervals.closing_at(boundary, configured, self.alignment.all_phases())
+                       if self.alignment.usable(i)]
+            if not closing:  # only an interval the exchange's candles do not align with (`_learn`)
+                self.next_boundary_ms = self._next_boundary(boundary)
+                continue
             double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
                                              self.budgets.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
@@ -191,8 +202,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                           candles=len(closing) * len(self.trading),
                           refetched=",".join(i for i in closing if double[i]) or "-",
                           late_ms=server_now - boundary)
-            self.next_boundary_ms = min(intervals.next_boundary(i, boundary, self._phase_3d())
-                                        for i in configured)
+            self.next_boundary_ms = self._next_boundary(boundary)
 
     def _clock_jumped(self, server_now: int) -> None:
         """Minutes of boundaries passed unseen (suspend and resume, a bad serverTime): fetch each
@@ -202,8 +212,8 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         edge = server_now - self.config.live.boundary_margin_ms
         self.log.warning("clock_jump", missed_s=round((server_now - self.next_boundary_ms) / 1000, 1),
                          action="newest candle of each interval now, the rest by backfill")
-        for interval in configured:
-            open_ms = intervals.last_closed_open(interval, edge)
+        for interval in filter(self.alignment.usable, configured):
+            open_ms = intervals.last_closed_open(interval, edge, self.alignment.phase(interval))
             boundary = intervals.next_open(interval, open_ms)
             # Closed long enough ago to be final: one fetch now; else one at the re-check time.
             at_ms = max(0, boundary + self.config.live.final_recheck_ms - server_now)
@@ -212,8 +222,12 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                                    server_now + at_ms if at_ms else 0)
             if self.trading:
                 self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval, len(self.trading))
-        self.next_boundary_ms = min(intervals.next_boundary(i, edge) for i in configured)
+        self.next_boundary_ms = self._next_boundary(edge)
         self.next_plan = 0.0
+
+    def _next_boundary(self, after_ms: int) -> int:
+        """The first close of any configured interval after `after_ms`, on the exchange's phases."""
+        return min(intervals.next_boundary(i, after_ms, self.alignment.phase(i)) for i in self.config.klines.intervals)
 
     def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
                       not_before_ms: int) -> None:
@@ -259,7 +273,8 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 # Older work never takes what this minute's own closes will need (the queue
                 # ranks those first, so nothing fresh waits behind a task held back here).
                 reserve = boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
-                                             len(self.trading), self.config.klines.intervals)
+                                             len(self.trading), self.config.klines.intervals,
+                                             self.alignment.all_phases())
             group = self.budgets.pick([self.groups[i] for i in open_groups], weight, reserve, server_now)
             if group is None:
                 return
@@ -364,6 +379,11 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
 
     def _result(self, r: TaskResult) -> None:
         self.results_due.pop(r.task_id, None)
+        if r.by not in self.results_by and len(self.results_by) < MAX_NAMED_DOWNLOADERS:
+            self.results_by[r.by] = 0  # names come over the wire: a bounded set
+            self.log.info("downloader_joined", name=r.by[:64], downloaders=len(self.results_by))
+        if r.by in self.results_by:
+            self.results_by[r.by] += 1
         if self.archive is not None and self.archive.owns(r.task_id):
             self._archive_result(r)
             return
@@ -542,7 +562,11 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         for st in list(failed.values())[:20]:
             self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
                            start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
-        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total else 0
+        skipped = [i for i in self.config.klines.intervals if not self.alignment.usable(i)]
+        for interval in skipped:
+            self.log.error("not_fetched", interval=interval,
+                           error="the exchange's candles do not open where this interval is assumed to (see month_alignment_contradicted)")
+        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total or skipped else 0
         self.stop()
 
     def teardown(self) -> None:

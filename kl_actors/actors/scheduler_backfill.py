@@ -76,6 +76,8 @@ class BackfillPlanning:
                 for interval in k.intervals:
                     if symbol not in self.trading and symbol not in self.halted:
                         break  # delisted while this pass ran
+                    if not self.alignment.usable(interval):
+                        continue  # the exchange's candles do not open where we would ask (`_learn`)
                     if ((symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval)
                             or (self.archive is not None and self.archive.has(symbol, interval))):
                         continue  # still being filled
@@ -101,8 +103,8 @@ class BackfillPlanning:
                         yield
                         holes = planner.minus_known(interval, planner.merge_adjacent(interval, found), known)
                         self.coverage.proven(symbol, interval, first, last, holes)
-                    # A table's own candles say where its 3d candles open.
-                    phase = intervals.phase_of(interval, last) if last is not None else self._phase_3d()
+                    # A table's own candles say where its 3d or 1w candles open.
+                    phase = intervals.phase_of(interval, last) if last is not None else self.alignment.phase(interval)
                     ranges = planner.plan_table(
                         symbol, interval, now_ms=server_now, onboard_ms=info.onboard_ms,
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,

@@ -1,7 +1,8 @@
 """The scheduler's view of the exchange's symbols (a part of the scheduler actor, by idea).
 
 Reads exchangeInfo in a thread (a slow exchange never stalls the loop), applies listings,
-delistings, halts and resumptions, and learns where the exchange opens 3d candles. A mixin of
+delistings, halts and resumptions, and learns where the exchange opens 3d, 1w and 1M candles
+(`core/alignment`). A mixin of
 `Scheduler`: it uses the scheduler's state and never runs on its own.
 """
 
@@ -16,22 +17,22 @@ from ..core.discovery import Discovered, DiscoveryError, changes
 from ..httpcap import BodyTooLarge, get_capped
 from ..messages import SymbolsUpdate
 
-# Stored 3d tables read for their phase before the exchange is asked instead.
+# Stored tables of an interval read for its alignment before the exchange is asked instead.
 STORED_PHASE_TABLES = 20
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 class Discovery:
     def _discover(self, now: float) -> None:
         """Read exchangeInfo in a thread (a slow exchange must not stall the loop), then apply it."""
         if self.discovery is None:
-            probe = False
-            if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
-                stored = self._stored_phase_3d()
-                if stored is not None:
-                    self._set_phase_3d(stored, "stored")
-                probe = stored is None
+            if not self.alignment_read_stored:
+                self.alignment_read_stored = True
+                for interval, open_ms in self._stored_alignment(self.alignment.unknown()).items():
+                    self._learned(self.alignment.learn(interval, open_ms, "stored"))
+            probe = self.alignment.unknown()
             # exchangeInfo goes out through the first egress group (`self.http`): its budget pays.
-            if not self.budgets.try_spend(self.budgets.first, 1 + probe, self.clock.now_ms()):
+            if not self.budgets.try_spend(self.budgets.first, 1 + len(probe), self.clock.now_ms()):
                 self.next_discovery = now + 1.0
                 return
             self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
@@ -40,7 +41,7 @@ class Discovery:
             return
         future, self.discovery = self.discovery, None
         try:
-            used, sent_ms, found, phase, phase_error = future.result()
+            used, sent_ms, found, seen, errors = future.result()
         except (requests.RequestException, DiscoveryError, BodyTooLarge) as exc:
             self.next_discovery = now + 5.0
             self.log.warning("discovery_failed", error=str(exc)[:300], known_symbols=len(self.trading),
@@ -48,8 +49,12 @@ class Discovery:
             return
         if used >= 0:
             self.budgets.observe(self.budgets.first, used, sent_ms, self.clock.now_ms())
-        if "3d" in self.config.klines.intervals and self.phase_3d_ms is None:
-            self._set_phase_3d(phase, "exchange", phase_error)
+        for interval, open_ms in seen.items():
+            self._learned(self.alignment.learn(interval, open_ms, "exchange"))
+        for interval, error in errors.items():
+            self.log.warning("alignment_unknown", interval=interval, error=error,
+                             assumed_phase_days=(self.alignment.phase(interval) or 0) // intervals.DAY_MS,
+                             action="assumed until a real candle shows it; asking again at the next discovery")
         self.next_discovery = now + self.config.symbols.rediscover_s
         if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
             self.budgets.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
@@ -82,55 +87,69 @@ class Discovery:
         self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
                       weight_limit=self.budgets.budget(self.budgets.first).limit)
 
-    def _fetch_exchange_info(self, sent_ms: int, probe_3d: bool) -> tuple[int, int, Discovered, int | None, str]:
-        """In the discovery thread: GET and parse; touches no actor state. With `probe_3d`, also
-        the newest 3d candle of one trading symbol (weight 1): where the exchange opens 3d candles."""
+    def _fetch_exchange_info(self, sent_ms: int, probe: list[str]
+                             ) -> tuple[int, int, Discovered, dict[str, int], dict[str, str]]:
+        """In the discovery thread: GET and parse; touches no actor state. For each interval in
+        `probe`, also the newest candle of one trading symbol (weight 1 each): where the exchange
+        opens that interval's candles. Returns (used weight, sent at, symbols, interval -> open
+        time seen, interval -> why none was seen)."""
         used, found = exchange.read_exchange_info(self.http, self.config.exchange, self.config.symbols)
-        phase, error = None, ""
-        if probe_3d and found.trading:
+        seen: dict[str, int] = {}
+        errors: dict[str, str] = {}
+        for interval in probe:
+            if not found.trading:
+                errors[interval] = "no trading symbol"
+                continue
             try:
                 answer, page_body = get_capped(
                     self.http, exchange.url(self.config.exchange, exchange.KLINES_PATH),
-                    params={"symbol": found.trading[0].symbol, "interval": "3d", "limit": 1},
+                    params={"symbol": found.trading[0].symbol, "interval": interval, "limit": 1},
                     cap_bytes=64 * 1024, timeout_s=self.config.exchange.request_timeout_s)
                 page = klines.decode_page(page_body) if answer.status_code == 200 else []
+                # Only what a page of this interval may hold: a candle on a whole day (`check_candle`).
                 if page and page[-1].open_time_ms % intervals.DAY_MS == 0:
-                    phase = intervals.phase_of("3d", page[-1].open_time_ms)
+                    seen[interval] = page[-1].open_time_ms
                 else:
-                    error = f"HTTP {answer.status_code}, {len(page)} candles"
+                    errors[interval] = f"HTTP {answer.status_code}, {len(page)} candles"
             except (requests.RequestException, klines.PageError, BodyTooLarge) as exc:
-                error = str(exc)[:200]
-        return used, sent_ms, found, phase, error
+                errors[interval] = str(exc)[:200]
+        return used, sent_ms, found, seen, errors
 
-    def _stored_phase_3d(self) -> int | None:
-        """Where the stored 3d candles open (any 3d table: they all come from the exchange). At
-        most a few tables are read (the writer makes empty ones ahead): else the exchange is asked."""
+    def _stored_alignment(self, wanted: list[str]) -> dict[str, int]:
+        """interval -> the newest stored open time of one table of it (they all came from the
+        exchange). At most a few tables are read per interval (the writer makes empty ones ahead):
+        else the exchange is asked."""
+        if not wanted:
+            return {}
         store = self._open_store()
+        seen: dict[str, int] = {}
         try:
-            with_3d = [symbol for symbol, tables in (store.kline_tables() if store else {}).items() if "3d" in tables]
-            for symbol in with_3d[:STORED_PHASE_TABLES]:
-                last = store.last_open_ms(symbol, "3d")
-                if last is not None:
-                    return intervals.phase_of("3d", last)
-            return None
+            tables = store.kline_tables() if store else {}
+            for interval in wanted:
+                with_it = [symbol for symbol, by_interval in tables.items() if interval in by_interval]
+                for symbol in with_it[:STORED_PHASE_TABLES]:
+                    last = store.last_open_ms(symbol, interval)
+                    if last is not None:
+                        seen[interval] = last
+                        break
+            return seen
         finally:
             if store:
                 store.close()
 
-    def _set_phase_3d(self, phase: int | None, source: str, error: str = "") -> None:
-        """Never from arithmetic the exchange might not share: stored candles, else the exchange's
-        newest 3d candle, else (logged) `klines.phase_3d_days` until the next discovery asks again."""
-        if phase is None:
-            assumed = self.config.klines.phase_3d_days
-            self.log.warning("phase_3d_unknown", error=error or "no trading symbol",
-                             action=f"assuming epoch day {assumed} mod 3, asking again at the next discovery")
-            self.phase_3d_assumed_ms = assumed * intervals.DAY_MS
-            return
-        self.phase_3d_ms = phase
-        self.log.info("phase_3d", epoch_day_mod_3=phase // intervals.DAY_MS, source=source)
-
-    def _phase_3d(self) -> int:
-        return self.phase_3d_ms if self.phase_3d_ms is not None else self.phase_3d_assumed_ms
+    def _learned(self, learned) -> None:
+        """Log what a real candle showed: the one line a user reads to know the grid in use."""
+        if learned.outcome == "contradicted":
+            self.log.error("month_alignment_contradicted", open_ms=learned.phase_ms, source=learned.source,
+                           action="1M not planned and not fetched live; asking again at the next discovery")
+        elif learned.outcome == "confirmed":
+            self.log.info("month_alignment", calendar="confirmed", source=learned.source)
+        elif learned.interval == "3d":
+            self.log.info("phase_3d", epoch_day_mod_3=learned.phase_ms // intervals.DAY_MS, source=learned.source)
+        else:
+            weekday = WEEKDAYS[(learned.phase_ms // intervals.DAY_MS + 3) % 7]  # epoch day 0 was a Thursday
+            self.log.info("phase_1w", epoch_day_mod_7=learned.phase_ms // intervals.DAY_MS, opens=weekday,
+                          source=learned.source)
 
     def _drop_symbol(self, symbol: str) -> int:
         """Forget a symbol's queued work (delisted or halted); returns the tasks and pages dropped."""

@@ -24,6 +24,7 @@ Never touches sockets, files or clocks: `now` and counts are passed in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from . import intervals
@@ -72,16 +73,17 @@ def fetches(double: bool, recheck_ms: int) -> list[Fetch]:
 
 
 def reserve(window_start_ms: int, next_unplanned_ms: int, unreleased_fresh: int,
-            symbols: int, configured: list[str]) -> int:
+            symbols: int, configured: list[str], phases: Mapping[str, int] | None = None) -> int:
     """Weight to keep free from older work in the minute starting at `window_start_ms`.
 
     `unreleased_fresh` is the weight of this minute's boundary fetches not yet released; while the
     boundary at the minute's start is not planned yet (`next_unplanned_ms` is not after it), it
-    will bring at least one fetch per symbol and closing interval.
+    will bring at least one fetch per symbol and closing interval (3d and 1w on the exchange's
+    `phases`).
     """
     expected = 0
     if next_unplanned_ms <= window_start_ms:
-        expected = symbols * len(intervals.closing_at(window_start_ms, configured))
+        expected = symbols * len(intervals.closing_at(window_start_ms, configured, phases))
     return unreleased_fresh + expected
 
 

@@ -2,19 +2,21 @@
 
 Every function takes times as Unix milliseconds (UTC) and is told `now` where it needs it.
 Alignment follows the exchange: minute, hour and day multiples are counted from the Unix epoch,
-weeks open on Monday 00:00 UTC, and months are calendar months opening on the 1st at 00:00 UTC.
-Where 3d candles open is not established (the real spot archive opens them on epoch days ≡ 1 mod
-3, the simulator can do either): it is a parameter, `phase_ms` (3d open times ≡ phase_ms mod 3
-days; 0 = multiples of three days since 1970-01-01), which the caller learns from the exchange's
-own candles (`phase_of`). Every function that depends on alignment takes it; other intervals
-ignore it.
+and months are calendar months opening on the 1st at 00:00 UTC (the caller uses 1M only once the
+exchange's own candles confirm it, see `core/alignment`). Where 3d and 1w candles open is the
+exchange's to say (the real spot archive opens 3d on epoch days ≡ 1 mod 3; weeks are documented to
+open on Monday): it is a parameter, `phase_ms` (open times ≡ phase_ms mod the interval's length),
+which the caller learns from the exchange's own candles (`phase_of`). Every function that depends
+on alignment takes it for the interval it is given; None means the default (`DEFAULT_PHASE_MS`:
+multiples of three days, Mondays); other intervals ignore it. `closing_at`, which spans intervals,
+takes a mapping interval -> phase.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as _dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -75,25 +77,26 @@ def _add_months(open_ms: int, months: int) -> int:
 THREE_DAYS_MS = 3 * DAY_MS
 # The real spot archive's 3d candles (binance-api.md section 7) open on epoch days ≡ 1 (mod 3).
 ARCHIVE_3D_PHASE_MS = DAY_MS
+# Intervals whose phase is the exchange's: their length, and the phase assumed until it is known.
+PHASED_MS: dict[str, int] = {"3d": THREE_DAYS_MS, "1w": WEEK_MS}
+DEFAULT_PHASE_MS: dict[str, int] = {"3d": 0, "1w": _FIRST_MONDAY_MS}
 
 
 def phase_of(interval: str, open_ms: int) -> int:
-    """The phase a real candle's open time shows: for 3d, its offset from a multiple of 3 days
-    (always a whole day); 0 for every other interval."""
-    if interval != "3d":
+    """The phase a real candle's open time shows: for 3d and 1w, its offset from a multiple of the
+    interval's length since the epoch (a whole number of days); 0 for every other interval."""
+    period = PHASED_MS.get(interval)
+    return open_ms % period if period else 0
+
+
+def _origin(interval: str, phase_ms: int | None) -> int:
+    period = PHASED_MS.get(interval)
+    if period is None:
         return 0
-    return open_ms % THREE_DAYS_MS
+    return (DEFAULT_PHASE_MS[interval] if phase_ms is None else phase_ms) % period
 
 
-def _origin(interval: str, phase_ms: int) -> int:
-    if interval == "1w":
-        return _FIRST_MONDAY_MS
-    if interval == "3d":
-        return phase_ms % THREE_DAYS_MS
-    return 0
-
-
-def align(interval: str, t_ms: int, phase_ms: int = 0) -> int:
+def align(interval: str, t_ms: int, phase_ms: int | None = None) -> int:
     """Open time of the candle that contains `t_ms`."""
     if interval == MONTH:
         return _month_start(t_ms)
@@ -101,7 +104,7 @@ def align(interval: str, t_ms: int, phase_ms: int = 0) -> int:
     return t_ms - (t_ms - _origin(interval, phase_ms)) % step
 
 
-def is_aligned(interval: str, t_ms: int, phase_ms: int = 0) -> bool:
+def is_aligned(interval: str, t_ms: int, phase_ms: int | None = None) -> bool:
     return align(interval, t_ms, phase_ms) == t_ms
 
 
@@ -130,12 +133,12 @@ def close_time(interval: str, open_ms: int) -> int:
     return next_open(interval, open_ms) - 1
 
 
-def next_boundary(interval: str, t_ms: int, phase_ms: int = 0) -> int:
+def next_boundary(interval: str, t_ms: int, phase_ms: int | None = None) -> int:
     """First candle open strictly after `t_ms`: the moment the candle containing `t_ms` closes."""
     return next_open(interval, align(interval, t_ms, phase_ms))
 
 
-def last_closed_open(interval: str, now_ms: int, phase_ms: int = 0) -> int:
+def last_closed_open(interval: str, now_ms: int, phase_ms: int | None = None) -> int:
     """Open time of the newest candle that is closed at `now_ms`."""
     return prev_open(interval, align(interval, now_ms, phase_ms))
 
@@ -151,7 +154,7 @@ def count_between(interval: str, first_open_ms: int, last_open_ms: int) -> int:
     return (last_open_ms - first_open_ms) // _FIXED_MS[check(interval)] + 1
 
 
-def open_times(interval: str, first_open_ms: int, last_open_ms: int, phase_ms: int = 0) -> Iterator[int]:
+def open_times(interval: str, first_open_ms: int, last_open_ms: int, phase_ms: int | None = None) -> Iterator[int]:
     """Every aligned open time in [first, last]."""
     t = align(interval, first_open_ms, phase_ms)
     if t < first_open_ms:
@@ -162,6 +165,8 @@ def open_times(interval: str, first_open_ms: int, last_open_ms: int, phase_ms: i
 
 
 def closing_at(boundary_ms: int, intervals: tuple[str, ...] | list[str] = INTERVALS,
-               phase_ms: int = 0) -> list[str]:
-    """The intervals whose candle closes exactly at `boundary_ms`, shortest first."""
-    return [i for i in INTERVALS if i in intervals and is_aligned(i, boundary_ms, phase_ms)]
+               phases: Mapping[str, int] | None = None) -> list[str]:
+    """The intervals whose candle closes exactly at `boundary_ms`, shortest first; `phases` gives
+    3d's and 1w's phase (missing: the default)."""
+    phases = phases or {}
+    return [i for i in INTERVALS if i in intervals and is_aligned(i, boundary_ms, phases.get(i))]

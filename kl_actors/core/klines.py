@@ -24,6 +24,9 @@ _PHASED = {"3d": intervals.THREE_DAYS_MS, "1w": intervals.WEEK_MS}
 _DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
 MAX_SQL_INT = 2**63 - 1          # SQLite's INTEGER; msgspec reads up to 2**64 - 1
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: past it no calendar works
+# Clock error and exchange jitter (closes come 0.2-2 s after the close): how far past the
+# exchange's now a candle may be dated before it is refused as a future candle.
+FUTURE_TOLERANCE_MS = 5_000
 
 
 class PageError(ValueError):
@@ -138,6 +141,13 @@ def check_candle(interval: str, c: Candle) -> None:
         raise PageError(f"candle {c.open_time_ms}: high/low do not bound open/close")
     if not 0 <= c.trades <= MAX_SQL_INT:
         raise PageError(f"candle {c.open_time_ms}: trade count {c.trades} negative or out of range")
+
+
+def in_future(candle: Candle, closed: bool, server_now_ms: int) -> bool:
+    """A candle dated past the exchange's now + FUTURE_TOLERANCE_MS: a closed one closing at or
+    after that limit, a live (unclosed) one opening after it."""
+    limit_ms = server_now_ms + FUTURE_TOLERANCE_MS
+    return candle.close_time_ms >= limit_ms if closed else candle.open_time_ms > limit_ms
 
 
 def validate_page(

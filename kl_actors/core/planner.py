@@ -38,7 +38,7 @@ class Range(NamedTuple):
 def plan_table(symbol: str, interval: str, *, now_ms: int, onboard_ms: int, depth: int,
                since_listing: bool, last_stored_ms: int | None, holes: list[tuple[int, int]],
                first_stored_ms: int | None = None,
-               exchange_holes: list[tuple[int, int]] = (), phase_ms: int = 0) -> list[Range]:
+               exchange_holes: list[tuple[int, int]] = (), phase_ms: int | None = None) -> list[Range]:
     last_closed = intervals.last_closed_open(interval, now_ms, phase_ms)
     listed = intervals.align(interval, onboard_ms, phase_ms) if onboard_ms > 0 else None
     first = listed if (since_listing and listed is not None) else intervals.step(interval, last_closed, -(depth - 1))

@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
                    help="USDT perpetuals in status TRADING_HALT added (POST /_sim/resume)")
     p.add_argument("--phase-3d-days", type=int, default=0, choices=(0, 1, 2),
                    help="3d candles open on epoch days = this mod 3")
+    p.add_argument("--phase-1w-days", type=int, default=4, choices=range(7),
+                   help="1w candles open on epoch days = this mod 7 (4: Mondays, the default)")
+    p.add_argument("--month-shift-days", type=int, default=0, choices=range(28),
+                   help="1M candles open this many days after the 1st (0: calendar months)")
     p.add_argument("--archive-port", type=int, default=0,
                    help="port of the archive host (data.binance.vision layout); 0 picks one")
     p.add_argument("--archive-cache", default=None,
@@ -82,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, dict]:
         ws_max_msgs_per_s=a.ws_max_msgs_per_s,
         ws_max_conns_per_5min=a.ws_max_conns_per_5min, row_cache=a.row_cache,
         tradfi_symbols=a.tradfi_symbols, odd_symbols=a.odd_symbols, halted_symbols=a.halted_symbols,
-        phase_3d_days=a.phase_3d_days, archive_port=a.archive_port,
+        phase_3d_days=a.phase_3d_days, phase_1w_days=a.phase_1w_days, month_shift_days=a.month_shift_days, archive_port=a.archive_port,
         archive_cache=a.archive_cache, archive_lag_days=max(1, a.archive_lag_days),
         archive_header_from_ms=int(header_from.timestamp()) * 1000)
     faults = {"ws_lifetime_s": a.ws_lifetime_s, "clock_offset_ms": a.clock_offset_ms,

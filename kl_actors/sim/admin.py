@@ -1,7 +1,7 @@
 """Admin API of the simulator (`/_sim/...`): JSON in and out, never weighted, never counted.
 
 Routes:
-- `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days,
+- `GET  /_sim/info`          seed, n_symbols, anchor_ms, tradfi, odd, halted, phase_3d_days, phase_1w_days,
                              weight_limit, server_time_ms, options
 - `GET  /_sim/stats`         requests per path (the archive host's too: "/data/futures/um/...",
                              and "/" for the bucket listing) and per "SYMBOL interval",
@@ -88,7 +88,8 @@ class AdminApi:
         st = self.state
         m = st.market
         return _json({"seed": m.seed, "n_symbols": m.n_symbols, "anchor_ms": m.anchor_ms, **m.extras,
-                      "phase_3d_days": tf.phase_3d_days(),
+                      "phase_3d_days": tf.phase_3d_days(), "phase_1w_days": tf.phase_1w_days(),
+                      "month_shift_days": tf.month_shift_days(),
                       "weight_limit": st.limiter.limit, "server_time_ms": st.now_ms(),
                       "options": vars(st.options)})
 

@@ -251,12 +251,13 @@ class Archive:
         return buf.getvalue()
 
     def cache_key(self, symbol: str) -> str:
-        """Digest of everything a symbol's files depend on: seed, its listing, holes, 3d phase."""
+        """Digest of everything a symbol's files depend on: seed, its listing, holes, 3d and 1w phase."""
         spec = self.market.spec(symbol)
         holes = sorted((h.start_ms, h.end_ms) for h in self.market.holes
                        if h.symbol in ("*", symbol))
         ident = repr(("v1", self.market.seed, {k: v for k, v in vars(spec).items()
-                                               if k != "status"}, holes, tf.phase_3d_days()))
+                                               if k != "status"}, holes, tf.phase_3d_days(), tf.phase_1w_days(),
+                                               tf.month_shift_days()))
         return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
 

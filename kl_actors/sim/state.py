@@ -41,6 +41,8 @@ class Options:
     odd_symbols: int = 0
     halted_symbols: int = 0
     phase_3d_days: int = 0
+    phase_1w_days: int = 4  # Mondays
+    month_shift_days: int = 0
     archive_port: int = 0
     archive_cache: str | None = None  # None: under the system temp dir
     archive_header_from_ms: int = DEFAULT_HEADER_FROM_MS
@@ -98,6 +100,8 @@ class SimState:
     def __post_init__(self):
         o = self.options
         tf.set_phase_3d(o.phase_3d_days)
+        tf.set_phase_1w(o.phase_1w_days)
+        tf.set_month_shift(o.month_shift_days)
         self.market = Market(seed=o.seed, n_symbols=o.symbols, anchor_ms=o.anchor_ms,
                              tradfi=o.tradfi_symbols, odd=o.odd_symbols, halted=o.halted_symbols)
         self.renderer = PageRenderer(self.market, max_rows=o.row_cache)

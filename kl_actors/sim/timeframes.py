@@ -10,8 +10,11 @@ Alignment chosen (binance-api.md §2.1):
 - 3d: open on epoch days ≡ D (mod 3), D = `--phase-3d-days` (default 0: multiples of
   259 200 000 ms; the real spot archive shows D = 1, futures unknown). Set once per process by
   `set_phase_3d` before the market is built;
-- 1w: Monday 00:00 UTC (1970-01-05 is the first Monday after the epoch);
-- 1M: calendar months, the 1st at 00:00 UTC (UNVERIFIED by a recording).
+- 1w: on epoch days ≡ W (mod 7), W = `--phase-1w-days` (default 4: Monday 00:00 UTC, as the
+  docs' weekly example; 1970-01-05 is the first Monday after the epoch). Set by `set_phase_1w`;
+- 1M: calendar months, the 1st at 00:00 UTC (UNVERIFIED by a recording); `--month-shift-days N`
+  opens each one N days later instead (a grid the service must refuse to assume, set by
+  `set_month_shift`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,26 @@ def phase_3d_days() -> int:
     return _OFFSET["3d"] // DAY
 
 
+def set_phase_1w(days: int) -> None:
+    """Weekly candles open on epoch days ≡ `days` (mod 7) from now on (4: Mondays)."""
+    _OFFSET["1w"] = (days % 7) * DAY
+
+
+def phase_1w_days() -> int:
+    return _OFFSET["1w"] // DAY
+
+
+_MONTH_SHIFT = [0]  # ms after the 1st at which 1M candles open
+
+
+def set_month_shift(days: int) -> None:
+    _MONTH_SHIFT[0] = days * DAY
+
+
+def month_shift_days() -> int:
+    return _MONTH_SHIFT[0] // DAY
+
+
 def is_interval(name: str) -> bool:
     return name in INTERVAL_INDEX
 
@@ -61,8 +84,9 @@ def floor_open(interval: str, t_ms: int) -> int:
     if step is not None:
         off = _OFFSET.get(interval, 0)
         return (t_ms - off) // step * step + off
-    d = _dt.datetime.fromtimestamp(t_ms // 1000, tz=_dt.timezone.utc)
-    return _month_open(d.year, d.month)
+    shift = _MONTH_SHIFT[0]
+    d = _dt.datetime.fromtimestamp((t_ms - shift) // 1000, tz=_dt.timezone.utc)
+    return _month_open(d.year, d.month) + shift
 
 
 def next_open(interval: str, open_ms: int) -> int:
@@ -70,9 +94,10 @@ def next_open(interval: str, open_ms: int) -> int:
     step = FIXED_MS.get(interval)
     if step is not None:
         return open_ms + step
-    d = _dt.datetime.fromtimestamp(open_ms // 1000, tz=_dt.timezone.utc)
+    shift = _MONTH_SHIFT[0]
+    d = _dt.datetime.fromtimestamp((open_ms - shift) // 1000, tz=_dt.timezone.utc)
     year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-    return _month_open(year, month)
+    return _month_open(year, month) + shift
 
 
 def prev_open(interval: str, open_ms: int) -> int:

@@ -17,13 +17,10 @@ import apsw
 import msgspec
 import pytest
 
-from kl_actors.core import intervals
 from kl_actors import messages
 from kl_actors.config import EXIT_FATAL
-from kl_actors.core.klines import PageError, check_candle
 from kl_actors.messages import Candle, KlineBatch
 from kl_actors.store import Store
-from kl_actors.actors.writer import check_batch
 from harness import WriterProcess, candle, wait_for
 
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
@@ -247,38 +244,6 @@ def test_sigterm_commits_pending_batches_before_exit(writer_factory):
     assert writer.proc.wait(timeout=10) == 0, writer.stderr()
     assert writer.rows("BTCUSDT", "1m") == [row(c, "rest") for b in batches for c in b.candles]
     assert "event=closed rows=500" in writer.stderr()
-
-
-@pytest.mark.parametrize("interval", ["1m", "1h", "3d", "1w", "1M"])
-def test_check_batch_agrees_with_check_candle(interval):
-    start = intervals.align(interval, T0)
-    good = [candle(intervals.step(interval, start, i), interval) for i in range(5)]
-    assert check_batch(interval, good) == [msgspec.structs.astuple(c) for c in good]
-    variants = [
-        {"open_time_ms": good[2].open_time_ms + 60_000},
-        {"close_time_ms": good[2].close_time_ms + 1},
-        {"low": "101.5"},
-        {"high": "100.2"},
-        {"open": "-1"},
-        {"volume": "1\n2"},
-        {"close": "١٠٠.5"},  # Unicode digits: whatever check_candle says, check_batch says too
-        {"trades": -1},
-        {"high": "101.0000000000000000001", "open": "101.0000000000000000002"},
-    ]
-    for change in variants:
-        bad = list(good)
-        bad[2] = msgspec.structs.replace(good[2], **change)
-        try:
-            check_candle(interval, bad[2])
-            expected = None
-        except PageError as exc:
-            expected = str(exc)
-        if expected is None:
-            check_batch(interval, bad)
-        else:
-            with pytest.raises(PageError) as info:
-                check_batch(interval, bad)
-            assert str(info.value) == expected
 
 
 def test_symbols_and_exchange_holes_are_recorded(writer):

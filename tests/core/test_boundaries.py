@@ -89,6 +89,18 @@ def test_reserve_keeps_the_minutes_own_closes_free():
     assert boundaries.reserve(minute, minute + 60_000, 0, 550, ["1m"]) == 0
 
 
+def test_reserve_counts_3d_and_1w_closes_on_the_exchanges_phase():
+    day = intervals.DAY_MS
+    d = 20787 * day  # 2026-11-30, a Monday, epoch day ≡ 0 (mod 3)
+    configured = ["1d", "3d", "1w"]
+    assert boundaries.reserve(d, d, 0, 10, configured) == 30  # defaults: multiples of 3 days, Mondays
+    learned = {"3d": day, "1w": 2 * day}  # the exchange's: epoch day ≡ 1 (mod 3), weeks on Saturdays
+    assert boundaries.reserve(d, d, 0, 10, configured, learned) == 10
+    assert boundaries.reserve(d + day, d + day, 0, 10, configured, learned) == 20
+    saturday = 20792 * day
+    assert boundaries.reserve(saturday, saturday, 0, 10, configured, learned) == 20
+
+
 def test_tally_reports_lags_failures_and_lateness():
     boundary = ms(2026, 11, 25)
     tally = boundaries.BoundaryTally(boundary, "1d", 3)

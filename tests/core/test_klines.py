@@ -96,3 +96,16 @@ def test_continuous_event_and_control_replies():
         klines.decode_ws_event('{"e":"kline","E":1,"k":{"t":"x"}}')
     with pytest.raises(klines.PageError):
         klines.decode_ws_event("not json")
+
+
+def test_in_future_allows_the_tolerance_and_no_more():
+    now = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+    limit = now + klines.FUTURE_TOLERANCE_MS
+    closing_at_limit = Candle(limit - 60_000 + 1, "1", "1", "1", "1", "0", limit, "0", 0, "0", "0")
+    # A closed candle: its close must come before the limit.
+    assert klines.in_future(closing_at_limit, True, now)
+    assert not klines.in_future(closing_at_limit, True, now + 1)
+    # A live candle: its open may be up to the limit (its close is in the future by nature).
+    opening_at_limit = Candle(limit, "1", "1", "1", "1", "0", limit + 59_999, "0", 0, "0", "0")
+    assert not klines.in_future(opening_at_limit, False, now)
+    assert klines.in_future(opening_at_limit, False, now - 1)

@@ -35,17 +35,46 @@ def test_3d_alignment_follows_the_phase(phase_days):
     assert intervals.phase_of("3d", opened) == phase
     assert intervals.last_closed_open("3d", t, phase) == opened - STEP_3D
     assert intervals.next_boundary("3d", t, phase) == opened + STEP_3D
-    assert "3d" in intervals.closing_at(opened + STEP_3D, ["1d", "3d"], phase)
+    assert "3d" in intervals.closing_at(opened + STEP_3D, ["1d", "3d"], {"3d": phase})
     # The other two day-phases are not 3d boundaries.
     other = opened + STEP_3D + DAY
-    assert intervals.closing_at(other, ["1d", "3d"], phase) == ["1d"]
+    assert intervals.closing_at(other, ["1d", "3d"], {"3d": phase}) == ["1d"]
 
 
-def test_phase_ignored_by_every_other_interval():
+def test_phase_ignored_by_every_unphased_interval():
     t = D0 + 5 * DAY + 7 * 3_600_000
-    for interval in ("1m", "1h", "1d", "1w", "1M"):
+    for interval in ("1m", "1h", "1d", "1M"):
         assert intervals.align(interval, t, DAY) == intervals.align(interval, t)
         assert intervals.phase_of(interval, intervals.align(interval, t)) == 0
+
+
+@pytest.mark.parametrize("phase_days", range(7))
+def test_1w_alignment_follows_the_phase(phase_days):
+    phase = phase_days * DAY
+    t = D0 + 9 * DAY + 5 * 3_600_000
+    opened = intervals.align("1w", t, phase)
+    assert opened % intervals.WEEK_MS == phase and opened <= t < opened + intervals.WEEK_MS
+    assert intervals.phase_of("1w", opened) == phase
+    assert intervals.next_boundary("1w", t, phase) == opened + intervals.WEEK_MS
+    assert intervals.closing_at(opened, ["1d", "1w"], {"1w": phase}) == ["1d", "1w"]
+    assert intervals.closing_at(opened + DAY, ["1d", "1w"], {"1w": phase}) == ["1d"]
+    # One phase never leaks into another interval: a 3d phase given for 1w's mapping key only.
+    assert intervals.closing_at(opened, ["1w"], {"3d": DAY}) == (["1w"] if phase == 4 * DAY else [])
+
+
+def test_default_phases_are_multiples_of_three_days_and_mondays():
+    monday = 20787 * DAY  # 2026-11-30, a Monday
+    assert intervals.align("1w", monday + 3 * DAY) == monday
+    assert intervals.align("3d", D0 + DAY) == D0
+    assert intervals.phase_of("1w", monday) == intervals.DEFAULT_PHASE_MS["1w"] == 4 * DAY
+
+
+@pytest.mark.parametrize("phase_days", [0, 4, 6])
+def test_1w_pages_valid_on_any_weekday(phase_days):
+    opens = [D0 + phase_days * DAY + i * intervals.WEEK_MS for i in range(4)]
+    page = [candle("1w", t) for t in opens]
+    got = klines.validate_page("1w", page, opens[0], opens[-1], opens[-1] + 10 * intervals.WEEK_MS)
+    assert [c.open_time_ms for c in got] == opens
 
 
 @pytest.mark.parametrize("phase_days", [0, 1, 2])

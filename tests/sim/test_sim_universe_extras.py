@@ -60,3 +60,26 @@ def test_3d_phase(days):
         assert tf.floor_open("1w", NOW) % tf.WEEK == 4 * tf.DAY  # nothing else moves
     finally:
         tf.set_phase_3d(0)
+
+
+@pytest.mark.parametrize("days", [0, 2, 5, 6])
+def test_1w_phase(days):
+    try:
+        tf.set_phase_1w(days)
+        o = tf.floor_open("1w", NOW)
+        assert (o // tf.DAY) % 7 == days and o <= NOW < tf.next_open("1w", o)
+        assert tf.floor_open("3d", NOW) % (3 * tf.DAY) == 0  # nothing else moves
+    finally:
+        tf.set_phase_1w(4)
+
+
+def test_months_shifted_off_the_calendar():
+    nov_4 = 1_793_750_400_000  # 2026-11-04 00:00 UTC
+    try:
+        tf.set_month_shift(3)
+        assert tf.floor_open("1M", nov_4) == nov_4 == tf.floor_open("1M", nov_4 + 29 * tf.DAY)
+        assert tf.next_open("1M", nov_4) == nov_4 + 30 * tf.DAY  # 2026-12-04
+        assert tf.floor_open("1M", nov_4 - 1) == nov_4 - 31 * tf.DAY  # 2026-10-04
+    finally:
+        tf.set_month_shift(0)
+    assert tf.floor_open("1M", nov_4) == nov_4 - 3 * tf.DAY

@@ -4,7 +4,7 @@
    `supervisor.py --once`, divided by the ceiling for that limit and page size
    (limit / weight_for_limit(page) * page candles per minute), and the 429 count (must be 0).
 2. With the limit lifted: end-to-end candles/s with 1, 2, 4 and 8 downloader processes.
-3. `--egress N` (`python scripts/backfill_bench.py --egress 2 [--symbols 16 --depth 100000]`): the
+3. `--egress N` (`python scripts/bench.py backfill --egress 2 [--symbols 16 --depth 100000]`): the
    same `--once` backfill at the real limit, first with one egress group (source address
    127.0.0.2, two downloaders), then with N groups (127.0.0.2, 127.0.0.3, ..., two downloaders
    each), each against a fresh simulator: candles per minute (per IP), 429/418 per IP, every
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -24,9 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from . import ROOT  # the package put the repository on sys.path
 from kl_actors import config as cfg  # noqa: E402
 from kl_actors.core.budget import weight_for_limit  # noqa: E402
 from kl_actors.sim.process import SimProcess  # noqa: E402
@@ -201,25 +198,9 @@ def egress_compare(groups: int, symbols: int = 16, depth: int = 100_000, limit: 
           f"target <= 0.55 for 16 symbols x 1m depth 100,000", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="backfill_bench.py")
-    p.add_argument("--egress", type=int, metavar="N", help="compare N egress groups with one")
-    p.add_argument("--symbols", type=int, default=16)
-    p.add_argument("--depth", type=int, default=100_000, help="1m candles per symbol")
-    a = p.parse_args(argv)
-    if a.egress:
-        egress_compare(a.egress, a.symbols, a.depth)
-    else:
-        run()
-    return 0
-
-
 def run(real: bool = True, lift: bool = True) -> None:
     if real:
         at_real_limit()
     if lift:
         lifted()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

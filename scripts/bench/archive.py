@@ -20,9 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from . import ROOT  # the package put the repository on sys.path
 from kl_actors import config as cfg  # noqa: E402
 from kl_actors.core import intervals  # noqa: E402
 from kl_actors.core.budget import weight_for_limit  # noqa: E402

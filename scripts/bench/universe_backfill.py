@@ -20,24 +20,20 @@ from pathlib import Path
 
 import msgspec
 
-from live_bench import ROOT, cfg, free_port, intervals  # noqa: F401
+from kl_actors import config as cfg
+from kl_actors.core import intervals
 from kl_actors.sim.process import SimProcess
+
+from . import ROOT, service_config
 
 _PLANNED = re.compile(r"event=planned tasks=(\d+) .*?tables=(\d+) rows_checked=(\d+) busy_ms=([\d.]+) "
                       r"per_table_ms=([\d.]+) seconds=([\d.]+) slowest_tick_ms=([\d.]+)")
 
 
 def _config(workdir: Path, sim: SimProcess) -> cfg.Config:
-    base = cfg.Config()
-    r = msgspec.structs.replace
-    config = r(base,
-               exchange=r(base.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url),
-               klines=r(base.klines, intervals=list(intervals.INTERVALS)),
-               symbols=r(base.symbols, rediscover_s=30.0),
-               supervisor=r(base.supervisor, heartbeat_s=0.5, heartbeat_timeout_s=2.0),
-               endpoints=r(base.endpoints, runtime_dir=str(workdir / "rt"), feed=f"tcp://127.0.0.1:{free_port()}"),
-               database=r(base.database, path=str(workdir / "db.sqlite")))
-    return cfg.resolve_endpoints(cfg.check(config, "universe backfill bench"))
+    return service_config(workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
+                          klines={"intervals": list(intervals.INTERVALS)}, symbols={"rediscover_s": 30.0},
+                          supervisor={"heartbeat_s": 0.5, "heartbeat_timeout_s": 2.0})
 
 
 def _run_once(config: cfg.Config, workdir: Path, label: str, timeout_s: float) -> None:

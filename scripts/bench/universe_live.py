@@ -19,11 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
-
-from live_bench import ROOT, Service, cfg, free_port, intervals, wait_for  # noqa: F401
+from kl_actors import config as cfg
+from kl_actors.core import intervals
 from kl_actors.sim.process import SimProcess
 from kl_actors.store import Store
+
+from . import service_config
+from .live import Service
 
 ALL_INTERVALS = list(intervals.INTERVALS)
 _DONE = re.compile(r"event=boundary_done boundary_ms=(\d+) interval=(\w+) tasks=(\d+) failed=(\d+) "
@@ -32,15 +34,8 @@ _LATE = re.compile(r"event=boundary_late boundary_ms=(\d+) interval=(\w+) unconf
 
 
 def _config(workdir: Path, sim: SimProcess) -> cfg.Config:
-    base = cfg.Config()
-    r = msgspec.structs.replace
-    config = r(base,
-               exchange=r(base.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url),
-               klines=r(base.klines, intervals=ALL_INTERVALS),
-               endpoints=r(base.endpoints, runtime_dir=str(workdir / "rt"), feed=f"tcp://127.0.0.1:{free_port()}"),
-               database=r(base.database, path=str(workdir / "db.sqlite")),
-               mode="stream-only")
-    return cfg.resolve_endpoints(cfg.check(config, "universe live bench"))
+    return service_config(workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
+                          klines={"intervals": ALL_INTERVALS}, mode="stream-only")
 
 
 def _exact(config: cfg.Config, sim: SimProcess, started_ms: int, ended_ms: int) -> tuple[int, list[str]]:
@@ -87,11 +82,11 @@ def run(symbols: int = 550, minutes: int = 6, lead_s: float = 50.0) -> None:
             try:
                 service.wait_started(60)
                 end = midnight + minutes * 60_000
-                wait_for(lambda: sim.info()["server_time_ms"] >= end, (end - server_now) / 1000 + 120,
-                         "the end of the run", service)
+                service.wait(lambda: sim.info()["server_time_ms"] >= end, (end - server_now) / 1000 + 120,
+                             "the end of the run")
             finally:
-                code = service.stop()
-            log = "".join(service.log_lines)
+                code = service.finish()
+            log = service.log_text()
             stats = sim.stats()
             checked, problems = _exact(config, sim, server_now, sim.info()["server_time_ms"])
     finally:

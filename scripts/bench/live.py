@@ -28,12 +28,8 @@ close: both delays are part of the figures, as they are for a real consumer.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,18 +38,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
 import requests
 import zmq
+from harness import RunningService, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kl_actors import config as cfg  # noqa: E402
-from kl_actors.core import intervals  # noqa: E402
+from kl_actors import config as cfg
 from kl_actors import messages
-from kl_actors.sim.process import SimProcess  # noqa: E402
-from kl_actors.supervisor import actor_names  # noqa: E402
+from kl_actors.core import intervals
+from kl_actors.sim.process import SimProcess
+from kl_actors.supervisor import actor_names
+
+from . import service_config
 
 INTERVAL = "1m"
 DEPTH = 5
@@ -68,98 +63,51 @@ def now_ms() -> float:
 
 # -- the service --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_config(workdir: Path, sim: SimProcess) -> cfg.Config:
-    base = cfg.Config()
-    r = msgspec.structs.replace
-    config = r(base,
-               exchange=r(base.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url),
-               klines=r(base.klines, intervals=[INTERVAL], depth={INTERVAL: DEPTH}),
-               endpoints=r(base.endpoints, runtime_dir=str(workdir / "rt"),
-                           feed=f"tcp://127.0.0.1:{free_port()}"),
-               database=r(base.database, path=str(workdir / "db.sqlite")),
-               log=r(base.log, level="INFO"))
-    return cfg.resolve_endpoints(cfg.check(config, "live bench"))
+    return service_config(workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
+                          klines={"intervals": [INTERVAL], "depth": {INTERVAL: DEPTH}}, log={"level": "INFO"})
 
 
-def _drain(pipe, lines: list[str]) -> None:
-    # Every actor shares the supervisor's stderr: a full pipe would block their log writes.
-    for line in pipe:
-        lines.append(line)
-    pipe.close()
-
-
-class Service:
-    """`supervisor.py` with `config` (and `--actors` when given), stopped with SIGTERM."""
+class Service(RunningService):
+    """The harness's `RunningService` (`supervisor.py` with `config`, `--actors` when given), plus
+    what a bench waits for and reads in its log; a wait ends at once when the service exits."""
 
     def __init__(self, config: cfg.Config, workdir: Path, actors: list[str] | None) -> None:
-        self.status_file = Path(config.endpoints.runtime_dir) / "status.json"
+        super().__init__(config, workdir, ["--actors", ",".join(actors)] if actors else None)
         self.names = actors or actor_names(config)
-        toml = workdir / "service.toml"
-        toml.write_bytes(msgspec.toml.encode(config))
-        args = ["--actors", ",".join(actors)] if actors else []
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "supervisor.py"), "--config", str(toml), *args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log_lines: list[str] = []
-        self._reader = threading.Thread(target=_drain, args=(self.proc.stderr, self.log_lines), daemon=True)
-        self._reader.start()
+
+    def wait(self, predicate, timeout_s: float, what: str):
+        def alive_and_true():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited ({self.proc.returncode}) while waiting for {what}:\n"
+                                   + "".join(self.err_lines[-30:]))
+            return predicate()
+        return wait_for(alive_and_true, timeout_s, what=what)
 
     def wait_started(self, timeout_s: float) -> None:
-        def started() -> bool:
-            try:
-                status = json.loads(self.status_file.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return False
-            actors = status.get("actors", {})
-            return status.get("supervisor_pid") == self.proc.pid and all(
-                actors.get(n, {}).get("pid") for n in self.names)
-        wait_for(started, timeout_s, "every actor started", self)
+        self.wait(lambda: all(self.pid(n) for n in self.names), timeout_s, "every actor started")
 
     def wait_log(self, pattern: str, timeout_s: float) -> re.Match:
         compiled = re.compile(pattern)
 
         def found() -> re.Match | None:
-            return next((m for line in list(self.log_lines) if (m := compiled.search(line))), None)
-        return wait_for(found, timeout_s, f"log line {pattern!r}", self)
+            return next((m for line in list(self.err_lines) if (m := compiled.search(line))), None)
+        return self.wait(found, timeout_s, f"log line {pattern!r}")
 
     def problems(self) -> Counter:
         """Warning and error events in the log: where to look when candles are missing."""
         found: Counter = Counter()
-        for line in self.log_lines:
+        for line in self.err_lines:
             m = re.search(r"level=(warning|error) actor=(\S+) event=(\S+)", line)
             if m:
                 found[f"{m.group(2)} {m.group(3)} ({m.group(1)})"] += 1
         return found
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=5)
-        return self.proc.returncode
-
-
-def wait_for(predicate, timeout_s: float, what: str, service: Service | None = None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if service is not None and service.proc.poll() is not None:
-            raise RuntimeError(f"the service exited ({service.proc.returncode}) while waiting for {what}:\n"
-                               + "".join(service.log_lines[-30:]))
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    def finish(self) -> int:
+        """`stop()` (SIGTERM, kill after 20 s), then kill any actor left behind; the exit status."""
+        code, _ = super().stop()
+        self.cleanup()
+        return code
 
 
 def trading_symbols(sim: SimProcess) -> list[str]:
@@ -287,7 +235,7 @@ def run_path(path: str, n_symbols: int, minutes: int, weight_limit: int) -> Figu
             try:
                 boundaries = _wait_live_run(service, recorder, path, minutes)
             finally:
-                code = service.stop()
+                code = service.finish()
                 recorder.stop()
             stats = sim.stats()
         return _figures(path, symbols, boundaries, recorder.seen, service, code, stats)
@@ -299,8 +247,7 @@ def _wait_live_run(service: Service, recorder: Recorder, path: str, minutes: int
     """Wait for start-up and backfill, then for `minutes` boundaries; returns those boundaries."""
     service.wait_started(30)
     planned = int(service.wait_log(r"event=planned tasks=(\d+)", 60).group(1))
-    ready = wait_for(lambda: recorder.backfill_over_ms(planned), 120, f"{planned} backfill tasks committed",
-                     service)
+    ready = service.wait(lambda: recorder.backfill_over_ms(planned), 120, f"{planned} backfill tasks committed")
     if path == "websocket":
         service.wait_log(r"actor=websocket event=connection_opened", 30)
         ready = max(ready, now_ms())
@@ -311,7 +258,7 @@ def _wait_live_run(service: Service, recorder: Recorder, path: str, minutes: int
     end = boundaries[-1] + TAIL_S * 1000
     while now_ms() < end:
         if service.proc.poll() is not None:
-            raise RuntimeError("the service exited during the run:\n" + "".join(service.log_lines[-30:]))
+            raise RuntimeError("the service exited during the run:\n" + "".join(service.err_lines[-30:]))
         time.sleep(0.2)
     return boundaries
 
@@ -379,7 +326,7 @@ def _boundary_late_ms(service: Service, boundaries: list[int]) -> list[float]:
     """How long after each counted boundary the scheduler queued its fetches (server clock)."""
     wanted = set(boundaries)
     late = []
-    for line in service.log_lines:
+    for line in service.err_lines:
         m = re.search(r"event=boundary boundary_ms=(\d+) .*late_ms=(-?\d+)", line)
         if m and int(m.group(1)) in wanted:
             late.append(float(m.group(2)))

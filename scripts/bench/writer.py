@@ -1,32 +1,28 @@
-"""Writer throughput: rows/s committed through the socket path versus raw apsw upserts.
+"""Writer throughput: `python scripts/bench.py writer [--rows 200000] [--batch 1000]`: rows/s
+committed through the socket path versus raw apsw upserts.
 
-Socket path: a real writer process (`python -m kl_actors.run writer`), batches of `batch` candles
-PUSHed to its inbox, timed from the first send until `Committed` announcements on the bus cover
-every row. Raw: the same candles upserted with apsw `executemany` into a fresh table of a fresh
-file with the same pragmas, one transaction per batch, parameter tuples built beforehand.
-
-    python scripts/writer_bench.py [rows_total] [batch]
+Socket path: a real writer process (the harness's `WriterProcess`: `python -m kl_actors.run
+writer` with the peers' sockets, answering a probe before the clock starts), with the service's
+`[writer]` defaults, batches of `batch` candles PUSHed to its inbox, timed from the first send
+until `Committed` announcements on the bus cover every row. Raw: the same candles upserted with
+apsw `executemany` into a fresh table of a fresh file with the same pragmas, one transaction per
+batch, parameter tuples built beforehand.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import msgspec
-import zmq
+from harness import WriterProcess
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kl_actors import config as cfg  # noqa: E402
-from kl_actors import messages  # noqa: E402
-from kl_actors.messages import Candle, KlineBatch  # noqa: E402
-from kl_actors.store import Store, candle_rows  # noqa: E402
+from kl_actors import config as cfg
+from kl_actors import messages
+from kl_actors.messages import Candle, KlineBatch
+from kl_actors.store import Store, candle_rows
 
 T0 = 1_600_000_000_000 - 1_600_000_000_000 % 60_000
 
@@ -59,57 +55,21 @@ def bench_raw(workdir: Path, candles: list[Candle], batch: int, db_config: cfg.D
 
 def bench_socket(workdir: Path, candles: list[Candle], batch: int,
                  writer_settings: dict | None = None) -> tuple[float, int]:
-    base = cfg.Config()
-    config = msgspec.structs.replace(
-        base,
-        writer=msgspec.structs.replace(base.writer, **(writer_settings or {})),
-        endpoints=msgspec.structs.replace(base.endpoints, runtime_dir=str(workdir / "rt")),
-        database=msgspec.structs.replace(base.database, path=str(workdir / "writer.sqlite")),
-    )
-    config = cfg.resolve_endpoints(cfg.check(config, "bench"))
-    Path(config.endpoints.runtime_dir).mkdir(mode=0o700)
-    config_file = workdir / "writer.json"
-    config_file.write_bytes(msgspec.json.encode(config))
+    # The harness's writer and its peers' sockets, with the service's own [writer] defaults (the
+    # harness picks test values) and the probe it waits on before returning.
+    settings = {**msgspec.structs.asdict(cfg.WriterConfig()), **(writer_settings or {})}
     frames = [messages.encode(KlineBatch("BTCUSDT", "1m", "rest", candles[i:i + batch], task_id=f"b{i}"))
               for i in range(0, len(candles), batch)]
-    ctx = zmq.Context()
-    socks = []
-
-    def sock(kind: int, endpoint: str, bind: bool) -> zmq.Socket:
-        s = ctx.socket(kind)
-        s.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.SUB:
-            s.setsockopt(zmq.SUBSCRIBE, b"")
-        (s.bind if bind else s.connect)(endpoint)
-        socks.append(s)
-        return s
-
-    e = config.endpoints
-    sock(zmq.PULL, e.control, bind=True)
-    bus = sock(zmq.SUB, e.bus_pub, bind=True)
-    sock(zmq.SUB, e.feed_in, bind=True)
-    push = sock(zmq.PUSH, e.writer, bind=False)
-    proc = subprocess.Popen([sys.executable, "-m", "kl_actors.run", "writer", "--config-file",
-                             str(config_file)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    writer = WriterProcess(workdir, **settings)
     try:
-        # Probe until the bus answers, so no announcement is lost to a late subscription.
-        for n in range(200):
-            push.send(messages.encode(KlineBatch("BTCUSDT", "1m", "rest", [], task_id=f"probe{n}")))
-            if bus.poll(100):
-                bus.recv()
-                break
-        else:
-            raise RuntimeError("writer did not answer")
-        while bus.poll(200):
-            bus.recv()
         started = time.perf_counter()
         for frame in frames:
-            push.send(frame)
+            writer.send(frame)
         rows = txns = 0
         while rows < len(candles):
-            if not bus.poll(30_000):
-                raise RuntimeError(f"writer stalled at {rows} rows")
-            m = messages.decode(bus.recv())
+            if not writer.bus.poll(30_000):
+                raise RuntimeError(f"writer stalled at {rows} rows\n{writer.stderr()}")
+            m = messages.decode(writer.bus.recv())
             if isinstance(m, messages.Committed):
                 rows += sum(t.rows for t in m.tables)
                 txns += 1
@@ -118,11 +78,7 @@ def bench_socket(workdir: Path, candles: list[Candle], batch: int,
         elapsed = time.perf_counter() - started
         return len(candles) / elapsed, txns
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for s in socks:
-            s.close()
-        ctx.term()
+        writer.close()
 
 
 def run(rows_total: int = 200_000, batch: int = 1000, writer_settings: dict | None = None) -> dict:
@@ -147,8 +103,3 @@ def run(rows_total: int = 200_000, batch: int = 1000, writer_settings: dict | No
           f"({txns} transactions)")
     print(f"ratio writer/raw:            {result['ratio']:.3f}")
     return result
-
-
-if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    run(*args)
