@@ -229,13 +229,17 @@ def downloader_count(config: "Config") -> int:
 def downloader_group(config: "Config", actor_name: str) -> tuple[int, EgressConfig]:
     """(index, group) of `downloader-N`: downloaders are numbered across groups in their order
     (the first group's are 1..n1, the next group's follow), so `--actors downloader-3` names one
-    process of one group on every host."""
+    process of one group."""
     number = int(actor_name.rpartition("-")[2])
-    for index, group in enumerate(egress_groups(config)):
+    groups = egress_groups(config)
+    for index, group in enumerate(groups):
         if number <= group.downloaders:
             return index, group
         number -= group.downloaders
-    raise ConfigError(f"{actor_name}: no such downloader in this configuration")
+    # Numbered past every group: a downloader a host that joins another (`remote.connect`) runs
+    # by name (`--actors downloader-3` where this config counts fewer); it goes out this host's
+    # first way.
+    return 0, groups[0]
 
 
 def tasks_endpoint(config: "Config", group_index: int) -> str:

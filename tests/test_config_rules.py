@@ -213,6 +213,8 @@ def test_egress_groups_number_downloaders_and_tasks_endpoints_across_groups():
     assert cfg.downloader_count(two) == 6
     assert [cfg.downloader_group(two, f"downloader-{n}")[1].name for n in range(1, 7)] == \
         ["lo2", "lo2", "lo3", "lo3", "lo3", "px"]
+    # Past the count (a host joining another runs downloader-9 by name): this host's first way out.
+    assert cfg.downloader_group(two, "downloader-9") == (0, cfg.egress_groups(two)[0])
     assert cfg.tasks_endpoint(two, 0) == two.endpoints.tasks
     assert cfg.tasks_endpoint(two, 1) == two.endpoints.tasks + "-lo3"
     tcp = msgspec.structs.replace(two, endpoints=msgspec.structs.replace(two.endpoints, tasks="tcp://127.0.0.1:7100"))
