@@ -415,7 +415,9 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
             self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s, egress=group,
                              detail=r.detail[:160],
                              action=f"dispatch to {','.join(paused)} paused for {pause_ms / 1000:.1f}s")
-            self._retry(r.task_id, server_now, pause_ms, r.status, count_attempt=False)
+            # The task itself goes to another group at once if one is not held.
+            delay_ms = pause_ms if self.budgets.held_everywhere(server_now) else 0
+            self._retry(r.task_id, server_now, delay_ms, r.status, count_attempt=False)
             return
         if r.status == "not_final":
             delay = self.config.live.not_final_retry_ms

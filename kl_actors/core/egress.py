@@ -172,6 +172,10 @@ class EgressBudgets:
                 self.owner[group] = keep
         del self.budgets[gone]
 
+    def held_everywhere(self, now_ms: int) -> bool:
+        """Every budget waits out a 429/418: a throttled task has nowhere else to go."""
+        return all(now_ms < b.blocked_until_ms for _, b in self.distinct())
+
     def block(self, group: str, retry_after_s: float, now_ms: int) -> int:
         """A 429/418 on `group`'s IP: only its budget (and any merged with it) stops."""
         return self.budget(group).block(retry_after_s, now_ms)

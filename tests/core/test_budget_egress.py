@@ -25,6 +25,9 @@ def test_each_group_spends_its_own_budget_and_a_429_holds_only_its_group():
     assert b.available("a", T + MIN) > 0  # the next minute: group a goes on while b waits
     assert b.available("b", T + MIN) == 0
     assert b.available("b", until) > 0
+    assert not b.held_everywhere(T + 4)  # a's way is open: b's refused tasks can go there
+    b.block("a", 10.0, T + 4)
+    assert b.held_everywhere(T + 5) and not b.held_everywhere(T + 4 + 10_000)
 
 
 def _answer(b, group, n, weight, header_of, t):
