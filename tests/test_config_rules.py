@@ -248,3 +248,12 @@ def test_the_commented_egress_example_in_default_toml_is_a_valid_config():
     config = cfg.check(cfg.decode(example.encode(), "example"), "example")
     assert [(g.name, g.source_address, g.downloaders) for g in config.egress] == \
         [("a", "203.0.113.10", 2), ("b", "203.0.113.11", 2)]
+
+
+def test_downloaders_flag_is_refused_when_egress_groups_say_how_many(tmp_path):
+    from kl_actors import cli
+    path = tmp_path / "groups.toml"
+    path.write_text('[[egress]]\nname = "a"\nsource_address = "127.0.0.2"\n')
+    assert cfg.downloader_count(cli.effective_config(_args("--config", str(path)))) == 2
+    with pytest.raises(cfg.ConfigError, match="--downloaders: with \\[\\[egress\\]\\] groups"):
+        cli.effective_config(_args("--config", str(path), "--downloaders", "8"))
