@@ -11,10 +11,12 @@ import msgspec
 import pytest
 import requests
 
-from exactness import assert_exact, trading_symbols
+from exactness import assert_exact, stored_rows, trading_symbols, truth_rows
 from harness import backfill_config, server_ms, wait_for
 from kl_actors import config as cfg
+from kl_actors.core import intervals
 from kl_actors.exchange import SourceAddressAdapter
+from kl_actors.store import Store
 
 MINUTE_MS = 60_000
 
@@ -144,3 +146,38 @@ def test_two_groups_on_one_ip_are_found_and_share_one_budget(workdir, sim_factor
     assert int(fields["header_a"]) >= int(fields["own_a"]) + int(fields["own_b"]) // 2
     assert set(sim.stats()["by_ip"]) == {"127.0.0.1"}
     assert_exact(workdir / "db.sqlite", sim, symbols, depth, started, server_ms(sim))
+
+
+@pytest.mark.slow(90)
+def test_live_boundary_fetches_go_out_through_the_groups(workdir, sim_factory, service_factory):
+    sim = sim_factory(symbols=6, weight_limit=1_000_000, ws_push_ms=200)
+    symbols = trading_symbols(sim)
+    config = egress_config(workdir, sim, {"1m": 30}, TWO_IPS,
+                           live={"final_recheck_ms": 3000, "boundary_margin_ms": 200})
+    service = service_factory(config)
+    try:
+        service.wait_running(["scheduler", "downloader-1", "downloader-3", "websocket"], timeout=30)
+        wait_for(lambda: "event=planned tasks=" in service.log_text(), 30, what="the backfill plan")
+        boundary = intervals.next_boundary("1m", server_ms(sim) + 2000)  # backfill long done by then
+        wait_for(lambda: f"event=boundary boundary_ms={boundary} " in service.log_text(), 75,
+                 what="the boundary planned")
+        before = sim.stats()["by_ip"]
+        done = f"event=boundary_done boundary_ms={boundary} interval=1m tasks={len(symbols)} failed=0"
+        wait_for(lambda: done in service.log_text(), 40, what="the boundary confirmed")
+        after = sim.stats()["by_ip"]
+    finally:
+        code, err = service.stop()
+    assert code == 0, err[-3000:]
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        assert after[ip]["429"] == 0 and after[ip]["418"] == 0, after
+    # Only boundary fetches (and time-sync on the first group) went out meanwhile; the second
+    # group's IP carried some of them.
+    assert after["127.0.0.3"]["requests"] > before.get("127.0.0.3", {}).get("requests", 0), (before, after)
+    store = Store.open_readonly(path=config.database.path)
+    try:
+        for symbol in symbols:
+            rows = stored_rows(store, symbol, "1m")
+            assert rows[-1][0] >= intervals.prev_open("1m", boundary)
+            assert rows == truth_rows(sim, symbol, "1m", rows[0][0], rows[-1][0])
+    finally:
+        store.close()
