@@ -77,6 +77,9 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
         endpoints = replace(endpoints, runtime_dir=args.runtime_dir)
     downloader = config.downloader
     if args.downloaders is not None:
+        if config.egress:
+            raise cfg.ConfigError(f"{path}: --downloaders: with [[egress]] groups each group's `downloaders` "
+                                  "says how many processes use it")
         downloader = replace(downloader, processes=args.downloaders)
     archive = config.archive
     if getattr(args, "archive_url", None):

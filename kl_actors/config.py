@@ -91,6 +91,19 @@ class DownloaderConfig(_Section):
     max_uncommitted: int = 256
 
 
+class EgressConfig(_Section):
+    """One way out to the exchange (an `[[egress]]` table): the exchange counts weight per IP, so
+    each group gets its own budget. `source_address` binds every connection's local address (an
+    extra IP of this host); `proxy` sends them through a proxy (its IP is the one counted);
+    neither: this host's default route."""
+
+    name: str
+    source_address: str = ""
+    proxy: str = ""
+    # Downloader processes this host runs for the group.
+    downloaders: int = 2
+
+
 class WeightConfig(_Section):
     # 0: read the limit from exchangeInfo.rateLimits (never hard-code the exchange's number).
     limit_per_minute: int = 0
@@ -198,6 +211,51 @@ class ArchiveConfig(_Section):
 
 
 REAL_ARCHIVE_URL = "https://data.binance.vision"
+DEFAULT_EGRESS = "default"
+
+
+def egress_groups(config: "Config") -> list[EgressConfig]:
+    """The ways out, in order (the first also carries time-sync and exchangeInfo): the configured
+    `[[egress]]` groups, else one group on the default route with `downloader.processes`."""
+    if config.egress:
+        return list(config.egress)
+    return [EgressConfig(name=DEFAULT_EGRESS, downloaders=config.downloader.processes)]
+
+
+def downloader_count(config: "Config") -> int:
+    return sum(g.downloaders for g in egress_groups(config))
+
+
+def downloader_group(config: "Config", actor_name: str) -> tuple[int, EgressConfig]:
+    """(index, group) of `downloader-N`: downloaders are numbered across groups in their order
+    (the first group's are 1..n1, the next group's follow), so `--actors downloader-3` names one
+    process of one group."""
+    number = int(actor_name.rpartition("-")[2])
+    groups = egress_groups(config)
+    for index, group in enumerate(groups):
+        if number <= group.downloaders:
+            return index, group
+        number -= group.downloaders
+    # Numbered past every group: a downloader a host that joins another (`remote.connect`) runs
+    # by name (`--actors downloader-3` where this config counts fewer); it goes out this host's
+    # first way.
+    return 0, groups[0]
+
+
+def tasks_endpoint(config: "Config", group_index: int) -> str:
+    """Where the scheduler hands out one group's tasks: the first group uses `endpoints.tasks`
+    itself; the others a sibling (ipc: the path plus `-<name>`; tcp: the port plus the index).
+    On a downloader host (`remote.connect`) every group joins the service's remote tasks port."""
+    base = config.endpoints.tasks
+    if group_index == 0 or config.remote.connect:
+        # A downloader host joins the service host's one remote tasks port (its first group's).
+        return base
+    if base.startswith("tcp://"):
+        host, _, port = base.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"key endpoints.tasks: {base!r} needs a fixed port when egress groups are configured")
+        return f"{host}:{int(port) + group_index}"
+    return f"{base}-{egress_groups(config)[group_index].name}"
 
 
 def archive_url(config: "Config") -> str:
@@ -230,6 +288,8 @@ class Config(_Section):
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    # Empty: one group, this host's default route, with `downloader.processes` downloaders.
+    egress: list[EgressConfig] = []
     mode: Literal["normal", "stream-only", "once"] = "normal"
 
 
@@ -244,6 +304,9 @@ def _where(message: str) -> tuple[str, str]:
     unknown = re.fullmatch(r"Object contains unknown field (.+)", text)
     if unknown:
         return (f"{key}.{unknown.group(1)}" if key else unknown.group(1)), "unknown key"
+    missing = re.fullmatch(r"Object missing required field (.+)", text)
+    if missing:
+        return (f"{key}.{missing.group(1)}" if key else missing.group(1)), "required, not given"
     return key, text
 
 
@@ -367,8 +430,9 @@ def check(config: Config, source: str) -> Config:
         fail("downloader.page_limit", f"must be 1..1500 (the exchange's maximum), got {d.page_limit}")
     positive("downloader.lease_s", d.lease_s)
     at_least("downloader.max_attempts", d.max_attempts, 1)
+    _check_egress(config, fail)
     # Fewer than the pool's request slots would leave slots idle at every moment.
-    at_least("downloader.max_uncommitted", d.max_uncommitted, d.processes * d.concurrency)
+    at_least("downloader.max_uncommitted", d.max_uncommitted, downloader_count(config) * d.concurrency)
     if config.weight.limit_per_minute < 0:
         fail("weight.limit_per_minute", "must be 0 (from exchangeInfo) or positive")
     if not 0 < config.weight.usable_fraction <= 1:
@@ -445,6 +509,48 @@ def check(config: Config, source: str) -> Config:
     if not 1 <= ar.concurrency <= 64:
         fail("archive.concurrency", f"must be 1..64, got {ar.concurrency}")
     return config
+
+
+_EGRESS_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,32}")
+PROXY_SCHEMES = ("http://", "https://", "socks5://", "socks5h://")
+
+
+def _check_egress(config: Config, fail) -> None:
+    names: set[str] = set()
+    addresses: dict[str, str] = {}
+    for i, g in enumerate(config.egress):
+        key = f"egress[{i}]"
+        if not _EGRESS_NAME_RE.fullmatch(g.name):
+            fail(f"{key}.name", f"{g.name!r} must be 1..32 letters, digits or _ (it names sockets and log lines)")
+        if g.name in names:
+            fail(f"{key}.name", f"{g.name!r} is a duplicate name: an earlier [[egress]] group has it")
+        names.add(g.name)
+        if g.source_address and g.proxy:
+            fail(key, f"group {g.name!r} has both source_address and proxy; give one (a proxy's own IP is the one counted)")
+        if g.source_address:
+            try:
+                ipaddress.ip_address(g.source_address)
+            except ValueError:
+                fail(f"{key}.source_address", f"{g.source_address!r} is not an IP address of this host")
+            if g.source_address in addresses:
+                fail(f"{key}.source_address", f"{g.source_address!r} is also group {addresses[g.source_address]!r}'s; "
+                                              "one IP is one weight budget, so one group")
+            addresses[g.source_address] = g.name
+        if g.proxy and not g.proxy.startswith(PROXY_SCHEMES):
+            fail(f"{key}.proxy", f"{g.proxy!r} must start with {', '.join(PROXY_SCHEMES)}")
+        if not 1 <= g.downloaders <= 64:
+            fail(f"{key}.downloaders", f"must be 1..64, got {g.downloaders}")
+    if len(config.egress) > 1 and config.endpoints.tasks.startswith("tcp://"):
+        port = config.endpoints.tasks.rpartition(":")[2]
+        if not port.isdigit() or port == "0":
+            fail("endpoints.tasks", "a tcp:// tasks endpoint needs a fixed port with several [[egress]] groups "
+                                    "(the next groups use the following ports)")
+    others = {getattr(config.endpoints, k): k for k in ENDPOINT_KEYS}
+    for i in range(1, len(config.egress)):
+        endpoint = tasks_endpoint(config, i)
+        if endpoint in others:
+            fail("endpoints.tasks", f"group {config.egress[i].name!r} would take its tasks on {endpoint!r}, "
+                                    f"which is endpoints.{others[endpoint]}")
 
 
 def default_runtime_dir() -> str:

@@ -149,6 +149,9 @@ class TaskResult(_Msg, tag="result"):
     missing: list[tuple[int, int]] = []
     bytes_read: int = 0  # archive tasks: bytes of the zip downloaded (the progress line's MB/s)
     by: str = ""  # the downloader that did the task (its actor name)
+    # The egress group whose way out the request took (its IP's header is `weight_used_1m`);
+    # "" from a sender that does not say: the group the scheduler sent the task to.
+    egress: str = ""
 
 
 class ClockSync(_Msg, tag="clock"):

@@ -42,7 +42,8 @@ from .core.restarts import RestartPolicy
 def actor_names(config: cfg.Config) -> list[str]:
     """The actors of this configuration, in start order (`--once` needs no WebSocket)."""
     names = ["broker", "writer", "timesync", "scheduler"]
-    names += [f"downloader-{i}" for i in range(1, config.downloader.processes + 1)]
+    # Numbered across the egress groups, in their order (`config.downloader_group`).
+    names += [f"downloader-{i}" for i in range(1, cfg.downloader_count(config) + 1)]
     if config.mode != "once":
         names.append("websocket")
     return names
@@ -130,7 +131,9 @@ class Supervisor:
         w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         w.started_at = w.last_heartbeat = time.monotonic()
         w.restart_at = None
-        self.log.info("actor_started", name=w.name, pid=w.proc.pid, restarts=w.policy.total_restarts)
+        group = ({"egress": cfg.downloader_group(self.config, w.name)[1].name}
+                 if self.config.egress and w.name.startswith("downloader-") else {})
+        self.log.info("actor_started", name=w.name, pid=w.proc.pid, restarts=w.policy.total_restarts, **group)
 
     def _on_exit(self, w: Watched, now: float, why: str) -> None:
         uptime = now - w.started_at

@@ -260,20 +260,24 @@ class DownloaderProcess(ActorProcess):
     """A downloader process plus the sockets of all its peers, owned by the test."""
 
     def __init__(self, workdir: Path, rest_url: str, concurrency: int = 2, timeout_s: float = 5.0,
-                 proxy: str = "", archive_url: str = "") -> None:
+                 proxy: str = "", archive_url: str = "", egress: list[dict] | None = None,
+                 name: str = "downloader-1") -> None:
         self.config = make_config(workdir, exchange={"rest_url": rest_url, "request_timeout_s": timeout_s,
                                                      "proxy": proxy},
                                   downloader={"concurrency": concurrency}, log={"level": "DEBUG"},
                                   archive={"base_url": archive_url, "concurrency": 2})
+        if egress:  # `[[egress]]` groups: `name` takes tasks from its own group's socket
+            self.config = cfg.check(msgspec.structs.replace(
+                self.config, egress=[cfg.EgressConfig(**g) for g in egress]), "test")
         Path(self.config.endpoints.runtime_dir).mkdir(mode=0o700, exist_ok=True)
         e = self.config.endpoints
         self.ctx = zmq.Context()
-        self.tasks = self._sock(zmq.PUSH, e.tasks)
+        self.tasks = self._sock(zmq.PUSH, cfg.tasks_endpoint(self.config, cfg.downloader_group(self.config, name)[0]))
         self.results = self._sock(zmq.PULL, e.results)
         self.writer = self._sock(zmq.PULL, e.writer)
         self.bus = self._sock(zmq.PUB, e.bus_sub)
         self.control = self._sock(zmq.PULL, e.control)
-        super().__init__("downloader-1", self.config, workdir)
+        super().__init__(name, self.config, workdir)
         self.n = 0
         try:
             if not self.control.poll(10_000):

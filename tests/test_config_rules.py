@@ -161,3 +161,99 @@ def test_bad_archive_url_on_the_command_line_is_refused():
     from kl_actors import cli
     with pytest.raises(cfg.ConfigError, match="key archive.base_url"):
         cli.effective_config(_args("--archive-url", "127.0.0.1:8"))
+
+
+def _egress(toml: str) -> cfg.Config:
+    return cfg.check(cfg.decode(toml.encode(), "egress.toml"), "egress.toml")
+
+
+EGRESS_BAD = [
+    ("egress[1].name", "duplicate", '[[egress]]\nname = "a"\n[[egress]]\nname = "a"\nproxy = "http://127.0.0.1:3128"\n'),
+    ("egress[0]", "both source_address and proxy",
+     '[[egress]]\nname = "a"\nsource_address = "127.0.0.2"\nproxy = "http://127.0.0.1:3128"\n'),
+    ("egress[0].source_address", "not an IP address", '[[egress]]\nname = "a"\nsource_address = "127.0.0.300"\n'),
+    ("egress[0].source_address", "not an IP address", '[[egress]]\nname = "a"\nsource_address = "eth0"\n'),
+    ("egress[1].source_address", "one IP is one weight budget",
+     '[[egress]]\nname = "a"\nsource_address = "127.0.0.2"\n[[egress]]\nname = "b"\nsource_address = "127.0.0.2"\n'),
+    ("egress[0].proxy", "must start with", '[[egress]]\nname = "a"\nproxy = "127.0.0.1:3128"\n'),
+    ("egress[0].name", "letters, digits", '[[egress]]\nname = "a b"\n'),
+    ("egress[0].name", "letters, digits", '[[egress]]\nname = ""\n'),
+    ("egress[0].downloaders", "must be 1..64", '[[egress]]\nname = "a"\ndownloaders = 0\n'),
+    ("egress[0].name", "required, not given", '[[egress]]\nsource_address = "127.0.0.2"\n'),
+    ("egress[0].sorce_address", "unknown key", '[[egress]]\nname = "a"\nsorce_address = "127.0.0.2"\n'),
+    ("downloader.max_uncommitted", "at least 48",
+     '[downloader]\nmax_uncommitted = 40\n[[egress]]\nname = "a"\ndownloaders = 12\n[[egress]]\nname = "b"\ndownloaders = 12\n'),
+    ("endpoints.tasks", "fixed port",
+     '[endpoints]\ntasks = "tcp://127.0.0.1:0"\n[[egress]]\nname = "a"\n[[egress]]\nname = "b"\n'),
+    ("endpoints.tasks", "which is endpoints.results",
+     '[endpoints]\ntasks = "tcp://127.0.0.1:7000"\nresults = "tcp://127.0.0.1:7001"\n'
+     '[[egress]]\nname = "a"\n[[egress]]\nname = "b"\n'),
+]
+
+
+@pytest.mark.parametrize("key,text,toml", EGRESS_BAD, ids=[f"{k}:{t}" for k, t, _ in EGRESS_BAD])
+def test_bad_egress_groups_are_refused_naming_the_group(key, text, toml):
+    with pytest.raises(cfg.ConfigError) as info:
+        _egress(toml)
+    message = str(info.value)
+    assert message.startswith(f"egress.toml: key {key}: "), message
+    assert text in message and "\n" not in message
+
+
+def test_egress_groups_number_downloaders_and_tasks_endpoints_across_groups():
+    default = cfg.resolve_endpoints(cfg.Config())
+    # No [[egress]]: one group on the default route with downloader.processes, endpoints unchanged.
+    assert [(g.name, g.downloaders, g.source_address, g.proxy) for g in cfg.egress_groups(default)] == \
+        [("default", 4, "", "")]
+    assert cfg.tasks_endpoint(default, 0) == default.endpoints.tasks
+    two = cfg.resolve_endpoints(_egress(
+        '[[egress]]\nname = "lo2"\nsource_address = "127.0.0.2"\n'
+        '[[egress]]\nname = "lo3"\nsource_address = "127.0.0.3"\ndownloaders = 3\n'
+        '[[egress]]\nname = "px"\nproxy = "socks5h://127.0.0.1:1080"\ndownloaders = 1\n'))
+    assert cfg.downloader_count(two) == 6
+    assert [cfg.downloader_group(two, f"downloader-{n}")[1].name for n in range(1, 7)] == \
+        ["lo2", "lo2", "lo3", "lo3", "lo3", "px"]
+    # Past the count (a host joining another runs downloader-9 by name): this host's first way out.
+    assert cfg.downloader_group(two, "downloader-9") == (0, cfg.egress_groups(two)[0])
+    assert cfg.tasks_endpoint(two, 0) == two.endpoints.tasks
+    assert cfg.tasks_endpoint(two, 1) == two.endpoints.tasks + "-lo3"
+    tcp = msgspec.structs.replace(two, endpoints=msgspec.structs.replace(two.endpoints, tasks="tcp://127.0.0.1:7100"))
+    assert [cfg.tasks_endpoint(tcp, i) for i in range(3)] == \
+        ["tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]
+    from kl_actors.supervisor import actor_names
+    assert [n for n in actor_names(two) if n.startswith("downloader")] == [f"downloader-{n}" for n in range(1, 7)]
+
+
+def test_egress_session_binds_the_group_address_or_uses_its_proxy():
+    from kl_actors import exchange
+    from kl_actors.config import EgressConfig, ExchangeConfig
+    bound = exchange.session(ExchangeConfig(proxy="http://127.0.0.1:3128"), EgressConfig(name="a", source_address="127.0.0.2"))
+    adapter = bound.get_adapter("http://127.0.0.1:1/")
+    assert isinstance(adapter, exchange.SourceAddressAdapter)
+    assert adapter.poolmanager.connection_pool_kw["source_address"] == ("127.0.0.2", 0)
+    # The group names its way out: neither exchange.proxy nor the environment's proxy applies.
+    assert bound.proxies == {} and bound.trust_env is False
+    proxied = exchange.session(ExchangeConfig(), EgressConfig(name="b", proxy="socks5h://127.0.0.1:1080"))
+    assert proxied.proxies == {"http": "socks5h://127.0.0.1:1080", "https": "socks5h://127.0.0.1:1080"}
+    assert proxied.trust_env is False
+    default = exchange.session(ExchangeConfig(), EgressConfig(name="default"))
+    assert default.trust_env is True and default.proxies == {}
+
+
+def test_the_commented_egress_example_in_default_toml_is_a_valid_config():
+    import re
+    from kl_actors import cli
+    text = cli.DEFAULT_CONFIG.read_text()
+    example = re.sub(r"^# (\[\[egress\]\]|name |source_address |downloaders )", r"\1", text, flags=re.M)
+    config = cfg.check(cfg.decode(example.encode(), "example"), "example")
+    assert [(g.name, g.source_address, g.downloaders) for g in config.egress] == \
+        [("a", "203.0.113.10", 2), ("b", "203.0.113.11", 2)]
+
+
+def test_downloaders_flag_is_refused_when_egress_groups_say_how_many(tmp_path):
+    from kl_actors import cli
+    path = tmp_path / "groups.toml"
+    path.write_text('[[egress]]\nname = "a"\nsource_address = "127.0.0.2"\n')
+    assert cfg.downloader_count(cli.effective_config(_args("--config", str(path)))) == 2
+    with pytest.raises(cfg.ConfigError, match="--downloaders: with \\[\\[egress\\]\\] groups"):
+        cli.effective_config(_args("--config", str(path), "--downloaders", "8"))

@@ -1,7 +1,13 @@
 """The downloader actor: fetches kline pages over REST, `downloader.concurrency` at a time.
 
+Each downloader belongs to one egress group (`config.downloader_group`: downloaders are numbered
+across the groups): its REST sessions go out that group's way (`exchange.session`), it takes tasks
+from that group's tasks socket, and every `TaskResult` names the group (`egress`), so the
+scheduler feeds the answer's weight header to that group's budget. Its log lines name the group
+(`actor=downloader-3@eth1`).
+
 Sockets (all touched by the actor thread only):
-- `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH. Read only while a request slot is
+- `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH for this downloader's group. Read only while a request slot is
             free (unregistered from the poller otherwise), so no process hoards work.
 - `results` PUSH to the scheduler: exactly one `TaskResult` per task taken.
 - `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches).
@@ -63,7 +69,10 @@ class Downloader(Actor):
     # -- sockets and state -------------------------------------------------------------------
     def setup(self) -> None:
         e = self.config.endpoints
-        self.tasks_in = self.socket(zmq.PULL, e.tasks, hwm=1)
+        group_index, self.group = cfg.downloader_group(self.config, self.name)
+        if self.config.egress:
+            self.log.actor = f"{self.name}@{self.group.name}"
+        self.tasks_in = self.socket(zmq.PULL, cfg.tasks_endpoint(self.config, group_index), hwm=1)
         self.results_out = self.socket(zmq.PUSH, e.results, hwm=10_000)
         # Pages wait here only while the writer is stalled; the scheduler's max_uncommitted keeps
         # them far below this.
@@ -203,6 +212,7 @@ class Downloader(Actor):
                              interval=task.interval, status=result.status, http=result.http_status,
                              retry_after_s=result.retry_after_s, detail=result.detail[:200],
                              action="reported")
+        result.egress = self.group.name
         self._send_result(result)
 
     def _send_result(self, result: TaskResult) -> None:
@@ -255,7 +265,7 @@ class Downloader(Actor):
 
     # -- worker threads (no ZeroMQ here) -----------------------------------------------------
     def _worker(self) -> None:
-        session = exchange.session(self.config.exchange)
+        session = exchange.session(self.config.exchange, self.group)
         url = exchange.url(self.config.exchange, exchange.KLINES_PATH)
         timeout_s = self.config.exchange.request_timeout_s
         try:

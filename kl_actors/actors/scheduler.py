@@ -1,10 +1,12 @@
-"""The scheduler actor: what to fetch and when, within the shared weight budget.
+"""The scheduler actor: what to fetch and when, within the weight budget of each egress IP.
 
 It discovers the trading USDT perpetuals, compares them with the database (read-only), plans
 backfill (new symbols, tails, holes), and at every interval boundary (server time) plans the
 fetch of each just-closed candle, then once more after the finality window. It hands page tasks to
 the downloader pool, holds a lease on each, and counts a task done only when the writer announces
-its rows committed. It owns the request-weight budget. Its state can always be rebuilt from the
+its rows committed. It owns the request-weight budgets: one per egress group (`core/egress.py`),
+each group's downloaders on their own tasks socket, so a task goes to a group whose IP has room
+and a 429/418 holds only that group. Its state can always be rebuilt from the
 database and the exchange: a restarted scheduler simply plans again.
 
 History older than the archive horizon goes to the exchange's bulk archive when one is
@@ -35,7 +37,8 @@ from ..core.archive_queue import ArchiveQueue
 from .base import Actor
 from .scheduler_backfill import BackfillPlanning
 from .scheduler_discovery import Discovery
-from ..core.budget import WeightBudget, reserved_weight, weight_for_limit
+from ..core.budget import reserved_weight, weight_for_limit
+from ..core.egress import EgressBudgets
 from ..core.clock import ServerClock, local_ms
 from ..messages import ClockSync, Committed, DownloadTask, SymbolInfo, TaskResult, WriteFailed
 from ..core.tasks import TaskBook, TaskState
@@ -59,9 +62,14 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
     # -- sockets and state ---------------------------------------------------------------------
     def setup(self) -> None:
         e = self.config.endpoints
-        self.tasks_out = self.socket(zmq.PUSH, e.tasks, bind=True, hwm=1)
+        self.groups = [g.name for g in cfg.egress_groups(self.config)]
+        # One tasks socket per egress group: where a task goes decides whose IP pays for it.
+        self.tasks_out = [self.socket(zmq.PUSH, cfg.tasks_endpoint(self.config, i), bind=True, hwm=1)
+                          for i in range(len(self.groups))]
         self.results_in = self.socket(zmq.PULL, e.results, bind=True)
-        self.serve_remote(self.tasks_out, "tasks")  # downloaders on other hosts (curve.py)
+        # Downloaders on other hosts (curve.py) join the first group's socket, so its budget
+        # counts them (a group per remote host is still to come).
+        self.serve_remote(self.tasks_out[0], "tasks")
         self.serve_remote(self.results_in, "results")
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)
@@ -71,10 +79,11 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         c = self.config
         self.mode = c.mode
         self.clock = ServerClock()
-        self.budget = WeightBudget(c.weight.limit_per_minute or 2400, c.weight.usable_fraction,
-                                   reserved_per_minute=reserved_weight(c.live.clock_samples, c.symbols.rediscover_s))
+        # Time-sync and exchangeInfo go out through the first group: its budget keeps their reserve.
+        self.budgets = EgressBudgets(self.groups, c.weight.limit_per_minute or 2400, c.weight.usable_fraction,
+                                     reserved_per_minute=reserved_weight(c.live.clock_samples, c.symbols.rediscover_s))
         self.book = TaskBook(lease_ms=int(c.downloader.lease_s * 1000), max_attempts=c.downloader.max_attempts)
-        self.http = exchange.session(c.exchange)
+        self.http = exchange.session(c.exchange, cfg.egress_groups(c)[0])
         self.trading: dict[str, SymbolInfo] = {}
         self.halted: dict[str, SymbolInfo] = {}  # suspended, not delisted: history only, nothing live
         self.halted_planned: set[str] = set()  # halted symbols whose history was planned once
@@ -179,7 +188,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 self.next_boundary_ms = self._next_boundary(boundary)
                 continue
             double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
-                                             self.budget.left_in_minute(server_now), live.final_recheck_ms)
+                                             self.budgets.left_in_minute(server_now), live.final_recheck_ms)
             for interval in closing:
                 open_ms = intervals.prev_open(interval, boundary)
                 for symbol in self.trading:
@@ -243,10 +252,14 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 del self.tallies[key]  # its tasks were dropped (symbol delisted): stop tracking
 
     # -- dispatch ------------------------------------------------------------------------------
+    def _open_groups(self) -> list[int]:
+        """Groups with a downloader ready to take a task (its socket would not block)."""
+        return [i for i, sock in enumerate(self.tasks_out) if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT]
+
     def _dispatch(self) -> None:
         if self.archive is not None:
             self._dispatch_archive()
-        while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+        while open_groups := self._open_groups():
             server_now = self.clock.now_ms()
             st = self.book.next_ready(server_now)
             if st is None:
@@ -254,30 +267,31 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
             if self._hold(st):
                 return
             weight = weight_for_limit(st.task.limit)
-            room = self.budget.available(server_now)
             window = server_now - server_now % intervals.MINUTE_MS
+            reserve = 0
             if self.mode != "once" and (st.task.priority != "boundary" or st.boundary_ms < window):
                 # Older work never takes what this minute's own closes will need (the queue
                 # ranks those first, so nothing fresh waits behind a task held back here).
-                room -= boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
-                                           len(self.trading), self.config.klines.intervals,
-                                           self.alignment.all_phases())
-            if room < weight:
+                reserve = boundaries.reserve(window, self.next_boundary_ms or 0, self.unreleased.get(window, 0),
+                                             len(self.trading), self.config.klines.intervals,
+                                             self.alignment.all_phases())
+            group = self.budgets.pick([self.groups[i] for i in open_groups], weight, reserve, server_now)
+            if group is None:
                 return
-            if not self.send(self.tasks_out, st.task, block=False):
+            if not self.send(self.tasks_out[self.groups.index(group)], st.task, block=False):
                 return
-            self.budget.try_spend(weight, server_now, st.task.task_id)
+            self.budgets.try_spend(group, weight, server_now, st.task.task_id)
             self.book.dispatched(st.task.task_id, server_now)
             if st.task.priority == "boundary":
                 self._released(st.boundary_ms, weight)
 
     def _dispatch_archive(self) -> None:
         """Archive files: no weight, their own limit; a downloader takes them without a REST slot."""
-        while self.tasks_out.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+        while open_groups := self._open_groups():
             task = self.archive.next_ready(self.clock.now_ms())
             if task is None:
                 return
-            if not self.send(self.tasks_out, task, block=False):
+            if not self.send(self.tasks_out[open_groups[0]], task, block=False):
                 # Not out: back to the queue through its lease (a moment), never lost.
                 return
 
@@ -345,7 +359,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 st.leases_kept += 1  # its page waits in the writer's queue: fetching it again adds a copy
                 st.lease_until_ms = server_now + self.book.lease_ms
                 continue
-            self.budget.settle(task_id, 0, server_now)
+            self.budgets.settle(task_id, 0, server_now)
             st = self._retry(task_id, server_now, 0, "lease expired", count_attempt=True)
             self.log.warning("lease_expired", task_id=task_id,
                              action="re-issued" if st else "given up")
@@ -374,9 +388,17 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
             self._archive_result(r)
             return
         server_now = self.clock.now_ms()
-        self.budget.settle(r.task_id, r.requested_at_ms, server_now)
-        if r.weight_used_1m >= 0:
-            self.budget.observe(r.weight_used_1m, r.requested_at_ms or server_now, server_now)
+        weight = self.budgets.weight_of(r.task_id)
+        sent_to = self.budgets.settle(r.task_id, r.requested_at_ms, server_now)
+        group = r.egress if r.egress in self.budgets.owner else sent_to
+        if group is not None and r.weight_used_1m >= 0:
+            # A refused request (429/418) adds no weight of its own to the exchange's count.
+            own = weight if r.status not in ("rate_limited", "banned") else 0
+            shared = self.budgets.observe(group, r.weight_used_1m, r.requested_at_ms or server_now, server_now, own)
+            if shared is not None:
+                keep, gone, evidence = shared
+                self.log.warning("egress_shared_ip", groups=f"{keep},{gone}", **evidence,
+                                 action=f"one budget for both from now on ({keep}'s)")
         if r.status == "ok":
             st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
             if st is not None and r.candles == 0 and st.kind == "hole":
@@ -387,10 +409,15 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         if r.status in ("rate_limited", "banned"):
             # Any float is safe here (budget.hold_until_ms): a hostile Retry-After was already
             # turned into "next window" or a capped ban by fetch.retry_after_s.
-            pause_ms = max(0, self.budget.block(r.retry_after_s, server_now) - server_now)
-            self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s,
-                             detail=r.detail[:160], action=f"all dispatch paused for {pause_ms / 1000:.1f}s")
-            self._retry(r.task_id, server_now, pause_ms, r.status, count_attempt=False)
+            group = group or self.budgets.first
+            pause_ms = max(0, self.budgets.block(group, r.retry_after_s, server_now) - server_now)
+            paused = [g for g in self.groups if self.budgets.owner[g] == self.budgets.owner[group]]
+            self.log.warning("throttled", status=r.status, retry_after_s=r.retry_after_s, egress=group,
+                             detail=r.detail[:160],
+                             action=f"dispatch to {','.join(paused)} paused for {pause_ms / 1000:.1f}s")
+            # The task itself goes to another group at once if one is not held.
+            delay_ms = pause_ms if self.budgets.held_everywhere(server_now) else 0
+            self._retry(r.task_id, server_now, delay_ms, r.status, count_attempt=False)
             return
         if r.status == "not_final":
             delay = self.config.live.not_final_retry_ms
@@ -457,7 +484,7 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
             self.archive.reissue_uncommitted(server_now)
         waiting = [tid for tid in self.book.in_flight if self.book.states[tid].result_ok]
         for task_id in waiting:
-            self.budget.settle(task_id, 0, server_now)
+            self.budgets.settle(task_id, 0, server_now)
             self._retry(task_id, server_now, 0, "writer restarted", count_attempt=False)
         self.log.info("writer_restarted", reissued=len(waiting), action="uncommitted pages fetched again")
 
@@ -514,8 +541,14 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
         eta = open_backfill / done_rate if done_rate > 0 else -1
         self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
                       candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
-                      weight_used=self.budget.spent, weight_limit=self.budget.limit,
+                      weight_used=self.budgets.spent, weight_limit=self.budgets.limit, **self._egress_fields(),
                       failed=self.book.failed_total, slowest_tick_ms=slowest_ms, **archive_fields)
+
+    def _egress_fields(self) -> dict[str, str]:
+        """With several groups: each budget's weight used this minute, `name:used/limit`."""
+        if len(self.groups) < 2:
+            return {}
+        return {"weight_by_egress": ",".join(f"{n}:{b.spent}/{b.limit}" for n, b in self.budgets.distinct())}
 
     def _finish_once(self) -> None:
         self._progress(time.monotonic())  # the last figures, also for a run shorter than one period

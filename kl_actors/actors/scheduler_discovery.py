@@ -31,7 +31,8 @@ class Discovery:
                 for interval, open_ms in self._stored_alignment(self.alignment.unknown()).items():
                     self._learned(self.alignment.learn(interval, open_ms, "stored"))
             probe = self.alignment.unknown()
-            if not self.budget.try_spend(1 + len(probe), self.clock.now_ms()):
+            # exchangeInfo goes out through the first egress group (`self.http`): its budget pays.
+            if not self.budgets.try_spend(self.budgets.first, 1 + len(probe), self.clock.now_ms()):
                 self.next_discovery = now + 1.0
                 return
             self.discovery = self.discovery_pool.submit(self._fetch_exchange_info, self.clock.now_ms(), probe)
@@ -47,7 +48,7 @@ class Discovery:
                              action="keeping last list, retry in 5.0s")
             return
         if used >= 0:
-            self.budget.observe(used, sent_ms, self.clock.now_ms())
+            self.budgets.observe(self.budgets.first, used, sent_ms, self.clock.now_ms())
         for interval, open_ms in seen.items():
             self._learned(self.alignment.learn(interval, open_ms, "exchange"))
         for interval, error in errors.items():
@@ -56,7 +57,7 @@ class Discovery:
                              action="assumed until a real candle shows it; asking again at the next discovery")
         self.next_discovery = now + self.config.symbols.rediscover_s
         if not self.config.weight.limit_per_minute and found.weight_limit_per_minute:
-            self.budget.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
+            self.budgets.set_limit(found.weight_limit_per_minute, self.config.weight.usable_fraction)
         new = {s.symbol: s for s in found.trading}
         halted = {s.symbol: s for s in found.halted}
         moved = changes(self.trading, self.halted, found, first=not self.known_symbols)
@@ -84,7 +85,7 @@ class Discovery:
             self.log.warning("symbols_rejected", symbols=",".join(found.rejected[:10]), count=len(found.rejected),
                              reason="not a valid table-name symbol", action="ignored")
         self.log.info("discovered", trading=len(new), halted=len(halted), not_trading=len(found.not_trading),
-                      weight_limit=self.budget.limit)
+                      weight_limit=self.budgets.budget(self.budgets.first).limit)
 
     def _fetch_exchange_info(self, sent_ms: int, probe: list[str]
                              ) -> tuple[int, int, Discovered, dict[str, int], dict[str, str]]:

@@ -20,6 +20,7 @@ import requests
 import zmq
 
 from .base import Actor, now_ms
+from .. import config as cfg
 from .. import exchange
 from ..core.clock import best_sample
 from ..httpcap import SMALL_BODY_CAP_BYTES, get_capped
@@ -43,7 +44,8 @@ class TimeSync(Actor):
 
     def setup(self) -> None:
         self.bus = self.socket(zmq.PUB, self.config.endpoints.bus_pub)
-        self.session = exchange.session(self.config.exchange)
+        # Through the first egress group, whose budget keeps the reserve for these samples.
+        self.session = exchange.session(self.config.exchange, cfg.egress_groups(self.config)[0])
         self.url = exchange.url(self.config.exchange, exchange.TIME_PATH)
         self.latest: ClockSync | None = None
         self.next_measure_s = time.monotonic()  # at once

@@ -6,7 +6,9 @@ Routes:
 - `GET  /_sim/stats`         requests per path (the archive host's too: "/data/futures/um/...",
                              and "/" for the bucket listing) and per "SYMBOL interval",
                              statuses, weight per minute window per IP, kline candles served
-                             per minute, WebSocket counters
+                             per minute, WebSocket counters; `by_ip`: per client IP (the
+                             connection's peer address: 127.0.0.2 and 127.0.0.3 are two clients
+                             of a 127.0.0.1 listener) requests, weight charged, 429 and 418
 - `POST /_sim/stats/reset`
 - `GET|POST /_sim/faults`    read / partially update the fault switches (see faults.py); key
                              "archive": the list of archive fault rules, replacing the current
@@ -105,6 +107,7 @@ class AdminApi:
             "weight_by_ip_minute": weights,
             "candles_by_minute": {str(m): n for m, n in sorted(s.candles_by_minute.items())},
             "bans": bans,
+            "by_ip": {ip: dict(c) for ip, c in s.by_ip.items()},
             "ws": {**s.ws, "active": len(st.connections),
                    "drop_reasons": dict(s.ws_drop_reasons)},
         })

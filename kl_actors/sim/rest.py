@@ -84,6 +84,7 @@ class RestApi:
         ip = request.remote or "?"
         now = st.now_ms()
         headers = {}
+        charged = 0
         forced = self._forced(path)
         if forced:
             status = forced
@@ -95,8 +96,10 @@ class RestApi:
                 -1001, "Internal error; unable to process your request. Please try again.")
             used = st.limiter.used(ip, now)
         else:
-            decision = st.limiter.charge(ip, weight_fn(request.query), now)
+            weight = weight_fn(request.query)
+            decision = st.limiter.charge(ip, weight, now)
             used = decision.used
+            charged = weight if decision.status == 200 else 0
             if decision.status == 429:
                 status = 429
                 headers["Retry-After"] = str(decision.retry_after_s)
@@ -126,6 +129,7 @@ class RestApi:
             body = b" " * st.faults.oversize_klines_bytes + body
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         st.stats.count_status(status)
+        st.stats.count_ip(ip, status, charged)
         if status == 200 and fault == "reset":
             if request.transport is not None:
                 request.transport.abort()

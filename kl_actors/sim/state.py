@@ -60,6 +60,17 @@ class Stats:
         self.by_status: Counter = Counter({k: 0 for k in ("200", "4xx", "429", "418", "5xx")})
         self.ws: Counter = Counter({"opened": 0, "closed": 0, "dropped_by_server": 0})
         self.ws_drop_reasons: Counter = Counter()
+        # client IP (the connection's peer address) -> requests, weight charged, 429s, 418s
+        self.by_ip: dict[str, Counter] = {}
+
+    def count_ip(self, ip: str, status: int, weight: int) -> None:
+        c = self.by_ip.get(ip)
+        if c is None:
+            c = self.by_ip[ip] = Counter({"requests": 0, "weight": 0, "429": 0, "418": 0})
+        c["requests"] += 1
+        c["weight"] += weight
+        if status in (429, 418):
+            c[str(status)] += 1
 
     def count_status(self, status: int) -> None:
         if status in (429, 418):

@@ -3,7 +3,8 @@
 `sim`: pages/s and candles/s the simulator serves (sim.py).
 `writer`: writer rows/s through its sockets versus raw apsw (writer.py).
 `backfill`: candles/min at the real weight limit vs the ceiling; candles/s with 1-8 downloaders
-(backfill.py).
+(backfill.py); `backfill --egress N`: one egress group vs N at the real limit, per-minute candles
+and weight per IP, the ratio of the times.
 `live`: candle close -> database commit and -> feed consumer, p50/p99, over the WebSocket path
 and the REST boundary path (live.py); `live --universe`: the top of the day with 550 symbols x 15
 intervals, close -> REST confirmation per interval (universe_live.py).
@@ -38,6 +39,9 @@ def bench_backfill(a: argparse.Namespace) -> int:
     """Candles/min at the real weight limit vs the ceiling; candles/s with 1-8 downloaders."""
     from . import backfill
 
+    if a.egress:
+        backfill.egress_compare(a.egress, a.symbols, a.depth)
+        return 0
     backfill.run(real=not a.lifted_only, lift=not a.real_only)
     return 0
 
@@ -86,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p_backfill = sub.add_parser("backfill", help="backfill rate vs the weight ceiling; scaling with downloaders")
     p_backfill.add_argument("--real-only", action="store_true")
     p_backfill.add_argument("--lifted-only", action="store_true")
+    p_backfill.add_argument("--egress", type=int, metavar="N",
+                            help="instead: one egress group (127.0.0.2) vs N (127.0.0.2, .3, ...), the time ratio")
+    p_backfill.add_argument("--symbols", type=int, default=16, help="with --egress: symbols (1m)")
+    p_backfill.add_argument("--depth", type=int, default=100_000, help="with --egress: 1m candles per symbol")
     p_backfill.set_defaults(func=bench_backfill)
     p_live = sub.add_parser("live", help="close -> commit and close -> feed latency, WebSocket vs REST path")
     p_live.add_argument("--minutes", type=int, help="boundaries counted per path (one a minute; default 3)")

@@ -244,3 +244,42 @@ def test_stats_count_requests_not_admin(sim):
     assert stats["responses_by_status"]["200"] == 1 and stats["responses_by_status"]["4xx"] == 1
     ip_windows = stats["weight_by_ip_minute"]["127.0.0.1"]
     assert all(int(k) % 60_000 == 0 and v > 0 for k, v in ip_windows.items())
+
+
+def _from(source_ip: str) -> requests.Session:
+    """A session whose connections leave from `source_ip` (any 127.x reaches a 127.0.0.1 listener
+    on Linux; the peer address is what the simulator counts)."""
+    from requests.adapters import HTTPAdapter
+
+    class Bound(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["source_address"] = (source_ip, 0)
+            super().init_poolmanager(*args, **kwargs)
+
+    s = requests.Session()
+    s.mount("http://", Bound())
+    return s
+
+
+def test_stats_by_ip_count_two_loopback_clients_apart(sim_factory):
+    sim = sim_factory(symbols=2, weight_limit=20)
+    two, three = _from("127.0.0.2"), _from("127.0.0.3")
+    url = sim.rest_url + "/fapi/v1/klines"
+    # 127.0.0.2: four pages of weight 5 fill its limit of 20; the fifth is refused. Unless the
+    # minute rolls over in between (then its count restarts): try again in the next minute.
+    for _attempt in range(2):
+        sim.reset_stats()
+        window = sim.info()["server_time_ms"] // 60_000
+        statuses = [two.get(url, params={"symbol": "BTCUSDT", "interval": "1m", "limit": 500}, timeout=10).status_code
+                    for _ in range(5)]
+        header = three.get(url, params={"symbol": "BTCUSDT", "interval": "1m", "limit": 1}, timeout=10).headers[WEIGHT]
+        if sim.info()["server_time_ms"] // 60_000 == window:
+            break
+    assert statuses == [200, 200, 200, 200, 429]
+    assert header == "1"  # 127.0.0.3 has its own window: 127.0.0.2's 20 are not in it
+    stats = sim.stats()
+    assert stats["by_ip"]["127.0.0.2"] == {"requests": 5, "weight": 20, "429": 1, "418": 0}
+    assert stats["by_ip"]["127.0.0.3"] == {"requests": 1, "weight": 1, "429": 0, "418": 0}
+    # The existing fields are still there and agree.
+    assert stats["responses_by_status"]["429"] == 1
+    assert sum(stats["weight_by_ip_minute"]["127.0.0.2"].values()) == 20
