@@ -100,7 +100,7 @@ class Downloader(Actor):
         self.archive_in_flight: dict[str, ArchiveTask] = {}
         self.archive_work: queue.Queue[ArchiveTask | None] = queue.Queue()
         self.archived_files = 0
-        archive_slots = math.ceil(self.config.archive.concurrency / self.config.downloader.processes)
+        archive_slots = math.ceil(self.config.archive.concurrency / cfg.downloader_count(self.config))
         self.archive_workers = [threading.Thread(target=self._archive_worker, name=f"archive-{i}",
                                                  daemon=True)
                                 for i in range(archive_slots if self.archive_url else 0)]

@@ -53,6 +53,7 @@ import requests
 import websocket as wsclient
 import zmq
 
+from .. import config as cfg
 from .. import exchange, messages
 from ..core import slots
 from ..core.clock import ServerClock
@@ -89,7 +90,7 @@ class WebSocketActor(Actor):
         self.proxy = parse_proxy(x.proxy)
         self.stream_kind = x.stream_kind
 
-        self.session = exchange.session(x)
+        self.session = exchange.session(x, cfg.egress_groups(self.config)[0])  # the first way out
         self.discovery = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery")
         self.discovery_future: Future | None = None
         self.next_discovery = time.monotonic()
