@@ -14,8 +14,10 @@ configured (`core/archive_queue.py` keeps those files and says what falls back t
 tasks go out up to `archive.concurrency` at a time, ahead of REST work but outside the weight
 budget, so they never take weight a boundary fetch needs.
 
-Its ideas live in three modules: this one (the loop, live boundaries, dispatch, results),
-`scheduler_discovery.py` (symbols, and where 3d, 1w and 1M candles open) and `scheduler_backfill.py` (the planning pass).
+Its ideas live in five modules: this one (the loop, dispatch, leases, results),
+`scheduler_discovery.py` (symbols, and where 3d, 1w and 1M candles open), `scheduler_backfill.py`
+(the planning pass), `scheduler_live.py` (the boundaries) and `scheduler_report.py` (progress and
+the end of `--once`), the last four as mixins.
 
 It never writes the database and never fetches klines itself.
 """
@@ -37,26 +39,25 @@ from ..core.archive_queue import ArchiveQueue
 from .base import Actor
 from .scheduler_backfill import BackfillPlanning
 from .scheduler_discovery import Discovery
+from .scheduler_live import LiveEdge
+from .scheduler_report import Reporting
 from ..core.budget import reserved_weight, weight_for_limit
 from ..core.egress import EgressBudgets
 from ..core.clock import ServerClock, local_ms
-from ..messages import ClockSync, Committed, DownloadTask, SymbolInfo, TaskResult, WriteFailed
+from ..messages import ClockSync, Committed, SymbolInfo, TaskResult, WriteFailed
 from ..core.tasks import TaskBook, TaskState
 
 CLOCK_WAIT_S = 3.0
-PROGRESS_EVERY_S = 5.0
-EXIT_INCOMPLETE = 3
 # A writer not heard for this long (no commit, no beacon) is stalled or dead: fetched pages it
 # has not committed are waited for, not fetched again; a restarted writer gets them again.
 WRITER_SILENT_S = 3.0
 RESULT_WAIT_S = 10.0
 LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again anyway
 # More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
-CLOCK_JUMP_MS = 2 * intervals.MINUTE_MS
 MAX_NAMED_DOWNLOADERS = 256
 
 
-class Scheduler(Discovery, BackfillPlanning, Actor):
+class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, Actor):
     poll_ms = 20
 
     # -- sockets and state ---------------------------------------------------------------------
@@ -166,90 +167,6 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
 
     def poll_timeout_ms(self) -> int:
         return self.poll_ms
-
-    # -- boundaries ----------------------------------------------------------------------------
-    def _plan_boundaries(self) -> None:
-        configured = self.config.klines.intervals
-        server_now = self.clock.now_ms()
-        if self.next_boundary_ms is None:
-            # Boundaries start a re-check window before this process did: a candle that closed
-            # while the clock or the symbols were still unknown, or so shortly before that
-            # backfill may have stored a provisional copy, still gets its fetch and re-check.
-            since = self.clock.now_ms(self.started_local_ms) - self.config.live.final_recheck_ms
-            self.next_boundary_ms = self._next_boundary(since)
-        live = self.config.live
-        if server_now - self.next_boundary_ms > CLOCK_JUMP_MS:
-            self._clock_jumped(server_now)
-        while server_now >= self.next_boundary_ms + live.boundary_margin_ms:
-            boundary = self.next_boundary_ms
-            closing = [i for i in intervals.closing_at(boundary, configured, self.alignment.all_phases())
-                       if self.alignment.usable(i)]
-            if not closing:  # only an interval the exchange's candles do not align with (`_learn`)
-                self.next_boundary_ms = self._next_boundary(boundary)
-                continue
-            double = boundaries.plan_fetches(closing, len(self.trading), sum(self.unreleased.values()),
-                                             self.budgets.left_in_minute(server_now), live.final_recheck_ms)
-            for interval in closing:
-                open_ms = intervals.prev_open(interval, boundary)
-                for symbol in self.trading:
-                    for fetch in boundaries.fetches(double[interval], live.final_recheck_ms):
-                        self._add_boundary(symbol, interval, open_ms, boundary, fetch.kind,
-                                           boundary + fetch.delay_ms if fetch.delay_ms else 0)
-                if self.trading:
-                    self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval,
-                                                                                 len(self.trading))
-            self.log.info("boundary", boundary_ms=boundary, intervals=",".join(closing),
-                          candles=len(closing) * len(self.trading),
-                          refetched=",".join(i for i in closing if double[i]) or "-",
-                          late_ms=server_now - boundary)
-            self.next_boundary_ms = self._next_boundary(boundary)
-
-    def _clock_jumped(self, server_now: int) -> None:
-        """Minutes of boundaries passed unseen (suspend and resume, a bad serverTime): fetch each
-        interval's newest closed candle once, not every missed boundary for every symbol in one
-        tick; the planning pass fills what lies between as backfill."""
-        configured = self.config.klines.intervals
-        edge = server_now - self.config.live.boundary_margin_ms
-        self.log.warning("clock_jump", missed_s=round((server_now - self.next_boundary_ms) / 1000, 1),
-                         action="newest candle of each interval now, the rest by backfill")
-        for interval in filter(self.alignment.usable, configured):
-            open_ms = intervals.last_closed_open(interval, edge, self.alignment.phase(interval))
-            boundary = intervals.next_open(interval, open_ms)
-            # Closed long enough ago to be final: one fetch now; else one at the re-check time.
-            at_ms = max(0, boundary + self.config.live.final_recheck_ms - server_now)
-            for symbol in self.trading:
-                self._add_boundary(symbol, interval, open_ms, boundary, boundaries.SINGLE,
-                                   server_now + at_ms if at_ms else 0)
-            if self.trading:
-                self.tallies[(boundary, interval)] = boundaries.BoundaryTally(boundary, interval, len(self.trading))
-        self.next_boundary_ms = self._next_boundary(edge)
-        self.next_plan = 0.0
-
-    def _next_boundary(self, after_ms: int) -> int:
-        """The first close of any configured interval after `after_ms`, on the exchange's phases."""
-        return min(intervals.next_boundary(i, after_ms, self.alignment.phase(i)) for i in self.config.klines.intervals)
-
-    def _add_boundary(self, symbol: str, interval: str, open_ms: int, boundary: int, kind: str,
-                      not_before_ms: int) -> None:
-        task = DownloadTask(task_id=f"{kind}:{symbol}:{interval}:{open_ms}", symbol=symbol, interval=interval,
-                            start_ms=open_ms, end_ms=open_ms, limit=1, priority="boundary")
-        self.book.add(TaskState(task=task, kind=kind, boundary_ms=boundary, not_before_ms=not_before_ms,
-                                created_ms=self.clock.now_ms()))
-        self.unreleased[boundary] += weight_for_limit(1)
-
-    def _check_late(self) -> None:
-        """Log a boundary not REST-confirmed within the deadline once; forget it long after."""
-        server_now = self.clock.now_ms()
-        deadline_ms = int(self.config.live.boundary_deadline_s * 1000)
-        for key, tally in list(self.tallies.items()):
-            if tally.is_late(server_now, deadline_ms):
-                tally.late_logged = True
-                self.log.warning("boundary_late", boundary_ms=tally.boundary_ms, interval=tally.interval,
-                                 unconfirmed=tally.open, confirmed=len(tally.lags_ms),
-                                 after_s=round((server_now - tally.boundary_ms) / 1000, 1),
-                                 action="still queued; the WebSocket close stands in")
-            elif server_now - tally.boundary_ms > max(10 * deadline_ms, 3_600_000):
-                del self.tallies[key]  # its tasks were dropped (symbol delisted): stop tracking
 
     # -- dispatch ------------------------------------------------------------------------------
     def _open_groups(self) -> list[int]:
@@ -515,61 +432,6 @@ class Scheduler(Discovery, BackfillPlanning, Actor):
                 del self.open_backfill[key]
             self.backfill_open = max(0, self.backfill_open - 1)
             self.backfill_done += 1
-
-    # -- reporting -----------------------------------------------------------------------------
-    def _progress(self, now: float) -> None:
-        self.next_progress = now + PROGRESS_EVERY_S
-        self._results_due(now)  # forgets results lost on the way
-        open_backfill = self.backfill_open + self.backlog.pages_left
-        archive_left = len(self.archive) if self.archive is not None else 0
-        slowest_ms, self.slowest_tick_s = round(self.slowest_tick_s * 1000, 1), 0.0
-        if not self.backfill_started or (open_backfill == 0 and not archive_left and self.mode != "once"):
-            return
-        elapsed = max(now - self.backfill_started, 1e-3)
-        a = self.archive
-        archive_fields = {}
-        if a is not None:
-            files_rate = a.files_done / elapsed
-            archive_fields = dict(
-                archive_files_done=a.files_done, archive_files_total=a.files_total,
-                archive_mb_per_s=round(a.bytes_done / elapsed / 1e6, 2),
-                archive_candles=a.candles_done, archive_candles_per_s=round(a.candles_done / elapsed, 1),
-                archive_eta_s=round(len(a) / files_rate, 1) if files_rate > 0 else -1,
-                archive_absent=a.files_absent, archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
-        rate = (self.candles_done + (a.candles_done if a else 0)) / elapsed
-        done_rate = self.backfill_done / elapsed
-        eta = open_backfill / done_rate if done_rate > 0 else -1
-        self.log.info("progress", tasks_done=self.backfill_done, tasks_total=self.backfill_total,
-                      candles=self.candles_done, candles_per_s=round(rate, 1), eta_s=round(eta, 1),
-                      weight_used=self.budgets.spent, weight_limit=self.budgets.limit, **self._egress_fields(),
-                      failed=self.book.failed_total, slowest_tick_ms=slowest_ms, **archive_fields)
-
-    def _egress_fields(self) -> dict[str, str]:
-        """With several groups: each budget's weight used this minute, `name:used/limit`."""
-        if len(self.groups) < 2:
-            return {}
-        return {"weight_by_egress": ",".join(f"{n}:{b.spent}/{b.limit}" for n, b in self.budgets.distinct())}
-
-    def _finish_once(self) -> None:
-        self._progress(time.monotonic())  # the last figures, also for a run shorter than one period
-        elapsed = time.monotonic() - (self.backfill_started or self.started)
-        failed = self.book.failed
-        a = self.archive
-        archive_fields = {} if a is None else dict(
-            archive_files=a.files_done, archive_candles=a.candles_done,
-            archive_mb=round(a.bytes_done / 1e6, 2), archive_absent=a.files_absent,
-            archive_failed=a.files_failed, archive_gaps=a.files_with_gaps)
-        self.log.info("once_summary", tasks=self.backfill_done, candles=self.candles_done,
-                      seconds=round(elapsed, 2), failed=self.book.failed_total, **archive_fields)
-        for st in list(failed.values())[:20]:
-            self.log.error("not_fetched", symbol=st.task.symbol, interval=st.task.interval,
-                           start_ms=st.task.start_ms, end_ms=st.task.end_ms, error=st.last_error)
-        skipped = [i for i in self.config.klines.intervals if not self.alignment.usable(i)]
-        for interval in skipped:
-            self.log.error("not_fetched", interval=interval,
-                           error="the exchange's candles do not open where this interval is assumed to (see month_alignment_contradicted)")
-        self.exit_code = EXIT_INCOMPLETE if self.book.failed_total or skipped else 0
-        self.stop()
 
     def teardown(self) -> None:
         self.discovery_pool.shutdown(wait=False, cancel_futures=True)
