@@ -27,10 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-import msgspec
 
-from . import ROOT  # the package put the repository on sys.path
-from kl_actors import config as cfg  # noqa: E402
+from . import ROOT, service_config  # the package put the repository on sys.path
+from harness import write_toml  # noqa: E402
 from kl_actors.core import intervals  # noqa: E402
 from kl_actors.core.budget import weight_for_limit  # noqa: E402
 from kl_actors.sim.process import SimProcess  # noqa: E402
@@ -42,20 +41,12 @@ CEILING_PER_MIN = 2400 / weight_for_limit(PAGE) * PAGE  # 598,800
 
 
 def _config(workdir: Path, sim: SimProcess, symbols: list[str]) -> Path:
-    base = cfg.Config()
-    r = msgspec.structs.replace
-    config = r(base,
-               exchange=r(base.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url),
-               symbols=r(base.symbols, include=symbols),
-               klines=r(base.klines, intervals=INTERVALS, since_listing=True),
-               downloader=r(base.downloader, processes=2, concurrency=4),
-               archive=r(base.archive, base_url=sim.archive_url, concurrency=4),
-               endpoints=r(base.endpoints, runtime_dir=str(workdir / "rt"), feed="tcp://127.0.0.1:0"),
-               database=r(base.database, path=str(workdir / "db.sqlite")),
-               log=r(base.log, level="INFO"))
-    path = workdir / "bench.toml"
-    path.write_bytes(msgspec.toml.encode(config))
-    return path
+    config = service_config(workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
+                            symbols={"include": symbols},
+                            klines={"intervals": INTERVALS, "since_listing": True},
+                            downloader={"processes": 2, "concurrency": 4},
+                            archive={"base_url": sim.archive_url, "concurrency": 4})
+    return write_toml(config, workdir / "bench.toml")
 
 
 def _stored(db: Path, symbols: list[str]) -> tuple[int, int, int]:

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
 
-from . import ROOT  # the package put the repository on sys.path
+from . import ROOT, service_config  # the package put the repository on sys.path
+from harness import write_toml  # noqa: E402
 from kl_actors import config as cfg  # noqa: E402
 from kl_actors.core.budget import weight_for_limit  # noqa: E402
 from kl_actors.sim.process import SimProcess  # noqa: E402
@@ -32,18 +32,11 @@ from kl_actors.store import Store  # noqa: E402
 
 def _config(workdir: Path, sim: SimProcess, symbols_depth: int, processes: int,
             egress: list[cfg.EgressConfig] | None = None) -> Path:
-    base = cfg.Config()
-    r = msgspec.structs.replace
-    config = r(base, egress=egress or [],
-               exchange=r(base.exchange, rest_url=sim.rest_url, ws_url=sim.ws_url),
-               klines=r(base.klines, intervals=["1m"], depth={"1m": symbols_depth}),
-               downloader=r(base.downloader, processes=processes, concurrency=4),
-               endpoints=r(base.endpoints, runtime_dir=str(workdir / "rt"), feed="tcp://127.0.0.1:0"),
-               database=r(base.database, path=str(workdir / "db.sqlite")),
-               log=r(base.log, level="INFO"))
-    path = workdir / "bench.toml"
-    path.write_bytes(msgspec.toml.encode(config))
-    return path
+    config = service_config(workdir, egress=egress or [],
+                            exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
+                            klines={"intervals": ["1m"], "depth": {"1m": symbols_depth}},
+                            downloader={"processes": processes, "concurrency": 4})
+    return write_toml(config, workdir / "bench.toml")
 
 
 def _run_once(path: Path) -> tuple[int, str, float]:
