@@ -110,7 +110,7 @@ class WeightConfig(_Section):
     # Share of the limit the scheduler may spend; the rest is headroom for other programs on the
     # same IP until their use shows in the exchange's header. (Clock skew, late sends and our own
     # unbudgeted requests are accounted for separately, see budget.py.)
-    usable_fraction: float = 0.95
+    usable_fraction: float = 0.98
 
 
 ENDPOINT_KEYS = ("tasks", "results", "writer", "bus_pub", "bus_sub", "control", "feed_in", "feed")

@@ -42,7 +42,7 @@ def bench_backfill(a: argparse.Namespace) -> int:
     if a.egress:
         backfill.egress_compare(a.egress, a.symbols, a.depth)
         return 0
-    backfill.run(real=not a.lifted_only, lift=not a.real_only)
+    backfill.run(real=not a.lifted_only, lift=not a.real_only, real_depth=a.real_depth)
     return 0
 
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="instead: one egress group (127.0.0.2) vs N (127.0.0.2, .3, ...), the time ratio")
     p_backfill.add_argument("--symbols", type=int, default=16, help="with --egress: symbols (1m)")
     p_backfill.add_argument("--depth", type=int, default=100_000, help="with --egress: 1m candles per symbol")
+    p_backfill.add_argument("--real-depth", type=int, default=20_000,
+                            help="1m candles for each of 100 symbols at the real limit (66000: ten minutes)")
     p_backfill.set_defaults(func=bench_backfill)
     p_live = sub.add_parser("live", help="close -> commit and close -> feed latency, WebSocket vs REST path")
     p_live.add_argument("--minutes", type=int, help="boundaries counted per path (one a minute; default 3)")

@@ -191,9 +191,9 @@ def egress_compare(groups: int, symbols: int = 16, depth: int = 100_000, limit: 
           f"target <= 0.55 for 16 symbols x 1m depth 100,000", flush=True)
 
 
-def run(real: bool = True, lift: bool = True) -> None:
+def run(real: bool = True, lift: bool = True, real_depth: int = 20_000) -> None:
     if real:
-        at_real_limit()
+        at_real_limit(depth=real_depth)
     if lift:
         lifted()
 

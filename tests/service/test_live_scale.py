@@ -3,7 +3,7 @@ reaches the database (final, from REST) and the feed, and no minute's weight exc
 
 The simulator's clock is set so that the run starts ~30 s before a 5-minute boundary: at that
 boundary 200 1m and 200 5m candles close together, and with the finality re-check that is 800
-weight against a usable 760 (0.95) of the 800 limit, so the scheduler must spread the fetches into the
+weight against a usable 784 (0.98) of the 800 limit, so the scheduler must spread the fetches into the
 next minute (shortest interval first) while the WebSocket closes stand in.
 """
 
