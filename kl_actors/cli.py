@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
                    help="serve downloaders on other hosts: bind the CURVE ports on this address (needs --keys)")
     p.add_argument("--connect", metavar="HOST",
                    help="run downloaders for the service on HOST over its CURVE ports (with --actors, --keys)")
+    p.add_argument("--egress", metavar="NAME",
+                   help="with --connect: the [[egress]] group this host's downloaders belong to (its own budget)")
     p.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `supervisor.py keygen DIR`)")
     p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
     p.add_argument("--sim-symbols", metavar="N", type=int, default=20, help="trading symbols of the simulator (with --sim)")
@@ -91,6 +93,8 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
         remote = replace(remote, connect=args.connect)
     if getattr(args, "keys", None):
         remote = replace(remote, keys_dir=args.keys)
+    if getattr(args, "egress", None):
+        remote = replace(remote, egress=args.egress)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,

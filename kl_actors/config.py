@@ -100,7 +100,7 @@ class EgressConfig(_Section):
     name: str
     source_address: str = ""
     proxy: str = ""
-    # Downloader processes this host runs for the group.
+    # Downloader processes this host runs for the group (0: all on other hosts, see [remote]).
     downloaders: int = 2
 
 
@@ -139,10 +139,14 @@ class RemoteConfig(_Section):
     listen: str = ""
     connect: str = ""
     keys_dir: str = ""
-    tasks_port: int = 7761
+    # A downloader host: the `[[egress]]` group its downloaders belong to (its own weight budget;
+    # the service host lists the group, usually with `downloaders = 0`). Empty: the first group.
+    egress: str = ""
+    tasks_port: int = 7761         # the first egress group's tasks
     results_port: int = 7762
     writer_port: int = 7763
     bus_port: int = 7764
+    group_tasks_port: int = 7770   # the tasks of egress group 2, 3, ...: this port, the next, ...
 
 
 # Endpoint key -> the RemoteConfig port that serves it to downloaders on other hosts.
@@ -232,6 +236,11 @@ def downloader_group(config: "Config", actor_name: str) -> tuple[int, EgressConf
     process of one group."""
     number = int(actor_name.rpartition("-")[2])
     groups = egress_groups(config)
+    if config.remote.connect and config.remote.egress:
+        for index, group in enumerate(groups):
+            if group.name == config.remote.egress:
+                return index, group
+        raise ConfigError(f"key remote.egress: no [[egress]] group named {config.remote.egress!r}")
     for index, group in enumerate(groups):
         if number <= group.downloaders:
             return index, group
@@ -245,10 +254,11 @@ def downloader_group(config: "Config", actor_name: str) -> tuple[int, EgressConf
 def tasks_endpoint(config: "Config", group_index: int) -> str:
     """Where the scheduler hands out one group's tasks: the first group uses `endpoints.tasks`
     itself; the others a sibling (ipc: the path plus `-<name>`; tcp: the port plus the index).
-    On a downloader host (`remote.connect`) every group joins the service's remote tasks port."""
+    On a downloader host (`remote.connect`) a group joins its remote tasks port on the service host."""
     base = config.endpoints.tasks
-    if group_index == 0 or config.remote.connect:
-        # A downloader host joins the service host's one remote tasks port (its first group's).
+    if config.remote.connect:
+        return base.rpartition(":")[0] + f":{remote_tasks_port(config, group_index)}"
+    if group_index == 0:
         return base
     if base.startswith("tcp://"):
         host, _, port = base.rpartition(":")
@@ -256,6 +266,12 @@ def tasks_endpoint(config: "Config", group_index: int) -> str:
             raise ConfigError(f"key endpoints.tasks: {base!r} needs a fixed port when egress groups are configured")
         return f"{host}:{int(port) + group_index}"
     return f"{base}-{egress_groups(config)[group_index].name}"
+
+
+def remote_tasks_port(config: "Config", group_index: int) -> int:
+    """The CURVE port of one egress group's tasks on the service host (remote downloaders)."""
+    r = config.remote
+    return r.tasks_port if group_index == 0 else r.group_tasks_port + group_index - 1
 
 
 def archive_url(config: "Config") -> str:
@@ -462,12 +478,17 @@ def check(config: Config, source: str) -> Config:
         fail("remote.listen", f"{r.listen!r} must be an IP address to bind (0.0.0.0 for every interface)")
     if r.connect and not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,253}", r.connect):
         fail("remote.connect", f"{r.connect[:60]!r} must be a host name or an IP address")
+    for key in (*REMOTE_PORTS.values(), "group_tasks_port"):
+        if not 1 <= getattr(r, key) <= 65535 - len(config.egress):
+            fail(f"remote.{key}", f"must be 1..65535 (and leave a port per egress group), got {getattr(r, key)}")
     ports = [getattr(r, p) for p in REMOTE_PORTS.values()]
-    for key in REMOTE_PORTS.values():
-        if not 1 <= getattr(r, key) <= 65535:
-            fail(f"remote.{key}", f"must be 1..65535, got {getattr(r, key)}")
+    ports += [remote_tasks_port(config, i) for i in range(1, len(config.egress))]
     if len(set(ports)) != len(ports):
-        fail("remote.tasks_port", f"the four remote ports must differ, got {ports}")
+        fail("remote.group_tasks_port", f"the remote ports (four, then one per further egress group) must differ, got {ports}")
+    if r.egress and not r.connect:
+        fail("remote.egress", "names the group of a downloader host's downloaders: only with remote.connect (--connect)")
+    if r.egress and r.egress not in [g.name for g in config.egress]:
+        fail("remote.egress", f"{r.egress[:40]!r} is not the name of an [[egress]] group of this config")
     db = config.database
     if not db.path.strip():
         fail("database.path", "must not be empty")
@@ -538,8 +559,13 @@ def _check_egress(config: Config, fail) -> None:
             addresses[g.source_address] = g.name
         if g.proxy and not g.proxy.startswith(PROXY_SCHEMES):
             fail(f"{key}.proxy", f"{g.proxy!r} must start with {', '.join(PROXY_SCHEMES)}")
-        if not 1 <= g.downloaders <= 64:
-            fail(f"{key}.downloaders", f"must be 1..64, got {g.downloaders}")
+        if not 0 <= g.downloaders <= 64:
+            fail(f"{key}.downloaders", f"must be 0..64 (0: all on other hosts, remote.listen), got {g.downloaders}")
+    if config.egress and not config.remote.listen and not config.remote.connect:
+        for i, g in enumerate(config.egress):
+            if g.downloaders == 0:
+                fail(f"egress[{i}].downloaders", f"group {g.name!r} has no downloader here and no other host can "
+                                                  "join without remote.listen")
     if len(config.egress) > 1 and config.endpoints.tasks.startswith("tcp://"):
         port = config.endpoints.tasks.rpartition(":")[2]
         if not port.isdigit() or port == "0":

@@ -97,10 +97,11 @@ class Actor:
         return sock
 
     def _joins_remote(self, endpoint: str) -> bool:
-        e = self.config.endpoints
-        return bool(self.config.remote.connect) and endpoint in {getattr(e, key) for key in REMOTE_PORTS}
+        """On a downloader host, every endpoint on the service host (`resolve_endpoints`)."""
+        host = self.config.endpoints.tasks.rpartition(":")[0]
+        return bool(self.config.remote.connect) and endpoint.startswith(host + ":")
 
-    def serve_remote(self, sock: zmq.Socket, endpoint_key: str) -> None:
+    def serve_remote(self, sock: zmq.Socket, endpoint_key: str, port: int | None = None) -> None:
         """Also bind `sock` for downloaders on other hosts, CURVE only (when `remote.listen` is set).
         Call after its local bind: that one keeps no encryption (ipc, this user only)."""
         r = self.config.remote
@@ -110,7 +111,7 @@ class Actor:
             self._authenticator = curve.authenticator(self.context, r.keys_dir)
         self._keys(curve.serve, sock)
         host = f"[{r.listen}]" if ":" in r.listen else r.listen
-        endpoint = f"tcp://{host}:{getattr(r, REMOTE_PORTS[endpoint_key])}"
+        endpoint = f"tcp://{host}:{port or getattr(r, REMOTE_PORTS[endpoint_key])}"
         sock.bind(endpoint)
         monitor = sock.get_monitor_socket(sum(curve.REFUSALS))
         self._sockets.append(monitor)

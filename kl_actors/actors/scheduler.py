@@ -68,9 +68,10 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, Actor):
         self.tasks_out = [self.socket(zmq.PUSH, cfg.tasks_endpoint(self.config, i), bind=True, hwm=1)
                           for i in range(len(self.groups))]
         self.results_in = self.socket(zmq.PULL, e.results, bind=True)
-        # Downloaders on other hosts (curve.py) join the first group's socket, so its budget
-        # counts them (a group per remote host is still to come).
-        self.serve_remote(self.tasks_out[0], "tasks")
+        # Downloaders on other hosts (curve.py) join their group's socket (`remote.egress` there),
+        # so that group's budget counts them.
+        for i, sock in enumerate(self.tasks_out):
+            self.serve_remote(sock, "tasks", cfg.remote_tasks_port(self.config, i))
         self.serve_remote(self.results_in, "results")
         self.bus = self.socket(zmq.SUB, e.bus_sub, subscribe=b"")
         self.writer = self.socket(zmq.PUSH, e.writer, hwm=1000)

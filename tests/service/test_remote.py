@@ -15,8 +15,11 @@ import pytest
 import zmq
 import zmq.auth
 
-from exactness import assert_exact, trading_symbols
+import msgspec
+
+from exactness import assert_exact, run_once, trading_symbols
 from harness import ROOT, RunningService, WriterProcess, backfill_config, candle, free_port, server_ms, wait_for
+from kl_actors import config as cfg
 from kl_actors import messages
 from kl_actors.messages import KlineBatch
 
@@ -177,4 +180,47 @@ def test_remote_downloaders_do_work_and_a_killed_remote_set_loses_nothing(tmp_pa
         assert checked >= 4 * 20_000
     finally:
         ctx.destroy(linger=0)
+        second_host.cleanup()
+
+
+@pytest.mark.slow(20)
+def test_a_remote_host_is_its_own_egress_group_with_its_own_budget(tmp_path, sim_factory):
+    """The service host lists the remote host's group with no local downloader; the remote set
+    joins it with `--egress hostb`: its downloader takes that group's tasks (its own weight budget,
+    its own IP at the simulator) while the local group works beside it, and every table is exact."""
+    keys = tmp_path / "keys"
+    keygen(keys, "hostb")
+    ports = {**remote_ports(), "group_tasks_port": free_port()}
+    sim = sim_factory(symbols=4, weight_limit=1_000_000, latency_ms=100)
+    depth = {"1m": 20_000}
+    groups = [cfg.EgressConfig(name="local", source_address="127.0.0.2", downloaders=1),
+              cfg.EgressConfig(name="hostb", source_address="127.0.0.3", downloaders=0)]
+    main_dir, remote_dir = tmp_path / "a", tmp_path / "b"
+    main_dir.mkdir()
+    remote_dir.mkdir()
+
+    def config(workdir, remote, egress=""):
+        base = backfill_config(workdir, sim, depth, downloader={"lease_s": 5.0},
+                               remote={"keys_dir": str(keys if "listen" in remote else keys / "hostb"),
+                                       **ports, **remote})
+        return cfg.check(msgspec.structs.replace(base, egress=groups, remote=msgspec.structs.replace(
+            base.remote, egress=egress)), "test")
+    main = cfg.resolve_endpoints(config(main_dir, {"listen": "127.0.0.1"}))
+    remote = cfg.resolve_endpoints(config(remote_dir, {"connect": "127.0.0.1"}, egress="hostb"))
+    assert cfg.tasks_endpoint(remote, 1) == f"tcp://127.0.0.1:{ports['group_tasks_port']}"
+    second_host = RunningService(remote, remote_dir, ["--actors", "downloader-2"])
+    try:
+        second_host.wait_running(["downloader-2"], timeout=30)
+        started = server_ms(sim)
+        code, err = run_once(main, main_dir)
+        ended = server_ms(sim)
+        assert code == 0, err[-3000:]
+        assert "event=downloader_joined name=downloader-2" in err and "event=downloader_joined name=downloader-1" in err
+        by_ip = sim.stats()["by_ip"]
+        assert {"127.0.0.2", "127.0.0.3"} <= set(by_ip), by_ip
+        assert by_ip["127.0.0.3"]["weight"] > 0 and by_ip["127.0.0.2"]["weight"] > 0, by_ip
+        assert all(v["429"] == 0 and v["418"] == 0 for v in by_ip.values()), by_ip
+        assert "actor=downloader-2@hostb" in second_host.log_text()
+        assert_exact(main_dir / "db.sqlite", sim, trading_symbols(sim), depth, started, ended)
+    finally:
         second_host.cleanup()
