@@ -40,7 +40,13 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         listed_ms = sim.list_symbol("NEWCOINUSDT")["onboardDate"]
         sim.delist("ETHUSDT")
         delisted_at = time.monotonic()
-        wait_for(lambda: "event=symbol_delisted symbol=ETHUSDT" in service.log_text(), 30, what="one rediscovery")
+        try:
+            wait_for(lambda: "event=symbol_delisted symbol=ETHUSDT" in service.log_text(), 30, what="one rediscovery")
+        except AssertionError:
+            lines = [ln for ln in service.log_text().splitlines()
+                     if ("actor=scheduler" in ln or "name=scheduler" in ln)
+                     and "event=boundary " not in ln and "event=progress" not in ln]
+            raise AssertionError("no rediscovery in 30 s; the scheduler said:\n" + "\n".join(lines[-40:])) from None
         eth_requests = sim.stats()["requests_by_symbol_interval"].get("ETHUSDT 1m", 0)
         # Two more boundaries, plus the finality re-check of the last one.
         target = intervals.next_boundary("1m", sim.info()["server_time_ms"])
