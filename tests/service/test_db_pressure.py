@@ -34,6 +34,9 @@ def test_outside_write_lock_held_30s_mid_backfill_writer_never_restarted_all_exa
     writer_pid = service.pid("writer")
     assert writer_pid
     outside = apsw.Connection(db_path)
+    # It takes the lock between two of the writer's transactions, as an outside program would
+    # (without a wait, BEGIN IMMEDIATE fails at once whenever one is open).
+    outside.setbusytimeout(30_000)
     outside.execute("BEGIN IMMEDIATE")
     locked_at = time.monotonic()
     try:
