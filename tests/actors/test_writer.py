@@ -290,6 +290,7 @@ class OutsideWriteLock:
     def __init__(self, db_path: str) -> None:
         import apsw
         self.conn = apsw.Connection(db_path)
+        self.conn.setbusytimeout(30_000)  # between two of the writer's transactions, not during one
         self.conn.execute("BEGIN IMMEDIATE")
 
     def release(self) -> None:
