@@ -91,12 +91,33 @@ class WriteFailed(_Msg, tag="write_failed"):
     error: str
 
 
+class Progress(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """The scheduler's backfill figures, carried in its heartbeat; the supervisor keeps the
+    latest in `status.json` ("progress") and draws them on a terminal. eta_s < 0: unknown."""
+
+    at_ms: int
+    tasks_done: int = 0
+    tasks_total: int = 0
+    candles: int = 0
+    candles_per_s: float = 0.0
+    eta_s: float = -1.0
+    weight_used: int = 0
+    weight_limit: int = 0
+    failed: int = 0
+    archive_files_done: int = 0
+    archive_files_total: int = 0
+    archive_mb_per_s: float = 0.0
+    archive_candles_per_s: float = 0.0
+    archive_eta_s: float = -1.0
+
+
 class Heartbeat(_Msg, tag="heartbeat"):
     actor: str
     pid: int
     sent_at_ms: int
     handled: int = 0
     dropped_malformed: int = 0
+    progress: Progress | None = None  # the scheduler's only
 
 
 class DownloadTask(_Msg, tag="task"):
@@ -257,7 +278,7 @@ def _float_fields(cls: type) -> tuple[str, ...]:
 # Every message type with float fields, and those fields: NaN and infinities are refused at the
 # door, so no receiver ever computes with them (int(inf) raises, nan compares false to all).
 FLOAT_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: names for cls in Message.__args__ if (names := _float_fields(cls))}
+    cls: names for cls in (*Message.__args__, Progress) if (names := _float_fields(cls))}
 
 
 def decode(frame: bytes) -> Message | DecodeError:
@@ -265,11 +286,15 @@ def decode(frame: bytes) -> Message | DecodeError:
         message = _decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return DecodeError(reason=str(exc)[:200], size=len(frame))
-    for name in FLOAT_FIELDS.get(type(message), ()):
-        value = getattr(message, name)
-        if not math.isfinite(value):
-            return DecodeError(reason=f"{type(message).__name__}.{name} is not finite ({value})",
-                               size=len(frame))
+    parts = [message]
+    if isinstance(message, Heartbeat) and message.progress is not None:
+        parts.append(message.progress)
+    for part in parts:
+        for name in FLOAT_FIELDS.get(type(part), ()):
+            value = getattr(part, name)
+            if not math.isfinite(value):
+                return DecodeError(reason=f"{type(part).__name__}.{name} is not finite ({value})",
+                                   size=len(frame))
     return message
 
 

@@ -237,5 +237,10 @@ class Actor:
             return
         self._next_heartbeat = now + self.config.supervisor.heartbeat_s
         beat = messages.Heartbeat(actor=self.name, pid=os.getpid(), sent_at_ms=now_ms(),
-                                  handled=self.handled, dropped_malformed=self.dropped_malformed)
+                                  handled=self.handled, dropped_malformed=self.dropped_malformed,
+                                  **self.beat_fields())
         self.send(self._heartbeat, beat, block=False)
+
+    def beat_fields(self) -> dict:
+        """What this actor adds to its heartbeat (an actor overrides it; see messages.Heartbeat)."""
+        return {}
