@@ -286,6 +286,13 @@ def archive_url(config: "Config") -> str:
     return ""
 
 
+class MetricsConfig(_Section):
+    # "" = off; "HOST:PORT" ("127.0.0.1:9108", "[::1]:9108"): the supervisor serves Prometheus
+    # metrics over HTTP at /metrics there. Loopback unless allow_public_metrics.
+    listen: str = ""
+    allow_public_metrics: bool = False
+
+
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -304,6 +311,7 @@ class Config(_Section):
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     # Empty: one group, this host's default route, with `downloader.processes` downloaders.
     egress: list[EgressConfig] = []
     mode: Literal["normal", "stream-only", "once"] = "normal"
@@ -529,7 +537,31 @@ def check(config: Config, source: str) -> Config:
         fail("archive.horizon_days", f"must be 1..366 (the archive lacks at least the newest day), got {ar.horizon_days}")
     if not 1 <= ar.concurrency <= 64:
         fail("archive.concurrency", f"must be 1..64, got {ar.concurrency}")
+    _check_metrics(config.metrics, fail)
     return config
+
+
+def metrics_address(listen: str) -> tuple[str, int]:
+    """`[metrics] listen` -> (host, port); raises ValueError saying what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{listen[:60]!r} must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9108")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost" and not _is_address(host):
+        raise ValueError(f"{listen[:60]!r}: the host must be an IP address (or localhost)")
+    return host, int(port)
+
+
+def _check_metrics(m: MetricsConfig, fail) -> None:
+    if not m.listen:
+        return
+    try:
+        host, _ = metrics_address(m.listen)
+    except ValueError as exc:
+        fail("metrics.listen", str(exc))
+    # Metrics show what the service holds and does: only this host reads them unless asked.
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback and not m.allow_public_metrics:
+        fail("metrics.listen", f"{m.listen!r} is not loopback; set metrics.allow_public_metrics = true to expose it")
 
 
 _EGRESS_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,32}")

@@ -17,7 +17,7 @@ outside ASCII), then the MessagePack body; see README "Consumer feed".
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 import msgspec.inspect
@@ -111,6 +111,23 @@ class Progress(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     archive_eta_s: float = -1.0
 
 
+# Bounds on what one heartbeat's metrics may hold (core/metrics.py keeps within them).
+MAX_METRIC_SERIES = 256
+MAX_LABEL_CHARS = 64
+_Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
+
+
+class MetricSample(msgspec.Struct, array_like=True, frozen=True):
+    """One series of an actor's metrics (core/metrics.py: families and labels), totals since the
+    process started. Counter and gauge: `value`; histogram: `buckets` holds the count per bucket
+    (not cumulative, +Inf last) and `value` their sum."""
+
+    family: Annotated[str, msgspec.Meta(max_length=64)]
+    labels: Annotated[tuple[_Label, ...], msgspec.Meta(max_length=4)]
+    value: float
+    buckets: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=32)] = []
+
+
 class Heartbeat(_Msg, tag="heartbeat"):
     actor: str
     pid: int
@@ -118,6 +135,7 @@ class Heartbeat(_Msg, tag="heartbeat"):
     handled: int = 0
     dropped_malformed: int = 0
     progress: Progress | None = None  # the scheduler's only
+    metrics: Annotated[list[MetricSample], msgspec.Meta(max_length=MAX_METRIC_SERIES)] = []
 
 
 class DownloadTask(_Msg, tag="task"):
@@ -278,7 +296,7 @@ def _float_fields(cls: type) -> tuple[str, ...]:
 # Every message type with float fields, and those fields: NaN and infinities are refused at the
 # door, so no receiver ever computes with them (int(inf) raises, nan compares false to all).
 FLOAT_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: names for cls in (*Message.__args__, Progress) if (names := _float_fields(cls))}
+    cls: names for cls in (*Message.__args__, Progress, MetricSample) if (names := _float_fields(cls))}
 
 
 def decode(frame: bytes) -> Message | DecodeError:
@@ -287,8 +305,10 @@ def decode(frame: bytes) -> Message | DecodeError:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return DecodeError(reason=str(exc)[:200], size=len(frame))
     parts = [message]
-    if isinstance(message, Heartbeat) and message.progress is not None:
-        parts.append(message.progress)
+    if isinstance(message, Heartbeat):
+        if message.progress is not None:
+            parts.append(message.progress)
+        parts += message.metrics
     for part in parts:
         for name in FLOAT_FIELDS.get(type(part), ()):
             value = getattr(part, name)

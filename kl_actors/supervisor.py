@@ -9,6 +9,10 @@ and one line naming the actor and its last exit; an actor exiting with `config.E
 restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
 SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actors/base.py).
 
+With `[metrics] listen` it also serves Prometheus metrics (metrics_http.py): every accepted
+heartbeat's metrics go into one aggregate, next to its own figures (restarts of each actor, the
+size of the database and WAL files, by os.stat only); an actor's exit keeps its counts.
+
 Before any actor (or the `--sim` simulator) starts, it takes an exclusive lock in the runtime dir
 and one beside the database (`<db>.lock`, see locks.py) and checks the database can be written:
 a second copy (also `--once` from cron beside a running service) or a read-only database ends
@@ -36,6 +40,7 @@ from . import cli, curve, messages
 from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
+from .metrics_http import MetricsServer
 from .core.restarts import RestartPolicy
 
 
@@ -116,6 +121,8 @@ class Supervisor:
         self.status_file = self.runtime_dir / "status.json"
         self._stopping = False
         self.exit_code = 0
+        self.metrics: MetricsServer | None = MetricsServer(config.metrics.listen) if config.metrics.listen else None
+        self.metrics_refused = 0
 
     # -- runtime directory ---------------------------------------------------------------------
     def prepare_runtime_dir(self) -> None:
@@ -139,6 +146,8 @@ class Supervisor:
         uptime = now - w.started_at
         w.last_exit = why
         w.proc = None
+        if self.metrics is not None:
+            self.metrics.exited(w.name)
         delay = w.policy.record_exit(now, uptime)
         if delay is None:
             self.log.error("giving_up", name=w.name, restarts=w.policy.recent(),
@@ -191,6 +200,25 @@ class Supervisor:
         w = self.watched.get(beat.actor)
         if w is not None and w.proc is not None and w.proc.pid == beat.pid:
             w.last_heartbeat = time.monotonic()
+            if self.metrics is not None and beat.metrics:
+                refused = self.metrics.take(beat.actor, beat.pid, beat.metrics)
+                if refused:
+                    self.metrics_refused += refused
+                    self.log.warning("metrics_refused", name=beat.actor, samples=refused,
+                                     refused_total=self.metrics_refused,
+                                     reason=self.metrics.aggregate.last_refusal[:200], action="dropped")
+
+    def own_metrics(self) -> None:
+        """The supervisor's own figures: each actor's restarts, the database's size on disk."""
+        own = self.metrics.own
+        for name, w in self.watched.items():
+            own.total("actor_restarts_total", (name,), w.policy.total_restarts)
+        size = 0
+        for path in (self.config.database.path, self.config.database.path + "-wal"):
+            with contextlib.suppress(OSError):
+                size += os.stat(path).st_size
+        own.set("database_bytes", (), size)
+        self.metrics.own_figures(os.getpid())
 
     def write_status(self, now: float) -> None:
         status = {
@@ -202,6 +230,14 @@ class Supervisor:
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status}))
         os.replace(tmp, self.status_file)
+
+    def _serve_metrics(self) -> None:
+        try:
+            host, port = self.metrics.start()
+        except OSError as exc:
+            raise StartError(f"metrics.listen {self.config.metrics.listen}: cannot serve: {exc.strerror or exc}") from None
+        self.own_metrics()
+        self.log.info("metrics_serving", url=f"http://{host}:{port}/metrics")
 
     def stop_all(self) -> None:
         running = [w for w in self.watched.values() if w.proc is not None]
@@ -232,6 +268,8 @@ class Supervisor:
         control.setsockopt(zmq.LINGER, 0)
         control.bind(self.config.endpoints.control)
         try:
+            if self.metrics is not None:
+                self._serve_metrics()
             for w in self.watched.values():
                 self.spawn(w)
             next_status = 0.0
@@ -249,10 +287,14 @@ class Supervisor:
                 self.check(now)
                 if now >= next_status:
                     self.write_status(now)
+                    if self.metrics is not None:
+                        self.own_metrics()
                     next_status = now + self.config.supervisor.heartbeat_s
         finally:
             self.stop_all()
             self.write_status(time.monotonic())
+            if self.metrics is not None:
+                self.metrics.stop()
             control.close()
             context.term()
         self.log.info("stopped", exit_code=self.exit_code)

@@ -11,6 +11,8 @@ An actor subclass declares its sockets in `setup()` (with `self.socket(...)` and
   outlives a killed supervisor;
 - `receive()` decodes with the typed wire decoder and drops, counts and logs a malformed frame
   instead of raising;
+- its metrics (`self.metrics`, core/metrics.Recorder: `inc`, `set`, `observe`): their totals
+  ride in every heartbeat, gauges set just before by `measure()`; the supervisor sums them;
 - downloaders on other hosts (curve.py): `serve_remote` gives a bound socket its CURVE-only TCP
   endpoint and logs refused handshakes; on a downloader host `socket` joins those endpoints as a
   CURVE client. Nothing here ever binds a non-loopback address without CURVE.
@@ -31,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import curve, messages
 from ..config import EXIT_FATAL, REMOTE_PORTS, Config
 from ..core.clock import ServerClock
+from ..core.metrics import Recorder
 from ..log import Logger
 
 LINGER_MS = 500
@@ -75,6 +78,7 @@ class Actor:
         self.handled = 0
         self.dropped_malformed = 0
         self.exit_code = 0
+        self.metrics = Recorder()
 
     # -- sockets --------------------------------------------------------------------------------
     def socket(self, kind: int, endpoint: str, bind: bool = False, hwm: int | None = None,
@@ -236,10 +240,14 @@ class Actor:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + self.config.supervisor.heartbeat_s
+        self.measure()
         beat = messages.Heartbeat(actor=self.name, pid=os.getpid(), sent_at_ms=now_ms(),
                                   handled=self.handled, dropped_malformed=self.dropped_malformed,
-                                  **self.beat_fields())
+                                  metrics=self.metrics.samples(), **self.beat_fields())
         self.send(self._heartbeat, beat, block=False)
+
+    def measure(self) -> None:
+        """Set this actor's gauges in `self.metrics` (called just before each heartbeat)."""
 
     def beat_fields(self) -> dict:
         """What this actor adds to its heartbeat (an actor overrides it; see messages.Heartbeat)."""

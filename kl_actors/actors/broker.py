@@ -154,6 +154,7 @@ class Broker(Actor):
         kline.seq = seq
         self.feed_out.send_multipart([topic, messages.encode(kline)])
         self.feed_published += 1
+        self.metrics.inc("feed_messages_total", (kline.source,))
 
     def _skip_seq(self, body: bytes) -> None:
         gap = messages.decode_feed_gap(body)
@@ -168,6 +169,7 @@ class Broker(Actor):
             topic = name.encode("utf-8", "replace")
             self.seq_by_topic[topic] = self.seq_by_topic.get(topic, 0) + 1
         self.feed_gaps += 1
+        self.metrics.inc("feed_gaps_total", (), len(gap.topics))
         self.log.info("feed_gap", topics=len(gap.topics), reason=gap.reason, gaps_total=self.feed_gaps)
 
     def _drop_feed(self, reason: str) -> None:

@@ -54,6 +54,7 @@ from .base import Actor
 from ..core.budget import hold_until_ms
 from ..core.clock import ServerClock
 from ..httpcap import BodyTooLarge, SMALL_BODY_CAP_BYTES, get_capped, klines_cap_bytes
+from ..core.metrics import REQUEST_OUTCOMES
 from ..messages import ArchiveTask, Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
 
 STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
@@ -198,6 +199,8 @@ class Downloader(Actor):
         if isinstance(task, ArchiveTask):
             self._report_archive(task, result, page)
             return
+        if result.requested_at_ms:  # 0: answered without a request (held back by a Retry-After)
+            self.metrics.inc("requests_total", (REQUEST_OUTCOMES.get(result.status, result.status),))
         if result.status == "ok" and page is not None:
             # The page first: the scheduler may count the task done only after the writer commits.
             self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval, source="rest",

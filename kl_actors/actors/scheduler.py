@@ -40,6 +40,7 @@ from .base import Actor
 from .scheduler_backfill import BackfillPlanning
 from .scheduler_discovery import Discovery
 from .scheduler_live import LiveEdge
+from .scheduler_metrics import SchedulerMetrics
 from .scheduler_report import Reporting
 from ..core.budget import reserved_weight, weight_for_limit
 from ..core.egress import EgressBudgets
@@ -57,7 +58,7 @@ LEASES_KEPT_MAX = 10  # then a page waiting for a silent writer is fetched again
 MAX_NAMED_DOWNLOADERS = 256
 
 
-class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, Actor):
+class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetrics, Actor):
     poll_ms = 20
 
     # -- sockets and state ---------------------------------------------------------------------
@@ -412,6 +413,7 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, Actor):
             self.recently_done.popitem(last=False)
         self.candles_done += st.candles
         self._closed(st)
+        self._boundary_lag(st, self.clock.now_ms(committed_at_ms))
         tally = self.tallies.get((st.boundary_ms, st.task.interval)) if st.kind in boundaries.FINAL_KINDS else None
         if tally is not None and tally.confirmed(self.clock.now_ms(committed_at_ms)):
             self.log.info("boundary_done", **tally.summary())

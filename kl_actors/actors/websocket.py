@@ -312,6 +312,7 @@ class WebSocketActor(Actor):
             return
         self.handled += 1
         self.events_total += 1
+        self.metrics.inc("websocket_events_total")
         self._window_events += 1
         body = FeedKline(symbol=event.symbol, interval=event.interval, seq=0, closed=event.closed,
                          source="ws", stored=False, candle=candle)
@@ -331,6 +332,9 @@ class WebSocketActor(Actor):
             self.log.warning("writer_busy", symbol=event.symbol, interval=event.interval,
                              open_time_ms=candle.open_time_ms, dropped_total=self.writer_dropped_total,
                              action="dropped; the boundary REST fetch stores it")
+
+    def measure(self) -> None:
+        self.metrics.set("websocket_connections", (), self.slots.open_count())
 
     def _in_future(self, link: Link, event) -> bool:
         """A candle dated past the exchange's clock (checked once that clock is known)."""

@@ -287,6 +287,7 @@ class Writer(DatabaseHold, Upkeep, Actor):
         except Exception as exc:  # noqa: BLE001 - any failure: roll back, then isolate the culprit
             self._isolate(group, exc, started)
             return
+        self.metrics.observe("writer_transaction_seconds", (), time.perf_counter() - started)
         self._take_all()
         self.requests.remember(staged)
         self._announce(group, results, started)
@@ -302,8 +303,10 @@ class Writer(DatabaseHold, Upkeep, Actor):
             try:
                 if len(group) == 1:
                     raise exc
+                item_started = time.perf_counter()
                 with self.store.transaction():
                     result = self._apply(item, staged)
+                self.metrics.observe("writer_transaction_seconds", (), time.perf_counter() - item_started)
             except HOLD_ERRORS as hold_exc:
                 # Not this item's fault: keep it and the rest for the retry.
                 self.pending = group[done:]
@@ -336,6 +339,8 @@ class Writer(DatabaseHold, Upkeep, Actor):
             if b.task_id:
                 task_ids.append(b.task_id)
             written += result.rows
+            if result.rows:
+                self.metrics.inc("candles_written_total", (b.interval, b.source), result.rows)
             if result.rows and result.opens:
                 lo, hi = min(result.opens), max(result.opens)
                 entry = tables.setdefault((b.symbol, b.interval), [0, lo, hi])

@@ -143,7 +143,8 @@ FLOAT_CASES = [
     (messages.TaskResult, {"task_id": "t", "status": "rate_limited"}, "retry_after_s"),
     (messages.ClockSync, {"offset_ms": 1.0, "rtt_ms": 1.0, "measured_at_ms": 1}, "offset_ms"),
     (messages.ClockSync, {"offset_ms": 1.0, "rtt_ms": 1.0, "measured_at_ms": 1}, "rtt_ms"),
-] + [(messages.Progress, {"at_ms": 1}, name) for name in messages.FLOAT_FIELDS[messages.Progress]]
+] + [(messages.Progress, {"at_ms": 1}, name) for name in messages.FLOAT_FIELDS[messages.Progress]] + [
+    (messages.MetricSample, {"family": "requests_total", "labels": ("ok",)}, "value")]
 
 
 def test_every_float_field_is_covered():
@@ -157,6 +158,8 @@ def test_non_finite_floats_are_rejected_at_decode(cls, base, name, value):
     def wire(message):  # a Progress travels inside the scheduler's heartbeat
         if cls is messages.Progress:
             return messages.Heartbeat(actor="scheduler", pid=1, sent_at_ms=1, progress=message)
+        if cls is messages.MetricSample:  # so do metrics, in every actor's
+            return messages.Heartbeat(actor="writer", pid=1, sent_at_ms=1, metrics=[message])
         return message
 
     frame = messages.encode(wire(cls(**{**base, name: value})))
@@ -164,7 +167,7 @@ def test_non_finite_floats_are_rejected_at_decode(cls, base, name, value):
     assert isinstance(decoded, messages.DecodeError)
     assert f"{cls.__name__}.{name}" in decoded.reason and "not finite" in decoded.reason
     fine = messages.decode(messages.encode(wire(cls(**{**base, name: 1e308}))))
-    fine = fine.progress if cls is messages.Progress else fine
+    fine = fine.progress if cls is messages.Progress else fine.metrics[0] if cls is messages.MetricSample else fine
     assert getattr(fine, name) == 1e308
 
 
