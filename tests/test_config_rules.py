@@ -262,3 +262,41 @@ def test_downloaders_flag_is_refused_when_egress_groups_say_how_many(tmp_path):
     assert cfg.downloader_count(cli.effective_config(_args("--config", str(path)))) == 2
     with pytest.raises(cfg.ConfigError, match="--downloaders: with \\[\\[egress\\]\\] groups"):
         cli.effective_config(_args("--config", str(path), "--downloaders", "8"))
+
+
+# -- [metrics] ----------------------------------------------------------------------------------
+
+METRICS_BAD = [
+    ({"listen": "0.0.0.0:9108"}, "is not loopback; set metrics.allow_public_metrics = true"),
+    ({"listen": "[::]:9108"}, "is not loopback"),
+    ({"listen": "192.168.1.5:9108"}, "is not loopback"),
+    ({"listen": "example.com:9108"}, "must be an IP address"),
+    ({"listen": "127.0.0.1"}, "HOST:PORT"),
+    ({"listen": "127.0.0.1:0"}, "HOST:PORT"),
+    ({"listen": "127.0.0.1:70000"}, "HOST:PORT"),
+    ({"listen": "9108"}, "HOST:PORT"),
+    ({"listen": "example.com:9108", "allow_public_metrics": True}, "must be an IP address"),
+]
+
+
+@pytest.mark.parametrize("changes, text", METRICS_BAD, ids=[c["listen"] for c, _ in METRICS_BAD])
+def test_metrics_listen_refused_unless_loopback_or_allowed(changes, text):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.check(_with("metrics", **changes), "bad.toml")
+    assert str(info.value).startswith("bad.toml: key metrics.listen: ") and text in str(info.value)
+
+
+@pytest.mark.parametrize("changes", [
+    {"listen": ""}, {"listen": "127.0.0.1:9108"}, {"listen": "127.0.0.5:1"}, {"listen": "[::1]:9108"},
+    {"listen": "localhost:65535"}, {"listen": "0.0.0.0:9108", "allow_public_metrics": True},
+])
+def test_metrics_listen_accepted(changes):
+    cfg.check(_with("metrics", **changes), "ok.toml")
+
+
+def test_metrics_flag_sets_listen_and_is_checked():
+    from kl_actors import cli
+    assert cli.effective_config(_args()).metrics.listen == ""
+    assert cli.effective_config(_args("--metrics", "127.0.0.1:9108")).metrics.listen == "127.0.0.1:9108"
+    with pytest.raises(cfg.ConfigError, match="key metrics.listen: '0.0.0.0:9108' is not loopback"):
+        cli.effective_config(_args("--metrics", "0.0.0.0:9108"))

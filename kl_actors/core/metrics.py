@@ -269,7 +269,7 @@ class Aggregate:
 
     def series(self) -> list[Series]:
         """Every family in catalog order, each summed over actors (a family nobody reported yet
-        is listed empty, so a scrape always names every family)."""
+        is listed without series, so a scrape always names every family)."""
         sums: dict[str, dict[tuple[str, ...], float | Histogram]] = {name: {} for name in FAMILIES}
         for entry in self.actors.values():
             for part in (entry.base, entry.current):
@@ -282,4 +282,7 @@ class Aggregate:
                         into[labels] = before.add(value)
                     else:
                         into[labels] = before + value
+        for name, family in FAMILIES.items():
+            if family.kind == "counter" and not family.labels and not sums[name]:
+                sums[name][()] = 0.0  # nothing counted yet is a count: 0 (a gauge stays unknown)
         return [Series(PREFIX + name, FAMILIES[name], sums[name]) for name in FAMILIES]
