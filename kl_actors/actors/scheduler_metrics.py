@@ -6,17 +6,18 @@ the scheduler's state and never runs on its own; core/metrics.py has the familie
 
 from __future__ import annotations
 
-from ..core import boundaries
+from ..core import boundaries, intervals
 from ..core.tasks import TaskState
 
 
 class SchedulerMetrics:
     def measure(self) -> None:
         server_now = self.clock.now_ms()
+        minute = server_now - server_now % intervals.MINUTE_MS
         # Distinct budgets only: two groups found on one IP share one, reported once (its owner).
         for name, budget in self.budgets.distinct():
-            budget.available(server_now)  # rolls the minute over, so `spent` is this minute's
-            self.metrics.set("weight_used", (name,), budget.spent)
+            # Read only (a budget rolls over when it is next asked): a minute gone by spent nothing yet.
+            self.metrics.set("weight_used", (name,), budget.spent if budget.window_start_ms >= minute else 0)
             self.metrics.set("weight_limit", (name,), budget.limit)
         self.metrics.set("backfill_tasks_remaining", (), self.backfill_open + self.backlog.pages_left)
 

@@ -230,3 +230,20 @@ def test_the_largest_allowed_heartbeat_decodes():
                for i in range(messages.MAX_METRIC_SERIES)]
     decoded = messages.decode(_beat(samples))
     assert isinstance(decoded, messages.Heartbeat) and len(decoded.metrics) == messages.MAX_METRIC_SERIES
+
+
+def test_many_restarts_keep_the_aggregate_the_same_size_and_the_sum_exact():
+    """Uptime and crash loops do not grow it: every process of an actor folds into one base."""
+    agg = Aggregate()
+    for pid in range(1, 5001):
+        r = Recorder()
+        r.inc("candles_written_total", ("1m", "rest"), 2)
+        r.observe("writer_transaction_seconds", (), 0.01)
+        r.set("websocket_connections", (), pid)
+        agg.take("writer", pid, r.samples())
+    entry = agg.actors["writer"]
+    assert len(entry.base) == 2 and len(entry.current) == 3
+    values = summed(agg)
+    assert values["candles_written_total"][("1m", "rest")] == 10_000
+    assert values["writer_transaction_seconds"][()].count == 5000
+    assert values["websocket_connections"] == {(): 5000}  # only the live process's gauge
