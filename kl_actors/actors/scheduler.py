@@ -127,6 +127,7 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, Actor):
         self.writer_started_ms = 0
         self.results_due: dict[str, float] = {}  # task id -> when it was committed, result unread
         self.slowest_tick_s = 0.0  # since the last progress line
+        self.latest_progress = None  # messages.Progress, sent in each heartbeat (scheduler_report.py)
         self.pass_slowest_s = 0.0  # since the current planning pass began
 
     # -- the loop ------------------------------------------------------------------------------
