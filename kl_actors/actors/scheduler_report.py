@@ -83,6 +83,7 @@ class Reporting:
 
     def _finish_once(self) -> None:
         self._progress(time.monotonic())  # the last figures, also for a run shorter than one period
+        self.beat_now()  # ... and in status.json (the supervisor reads them from the heartbeat)
         elapsed = time.monotonic() - (self.backfill_started or self.started)
         failed = self.book.failed
         a = self.archive
