@@ -31,7 +31,7 @@ from .messages import Progress
 
 REDRAW_S = 0.25  # at most four frames a second: enough to see it move, little work
 TAIL_MAX_BYTES = 4 << 20  # of new log read per turn (a flood is shown a turn later, not all at once)
-BAR_WIDTH = 30
+BAR_MAX, BAR_MIN = 40, 10  # columns; the rest of a line is the figures (~60 columns)
 
 
 def wanted(setting: str, stream: IO) -> bool:
@@ -88,7 +88,7 @@ class LogTail:
 
 
 def duration(seconds: float) -> str:
-    """12s, 8m12s, 3h05m; "?" when unknown (< 0)."""
+    """12s, 8m12s, 3h05m, 2d07h; "?" when unknown (< 0)."""
     if seconds < 0:
         return "?"
     s = int(seconds + 0.5)
@@ -96,11 +96,13 @@ def duration(seconds: float) -> str:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def render(progress: Progress | None, *, uptime_s: float, actors_running: int, actors_total: int,
-           restarts: int):
+           restarts: int, bar_width: int = BAR_MAX):
     """One frame: a header line, the backfill's bar (and the archive's), the figures."""
     header = Text.assemble(("kl-actors", "bold"), f"  up {duration(uptime_s)}  actors {actors_running}/"
                            f"{actors_total}  restarts {restarts}")
@@ -110,7 +112,7 @@ def render(progress: Progress | None, *, uptime_s: float, actors_running: int, a
     p = progress
     if p.tasks_total:
         percent = 100 * p.tasks_done // p.tasks_total
-        bars.add_row("backfill", ProgressBar(total=p.tasks_total, completed=p.tasks_done, width=BAR_WIDTH),
+        bars.add_row("backfill", ProgressBar(total=p.tasks_total, completed=p.tasks_done, width=bar_width),
                      f"{p.tasks_done:,}/{p.tasks_total:,} tasks {percent}%  "
                      f"ETA {'done' if p.tasks_done >= p.tasks_total else duration(p.eta_s)}")
     else:
@@ -118,11 +120,11 @@ def render(progress: Progress | None, *, uptime_s: float, actors_running: int, a
     if p.archive_files_total:
         percent = 100 * p.archive_files_done // p.archive_files_total
         bars.add_row("archive", ProgressBar(total=p.archive_files_total, completed=p.archive_files_done,
-                                            width=BAR_WIDTH),
+                                            width=bar_width),
                      f"{p.archive_files_done:,}/{p.archive_files_total:,} files {percent}%  "
                      f"{p.archive_mb_per_s:,.2f} MB/s  ETA {duration(p.archive_eta_s)}")
     # (no candle count: `candles` counts REST candles only, the rate archive ones too)
-    figures = Text(f"{p.candles_per_s:,.1f} candles/s  weight {p.weight_used:,}/{p.weight_limit:,} this minute"
+    figures = Text(f"{p.candles_per_s:,.1f} candles/s  weight {p.weight_used:,}/{p.weight_limit:,} a minute"
                    f"  failed {p.failed:,}")
     if p.failed:
         figures.stylize("bold red", figures.plain.rindex("failed"))
@@ -154,7 +156,8 @@ class Display:
             self.console.print(Text(line), soft_wrap=True)
         if now >= self._next_draw or lines:
             self._next_draw = now + REDRAW_S
-            self.live.update(render(progress, **counts), refresh=True)
+            bar_width = max(BAR_MIN, min(BAR_MAX, self.console.width - 60))
+            self.live.update(render(progress, bar_width=bar_width, **counts), refresh=True)
 
     def stop(self, closing: str) -> None:
         """The last frame drawn whole, the cursor shown, then `closing` on its own line."""

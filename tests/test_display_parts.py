@@ -77,13 +77,14 @@ def test_the_tail_reads_whole_lines_from_where_it_started_and_after_a_truncation
 
 
 def test_durations():
-    assert [display.duration(s) for s in (-1.0, 0.2, 12.4, 492.5, 3600, 11_130)] == \
-        ["?", "0s", "12s", "8m13s", "1h00m", "3h05m"]
+    assert [display.duration(s) for s in (-1.0, 0.2, 12.4, 492.5, 3600, 11_130, 198_000)] == \
+        ["?", "0s", "12s", "8m13s", "1h00m", "3h05m", "2d07h"]
 
 
-def frame(progress: Progress | None) -> str:
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(display.render(progress, uptime_s=192, actors_running=7, actors_total=8, restarts=1))
+def frame(progress: Progress | None, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(display.render(progress, uptime_s=192, actors_running=7, actors_total=8, restarts=1,
+                                 bar_width=max(display.BAR_MIN, min(display.BAR_MAX, width - 60))))
     return console.file.getvalue()
 
 
@@ -92,7 +93,7 @@ def test_a_frame_shows_the_figures():
                           eta_s=492.5, weight_used=1176, weight_limit=2400, failed=2))
     assert "up 3m12s  actors 7/8  restarts 1" in text
     assert "9,377/19,140 tasks 48%  ETA 8m13s" in text and "━" in text
-    assert "12,345.6 candles/s  weight 1,176/2,400 this minute  failed 2" in text
+    assert "12,345.6 candles/s  weight 1,176/2,400 a minute  failed 2" in text
     assert "archive" not in text  # no archive work, no archive row
 
 
@@ -101,6 +102,16 @@ def test_a_frame_shows_archive_work_and_the_end():
                           archive_mb_per_s=3.21, archive_eta_s=100.0))
     assert "40/40 tasks 100%  ETA done" in text
     assert "120/400 files 30%  3.21 MB/s  ETA 1m40s" in text
+
+
+def test_on_80_columns_each_bar_is_one_line():
+    text = frame(Progress(at_ms=1, tasks_done=19_139, tasks_total=19_140, eta_s=5000.0, archive_files_done=12_344,
+                          archive_files_total=12_345, archive_mb_per_s=123.45, archive_eta_s=3599.0,
+                          candles_per_s=123_456.7, weight_used=2352, weight_limit=2400, failed=1234), width=80)
+    lines = text.splitlines()
+    assert len(lines) == 4, text  # header, backfill, archive, figures: nothing wrapped
+    assert lines[1].rstrip().endswith("19,139/19,140 tasks 99%  ETA 1h23m")
+    assert lines[2].rstrip().endswith("12,344/12,345 files 99%  123.45 MB/s  ETA 59m59s")
 
 
 def test_a_frame_before_any_figures():
