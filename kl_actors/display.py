@@ -56,6 +56,15 @@ def open_log(path: Path) -> IO[str]:
     return os.fdopen(fd, "a", buffering=1)
 
 
+# Control characters (ESC, CSI, BEL, ...) in a log line are written as \xNN: a value that came
+# from outside (an exchange's error text) must not move the cursor or retitle the terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+
+
+def printable(line: str) -> Text:
+    return Text(line.translate(_CONTROLS))
+
+
 def shown(line: str) -> bool:
     """Lines of the log worth the operator's eye: warnings and errors, and whatever is not a log
     line at all (a traceback of a crashing actor)."""
@@ -80,7 +89,8 @@ class LogTail:
             self._partial = b""
         data = self._partial + self._file.read(TAIL_MAX_BYTES)
         end = data.rfind(b"\n") + 1
-        self._partial = data[end:]
+        # A "line" longer than a whole read is no log line: dropped, so memory stays bounded.
+        self._partial = data[end:] if len(data) - end < TAIL_MAX_BYTES else b""
         return data[:end].decode("utf-8", "replace").splitlines()
 
     def close(self) -> None:
@@ -143,29 +153,43 @@ class Display:
                          redirect_stdout=True, redirect_stderr=True)
         self.tail = LogTail(log_file)
         self._next_draw = 0.0
+        # The terminal went away (EIO, a closed pty): the service goes on, the log has it all.
+        self.gone = False
 
     def start(self) -> None:
         self.console.print(f"kl-actors: the log goes to {self.log_file}; warnings and errors are shown here")
         self.live.start()
 
-    def update(self, now: float, progress: Progress | None, **counts) -> None:
-        """Show new warnings and errors; draw a new frame when one is due (`now`: monotonic)."""
+    def _show_new_lines(self) -> bool:
         lines = [line for line in self.tail.lines() if shown(line)]
         for line in lines:
             # soft_wrap: a log line stays one line (the terminal folds it), whole for copy and grep.
-            self.console.print(Text(line), soft_wrap=True)
-        if now >= self._next_draw or lines:
-            self._next_draw = now + REDRAW_S
-            bar_width = max(BAR_MIN, min(BAR_MAX, self.console.width - 60))
-            self.live.update(render(progress, bar_width=bar_width, **counts), refresh=True)
+            self.console.print(printable(line), soft_wrap=True)
+        return bool(lines)
+
+    def update(self, now: float, progress: Progress | None, **counts) -> None:
+        """Show new warnings and errors; draw a new frame when one is due (`now`: monotonic)."""
+        if self.gone:
+            return
+        try:
+            if self._show_new_lines() or now >= self._next_draw:
+                self._next_draw = now + REDRAW_S
+                bar_width = max(BAR_MIN, min(BAR_MAX, self.console.width - 60))
+                self.live.update(render(progress, bar_width=bar_width, **counts), refresh=True)
+        except OSError:
+            self.gone = True
 
     def stop(self, closing: str) -> None:
         """The last frame drawn whole, the cursor shown, then `closing` on its own line."""
         try:
-            for line in self.tail.lines():
-                if shown(line):
-                    self.console.print(Text(line), soft_wrap=True)
+            if not self.gone:
+                self._show_new_lines()
+        except OSError:
+            self.gone = True
         finally:
-            self.live.stop()
             self.tail.close()
-            self.console.print(closing)
+            try:
+                self.live.stop()
+                self.console.print(closing)
+            except OSError:
+                pass  # no terminal to leave clean

@@ -4,6 +4,7 @@ pseudo-terminal is tests/service/test_display.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -57,6 +58,14 @@ def test_only_warnings_errors_and_stray_output_are_shown():
     assert display.shown("Traceback (most recent call last):") and not display.shown("   ")
 
 
+def test_control_characters_of_a_line_are_written_as_escapes():
+    # A value from outside (an exchange's error text) must not drive the terminal.
+    hostile = 'ts=x level=warning actor=downloader-1 event=http_error detail="\x1b]0;owned\x07\x1b[2J\x9b1m\ttab"'
+    text = display.printable(hostile).plain
+    assert not any(ord(c) < 0x20 and c != "\t" or 0x7F <= ord(c) < 0xA0 for c in text)
+    assert text.endswith('detail="\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\ttab"')
+
+
 def test_the_tail_reads_whole_lines_from_where_it_started_and_after_a_truncation(tmp_path):
     path = tmp_path / "service.log"
     path.write_text("old line\n")
@@ -72,8 +81,37 @@ def test_the_tail_reads_whole_lines_from_where_it_started_and_after_a_truncation
             assert tail.lines() == ["two", "three"]
         path.write_text("new\n")  # truncated (copytruncate): read again from the start
         assert tail.lines() == ["new"]
+        with open(path, "ab") as f:  # a "line" longer than one read is dropped, not kept growing
+            f.write(b"x" * (display.TAIL_MAX_BYTES + 10))
+            f.flush()
+            assert tail.lines() == [] and len(tail._partial) == 0
+            f.write(b"x\nafter\n")
+            f.flush()
+            assert tail.lines()[-1] == "after"
     finally:
         tail.close()
+
+
+def test_a_terminal_that_went_away_stops_the_drawing_not_the_service(tmp_path):
+    log = tmp_path / "service.log"
+    log.touch()
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w")
+    stderr = sys.stderr
+    try:
+        terminal = display.Display(tty, log)
+        terminal.start()
+        terminal.update(1.0, None, uptime_s=1, actors_running=1, actors_total=1, restarts=0)
+        os.close(master)  # the window closed: writes now fail with EIO
+        with open(log, "a") as f:
+            f.write("ts=x level=error actor=writer event=e\n")
+        terminal.update(2.0, None, uptime_s=2, actors_running=1, actors_total=1, restarts=0)
+        assert terminal.gone
+        terminal.stop("closing")  # no exception either
+        assert sys.stderr is stderr  # the live region's redirection undone
+    finally:
+        with contextlib.suppress(OSError):
+            tty.close()
 
 
 def test_durations():
