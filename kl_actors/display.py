@@ -16,6 +16,7 @@ before), and never touches the database or a socket: the supervisor feeds it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import IO
@@ -63,6 +64,16 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c !
 
 def printable(line: str) -> Text:
     return Text(line.translate(_CONTROLS))
+
+
+def for_service(config: cfg.Config, stream: IO, stack: contextlib.ExitStack) -> tuple[Display | None, IO | None]:
+    """The display and the service log (open as long as `stack`) when this service draws on
+    `stream`, else (None, None): log lines stay on stderr. Raises OSError (the log file)."""
+    if not wanted(config.display.progress, stream):
+        return None, None
+    path = log_path(config)
+    log_stream = stack.enter_context(open_log(path))
+    return Display(stream, path, force=config.display.progress == "on"), log_stream
 
 
 def shown(line: str) -> bool:

@@ -393,15 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         except StartError as exc:
             print(f"kl-actors: {exc}", file=sys.stderr, flush=True)
             return 2
-        terminal, log_stream = None, None
-        if display.wanted(config.display.progress, sys.stderr):
-            path = display.log_path(config)
-            try:
-                log_stream = stack.enter_context(display.open_log(path))
-            except OSError as exc:
-                print(f"kl-actors: the log file {path}: cannot open: {exc.strerror}", file=sys.stderr)
-                return 2
-            terminal = display.Display(sys.stderr, path, force=config.display.progress == "on")
+        try:
+            terminal, log_stream = display.for_service(config, sys.stderr, stack)
+        except OSError as exc:
+            print(f"kl-actors: the log file {display.log_path(config)}: cannot open: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
         if args.sim:
             config = stack.enter_context(_with_simulator(config, args.sim_symbols, log_stream))
         try:

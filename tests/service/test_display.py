@@ -16,7 +16,7 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
-from harness import ROOT, backfill_config, wait_for, write_toml
+from harness import ROOT, backfill_config, make_config, wait_for, write_toml
 from kl_actors.store import Store
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -176,3 +176,13 @@ def test_on_pipes_the_log_lines_stay_as_they_were_and_status_has_the_progress(wo
     assert p["candles"] == int(last["candles"]) == rows > 0
     assert p["weight_limit"] == int(last["weight_limit"]) and p["failed"] == 0
     assert 0 < data["started_at_ms"] <= p["at_ms"]
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_line_and_exit_2(workdir):
+    config = make_config(workdir, display={"log_file": str(workdir / "missing" / "service.log")})
+    toml = write_toml(config, workdir / "service.toml")
+    proc = subprocess.run([sys.executable, "supervisor.py", "--config", str(toml), "--progress", "on",
+                           "--actors", "broker"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"kl-actors: the log file {workdir}/missing/service.log: cannot open: No such file or directory"]
