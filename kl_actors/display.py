@@ -102,7 +102,10 @@ class LogTail:
         end = data.rfind(b"\n") + 1
         # A "line" longer than a whole read is no log line: dropped, so memory stays bounded.
         self._partial = data[end:] if len(data) - end < TAIL_MAX_BYTES else b""
-        return data[:end].decode("utf-8", "replace").splitlines()
+        if not end:
+            return []
+        # split on newlines only: a form feed or \x1c inside a value does not end a log line
+        return data[:end - 1].decode("utf-8", "replace").split("\n")
 
     def close(self) -> None:
         self._file.close()

@@ -14,6 +14,10 @@ and one beside the database (`<db>.lock`, see locks.py) and checks the database 
 a second copy (also `--once` from cron beside a running service) or a read-only database ends
 with one line and exit 2. Beyond that check the supervisor never touches the database or the
 exchange; with `--sim` it only starts the bundled simulator and points the exchange URLs at it.
+
+It keeps the scheduler's latest `Progress` (from its heartbeat) in `status.json`, and when its
+stderr is a terminal it feeds the progress display (display.py), with every log line, its own and
+the actors' stderr, going to the service log meanwhile.
 """
 
 from __future__ import annotations

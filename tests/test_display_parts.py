@@ -76,9 +76,9 @@ def test_the_tail_reads_whole_lines_from_where_it_started_and_after_a_truncation
             f.write("one\ntw")
             f.flush()
             assert tail.lines() == ["one"]  # half a line waits for its end
-            f.write("o\nthree\n")
+            f.write("o\nthree \x0c\x1c end\n")
             f.flush()
-            assert tail.lines() == ["two", "three"]
+            assert tail.lines() == ["two", "three \x0c\x1c end"]
         path.write_text("new\n")  # truncated (copytruncate): read again from the start
         assert tail.lines() == ["new"]
         with open(path, "ab") as f:  # a "line" longer than one read is dropped, not kept growing

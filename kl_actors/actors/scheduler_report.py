@@ -1,7 +1,8 @@
 """The scheduler's reports (a part of the scheduler actor, by idea): the progress line every
 `PROGRESS_EVERY_S` and the same figures in every heartbeat (`core/progress.py` computes them, for
 the supervisor's status.json and terminal display), and the end of a `--once` run (its summary,
-what was not fetched, the exit code). A mixin of `Scheduler`: it uses the scheduler's state and never runs on its own.
+what was not fetched, the exit code). A mixin of `Scheduler`: it uses the scheduler's state and
+never runs on its own.
 """
 
 from __future__ import annotations
