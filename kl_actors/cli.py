@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream-only", action="store_true", help="no backfill: only keep tables current")
     mode.add_argument("--once", action="store_true", help="backfill to now, print a summary and exit")
+    p.add_argument("--progress", choices=("auto", "on", "off"),
+                   help="progress display: auto (when stderr is a terminal), on, off (log lines on stderr)")
     p.add_argument("--print-config", action="store_true", help="print the effective config as TOML-like JSON and exit")
     return p
 
@@ -95,9 +97,13 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
         remote = replace(remote, keys_dir=args.keys)
     if getattr(args, "egress", None):
         remote = replace(remote, egress=args.egress)
+    display = config.display
+    if getattr(args, "progress", None):
+        display = replace(display, progress=args.progress)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,
         endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, mode=mode,
+        display=display,
     )
     return cfg.check(config, f"{path} + command line")

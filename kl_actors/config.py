@@ -290,6 +290,15 @@ class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class DisplayConfig(_Section):
+    """The progress display on a terminal (display.py)."""
+
+    # auto: when the supervisor's stderr is a terminal; on: always; off: never (log lines on stderr).
+    progress: Literal["auto", "on", "off"] = "auto"
+    # Where every log line goes while the display is on; empty: <runtime_dir>/service.log.
+    log_file: str = ""
+
+
 class Config(_Section):
     exchange: ExchangeConfig = msgspec.field(default_factory=ExchangeConfig)
     symbols: SymbolsConfig = msgspec.field(default_factory=SymbolsConfig)
@@ -304,6 +313,7 @@ class Config(_Section):
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    display: DisplayConfig = msgspec.field(default_factory=DisplayConfig)
     # Empty: one group, this host's default route, with `downloader.processes` downloaders.
     egress: list[EgressConfig] = []
     mode: Literal["normal", "stream-only", "once"] = "normal"

@@ -241,6 +241,11 @@ class Actor:
                                   **self.beat_fields())
         self.send(self._heartbeat, beat, block=False)
 
+    def beat_now(self) -> None:
+        """Send a heartbeat at once (figures that just became final, e.g. at the end of --once)."""
+        self._next_heartbeat = 0.0
+        self._beat()
+
     def beat_fields(self) -> dict:
         """What this actor adds to its heartbeat (an actor overrides it; see messages.Heartbeat)."""
         return {}
