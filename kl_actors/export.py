@@ -2,9 +2,9 @@
 
 `OUT/interval=1m/symbol=BTCUSDT/year=2026/month=11/data.parquet`, one file per table and calendar
 month (UTC, by open time), Zstd, one row per candle: `open_time`, `close_time` as UTC timestamps
-(ms), prices and volumes as Arrow decimal128 at the scale their strings have in that month (or the
-strings themselves where a column mixes scales, see `core/export_plan.decimal_type`), `trades`
-int64, `source` string. `interval` and `symbol` are only in the path.
+(ms), prices and volumes as Arrow decimal128 at the scale their strings have in that month (the
+larger where they mix; strings only past 38 digits, see `core/export_plan.decimal_type`),
+`trades` int64, `source` string. `interval` and `symbol` are only in the path.
 
 Owns the export folder: the files, `_kl_export_state.json` (one fingerprint per written month,
 `core/export_plan`), `_kl_tmp/` (files being written) and `_kl_export.lock` (one export per
@@ -76,8 +76,8 @@ class _Work:
 
 # -- one month as an Arrow table ------------------------------------------------------------------
 def _decimal_column(values: list[str]) -> tuple[pa.Array, str]:
-    """A decimal128 column when every string shares one scale and fits 38 digits, else the strings
-    (the second value says why: '' for decimals)."""
+    """A decimal128 column at the scale of the strings (the largest where they mix), or the
+    strings themselves past 38 digits; the second value says what was unusual ('' if nothing)."""
     strings = pa.array(values, pa.string())
     dot = pc.find_substring(strings, ".")
     length = pc.binary_length(strings)
@@ -86,20 +86,22 @@ def _decimal_column(values: list[str]) -> tuple[pa.Array, str]:
     integer_digits = pc.max(pc.if_else(has_dot, dot, length)).as_py()
     chosen = plan.decimal_type(scale["min"], scale["max"], integer_digits)
     if chosen is None:
-        return strings, "mixed_scales" if scale["min"] != scale["max"] else "too_many_digits"
+        return strings, "too_many_digits"
     try:
-        # Arrow parses the decimal text itself (never through a float): exact.
-        return strings.cast(pa.decimal128(*chosen)), ""
+        # Arrow parses the decimal text itself (never through a float), and widens a smaller
+        # scale without loss: exact.
+        column = strings.cast(pa.decimal128(*chosen))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return strings, "not_decimal"
+    return column, f"mixed_scales_{scale['min']}_{scale['max']}" if scale["min"] != scale["max"] else ""
 
 
 def arrow_table(rows: list[tuple]) -> tuple[pa.Table, dict[str, str]]:
     """A month's stored rows (`Store.candles`: COLUMNS order, sorted by open time) as the file's
-    table; second value: column -> why it stayed strings."""
+    table; second value: column -> what was unusual (mixed scales, strings kept)."""
     columns = dict(zip(COLUMNS, zip(*rows)))
     arrays: dict[str, pa.Array] = {}
-    as_strings: dict[str, str] = {}
+    unusual: dict[str, str] = {}
     for name in COLUMNS:
         values = list(columns[name])
         if name in ("open_time", "close_time"):
@@ -111,8 +113,8 @@ def arrow_table(rows: list[tuple]) -> tuple[pa.Table, dict[str, str]]:
         else:
             arrays[name], why = _decimal_column(values)
             if why:
-                as_strings[name] = why
-    return pa.table(arrays), as_strings
+                unusual[name] = why
+    return pa.table(arrays), unusual
 
 
 def _fsync(path: str | Path) -> None:
@@ -197,11 +199,17 @@ class Exporter:
 
     # doing ---------------------------------------------------------------------------------------
     def _write(self, item: _Work, rows: list[tuple], digest: str | None, report: Report) -> None:
-        table, as_strings = arrow_table(rows)
-        for column, why in as_strings.items():
-            self.log.warning("export_column_strings", symbol=item.symbol, interval=item.interval,
-                             month=plan.month_key(*item.month), column=column, reason=why,
-                             action="written as the stored strings")
+        table, unusual = arrow_table(rows)
+        for column, why in unusual.items():
+            if why.startswith("mixed_scales"):  # exact at the larger scale: worth a line, not a warning
+                self.log.info("export_scales_mixed", symbol=item.symbol, interval=item.interval,
+                              month=plan.month_key(*item.month), column=column,
+                              scales=why.removeprefix("mixed_scales_").replace("_", ".."),
+                              action="written at the larger scale")
+            else:
+                self.log.warning("export_column_strings", symbol=item.symbol, interval=item.interval,
+                                 month=plan.month_key(*item.month), column=column, reason=why,
+                                 action="written as the stored strings")
         self._tmp_seq += 1
         tmp = self.out / TMP_DIR / f"{os.getpid()}-{self._tmp_seq}.parquet.tmp"
         pq.write_table(table, tmp, compression="zstd")

@@ -78,3 +78,22 @@ def put(db: Path, symbol: str, interval: str, rows: list[tuple], source: str = "
 def files(out: Path) -> dict[str, int]:
     """Partition folder (relative) -> inode of its data file."""
     return {str(p.parent.relative_to(out)): p.stat().st_ino for p in out.rglob("*.parquet")}
+
+
+def fill(db: Path, symbol: str, first_ms: int, count: int) -> None:
+    """`count` 1m candles from `first_ms`, made inside SQLite (a Python loop would take minutes)."""
+    store = Store.open_writer(DatabaseConfig(), str(db))
+    try:
+        table = store.ensure_table(symbol, "1m")
+        with store.transaction():
+            store.conn.execute(
+                f"INSERT INTO {table} (open_time, open, high, low, close, volume, close_time, quote_volume, "
+                "trades, taker_buy_volume, taker_buy_quote_volume, source) "
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) "
+                "SELECT ?2 + i * 60000, printf('%.2f', 20000 + (i % 5000) * 0.01), printf('%.2f', 20010 + (i % 5000) * 0.01), "
+                "printf('%.2f', 19990 + (i % 5000) * 0.01), printf('%.2f', 20001 + (i % 4999) * 0.01), "
+                "printf('%.3f', (i % 997) * 1.001), ?2 + i * 60000 + 59999, printf('%.5f', (i % 997) * 20000.123), "
+                "i % 3001, printf('%.3f', (i % 97) * 1.001), printf('%.5f', (i % 97) * 20000.123), 'rest' FROM n",
+                (count, first_ms))
+    finally:
+        store.close()

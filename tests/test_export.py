@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import os
 import subprocess
+import sys
 import time
 import urllib.parse
 from decimal import Decimal
@@ -19,13 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from harness import ROOT
 from kl_actors.core import export_plan as plan
 from kl_actors.core import intervals
 from kl_actors.locks import PidLock
-from kl_actors.store import Store
-from export_support import DUCK_SOURCE, duck_totals, files, put, row, run_export, sqlite_totals, summary
+from kl_actors.store import COLUMNS, Store
+from export_support import DUCK_SOURCE, duck_totals, fill, files, put, row, run_export, sqlite_totals, summary
 
 MIN = 60_000
+DECIMALS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
+            "taker_buy_quote_volume")
 HOUR = 3_600_000
 JAN_2026 = plan.month_start_ms(2026, 1)
 FEB_2026 = plan.month_start_ms(2026, 2)
@@ -59,13 +63,15 @@ def test_edge_cases_read_back_exactly_by_duckdb_and_pyarrow(paths):
     put(db, "BtcUSDT", "1m", minutes(FEB_2026, 3, close="1.5"))
     put(db, "A+B=CUSDT", "1m", minutes(FEB_2026, 2, close="3.25"))
     put(db, "BTCUSDT", "1M", [row("1M", plan.month_start_ms(2025, m), close=f"9{m}000.50") for m in (10, 11, 12)])
-    # One month whose close column mixes scales: the stored strings are written as they are.
+    # One month whose prices mix scales: written at the larger one. One table whose volumes need
+    # 39 digits (the writer's rules allow 20 + 20): kept as strings.
     put(db, "MIXUSDT", "1m", minutes(JAN_2026, 2, close="100.1") + minutes(JAN_2026 + 2 * MIN, 2, close="100.25")
         + minutes(FEB_2026, 2, close="100.30"))
+    put(db, "HUGEUSDT", "1m", minutes(FEB_2026, 2, volume="12345678901234567890.1234567890123456789"))
     code, err = run_export(db, out)
     assert code == 0, err[-3000:]
 
-    assert duck_totals(out, cast=True) == sqlite_totals(db)
+    assert duck_totals(out) == sqlite_totals(db)
     expected_dirs = {
         "interval=1m/symbol=BTCUSDT/year=2025/month=12", "interval=1m/symbol=BTCUSDT/year=2026/month=1",
         "interval=1m/symbol=BTCUSDT/year=2026/month=2", "interval=1m/symbol=DOGEUSDT/year=2025/month=12",
@@ -74,13 +80,15 @@ def test_edge_cases_read_back_exactly_by_duckdb_and_pyarrow(paths):
         "interval=1m/symbol=A%2BB%3DCUSDT/year=2026/month=2", "interval=1M/symbol=BTCUSDT/year=2025/month=10",
         "interval=1M/symbol=BTCUSDT/year=2025/month=11", "interval=1M/symbol=BTCUSDT/year=2025/month=12",
         "interval=1m/symbol=MIXUSDT/year=2026/month=1", "interval=1m/symbol=MIXUSDT/year=2026/month=2",
+        "interval=1m/symbol=HUGEUSDT/year=2026/month=2",
     }
     assert set(files(out)) == expected_dirs
     assert summary(err)["written"] == str(len(expected_dirs))
-    assert "event=export_column_strings" in err and "symbol=MIXUSDT" in err and "column=close reason=mixed_scales" in err
+    assert "event=export_scales_mixed symbol=MIXUSDT interval=1m month=2026-01 column=close scales=1..2" in err
+    assert "event=export_column_strings symbol=HUGEUSDT interval=1m month=2026-02 column=volume reason=too_many_digits" in err
 
     # Every value of every file against the stored row: decimals at the stored scale (their text
-    # comes back unchanged), strings where the scales mix, UTC millisecond timestamps.
+    # comes back unchanged; where scales mix, the value), strings past 38 digits, UTC ms timestamps.
     for folder in expected_dirs:
         keys = dict(part.split("=", 1) for part in folder.split("/"))
         symbol = urllib.parse.unquote(keys["symbol"])
@@ -89,19 +97,21 @@ def test_edge_cases_read_back_exactly_by_duckdb_and_pyarrow(paths):
         assert table.schema.field("open_time").type == pa.timestamp("ms", tz="UTC")
         assert table.schema.field("trades").type == pa.int64()
         mixed = symbol == "MIXUSDT" and month == (2026, 1)
-        for price in ("open", "high", "low", "close"):  # `row` gives all four the close's text
-            assert pa.types.is_string(table.schema.field(price).type) == mixed
-            assert pa.types.is_decimal(table.schema.field(price).type) != mixed
-        assert pa.types.is_decimal(table.schema.field("quote_volume").type)
+        huge = symbol == "HUGEUSDT"
+        for name in DECIMALS:
+            assert pa.types.is_string(table.schema.field(name).type) == (huge and "volume" in name and "quote" not in name)
+        if mixed:
+            assert table.schema.field("close").type == pa.decimal128(18, 2)
         got = table.to_pylist()
         stored = stored_month(db, symbol, keys["interval"], month)
         assert len(got) == len(stored)
         for mine, theirs in zip(got, stored):
             assert int(mine["open_time"].timestamp() * 1000) == theirs[0]
             assert int(mine["close_time"].timestamp() * 1000) == theirs[6]
-            assert [str(mine[c]) for c in ("open", "high", "low", "close", "volume", "quote_volume",
-                                           "taker_buy_volume", "taker_buy_quote_volume")] == \
-                   [theirs[i] for i in (1, 2, 3, 4, 5, 7, 9, 10)]
+            values = [theirs[COLUMNS.index(name)] for name in DECIMALS]
+            assert [Decimal(str(mine[name])) for name in DECIMALS] == [Decimal(v) for v in values]
+            if not mixed:
+                assert [str(mine[name]) for name in DECIMALS] == values
             assert (mine["trades"], mine["source"]) == (theirs[8], theirs[11])
     doge = pq.read_table(out / "interval=1m/symbol=DOGEUSDT/year=2026/month=1" / plan.DATA_FILE)
     assert doge.schema.field("close").type == pa.decimal128(18, 6)
@@ -110,12 +120,12 @@ def test_edge_cases_read_back_exactly_by_duckdb_and_pyarrow(paths):
         first_feb = con.sql(f"SELECT min(open_time) FROM {DUCK_SOURCE.format(out=out)} WHERE symbol = 'BTCUSDT' "
                             "AND interval = '1m' AND year = 2026 AND month = 2").fetchall()[0][0]
         assert first_feb == dt.datetime(2026, 1, 31, 23, 58, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=2)
-        # Exact without a cast where no month mixes scales: DOGE's six decimals survive next to
-        # BTCUSDT's two (over every file, MIXUSDT's strings make `close` a string column).
-        no_mix = DUCK_SOURCE.format(out=out).replace("/**/*.parquet", "/interval=1m/symbol=[BD]*/**/*.parquet")
-        sums = dict(con.sql(f"SELECT symbol, sum(close) FROM {no_mix} GROUP BY symbol").fetchall())
+        # DOGE's six decimals survive next to BTCUSDT's two, and the mixed month's values.
+        sums = dict(con.sql(f"SELECT symbol, sum(close) FROM {DUCK_SOURCE.format(out=out)} "
+                            "WHERE interval = '1m' GROUP BY symbol").fetchall())
     assert sums["DOGEUSDT"] == Decimal("0.123456") * 6
     assert sums["BTCUSDT"] == Decimal("87000.10") * 6 + Decimal("87010.25") * 4
+    assert sums["MIXUSDT"] == Decimal("100.1") * 2 + Decimal("100.25") * 2 + Decimal("100.30") * 2
 
 
 def test_second_export_rewrites_only_the_months_that_changed(paths):
@@ -285,3 +295,74 @@ def test_since_and_filters_limit_the_months(paths):
     assert code == 0 and summary(err)["written"] == "3"
     assert all(files(out)[k] == v for k, v in before.items())
     assert duck_totals(out) == sqlite_totals(db)
+
+
+def _counts(db: Path) -> dict[tuple[str, str], int]:
+    store = Store.open_readonly(path=str(db))
+    try:
+        return {(c.symbol, c.interval): c.rows for c in store.coverage()}
+    finally:
+        store.close()
+
+
+@pytest.mark.slow(200)
+def test_ten_million_rows_killed_export_resumes_and_a_later_run_reads_only_the_changed_month(tmp_path):
+    """Five tables of 2M candles (~3.8 years each). A run killed with SIGKILL leaves only whole
+    files and a state that names them; the next run goes on from there; after new candles in one
+    table's newest month, a run reads exactly that month's rows, whatever the database holds."""
+    db, out = tmp_path / "big.sqlite", tmp_path / "out"
+    start = plan.month_start_ms(2019, 1)
+    per_table = 2_000_000
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "币安人生USDT")
+    for symbol in symbols:
+        fill(db, symbol, start, per_table)
+    months_per_table = len(plan.months_between(start, start + (per_table - 1) * MIN))
+    total_months = len(symbols) * months_per_table
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "supervisor.py"), "export", "--db", str(db), "--out", str(out)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        progress = 0
+        for line in proc.stderr:  # the third progress line comes after the first state save (5 s)
+            progress += "event=progress" in line
+            if progress == 3:
+                break
+        assert proc.poll() is None, "the export ended before it could be killed"
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    state = plan.decode_state((out / plan.STATE_FILE).read_bytes())
+    recorded = sum(len(m) for m in state.tables.values())
+    assert 0 < recorded < total_months
+    for key, months in state.tables.items():
+        symbol, interval = key.split(" ")
+        for month, stamp in months.items():
+            path = out / plan.partition_dir(interval, symbol, *plan.parse_month_key(month)) / plan.DATA_FILE
+            assert path.stat().st_size == stamp.file_bytes
+    for path in out.rglob("*.parquet"):  # every visible file is whole
+        assert pq.read_metadata(path).num_rows > 0
+
+    code, err = run_export(db, out)
+    assert code == 0, err[-3000:]
+    s = summary(err)
+    assert int(s["kept"]) == recorded and int(s["written"]) == total_months - recorded
+    assert not list((out / "_kl_tmp").glob("*.tmp"))
+    duck = duck_totals(out)
+    assert {k: v[0] for k, v in duck.items()} == _counts(db)
+
+    # New candles at the end of one table and one candle of its newest month changed in place.
+    last_open = start + (per_table - 1) * MIN
+    put(db, "SOLUSDT", "1m", [row("1m", last_open + i * MIN, close="20100.00") for i in range(1, 4)])
+    put(db, "SOLUSDT", "1m", [row("1m", last_open - 10 * MIN, close="1.00")])
+    newest = plan.month_of(last_open)
+    before = files(out)
+    code, err = run_export(db, out)
+    assert code == 0, err[-3000:]
+    s = summary(err)
+    month_rows = len(stored_month(db, "SOLUSDT", "1m", newest))
+    assert (s["written"], s["kept"], s["rows_read"]) == ("1", str(total_months - 1), str(month_rows))
+    assert {k for k, v in files(out).items() if before[k] != v} == {plan.partition_dir("1m", "SOLUSDT", *newest)}
+    sol = {("SOLUSDT", "1m"): sqlite_totals(db)[("SOLUSDT", "1m")]}
+    assert {k: v for k, v in duck_totals(out).items() if k == ("SOLUSDT", "1m")} == sol

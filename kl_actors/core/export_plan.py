@@ -136,12 +136,12 @@ def case_collisions(names: Iterable[str]) -> list[tuple[str, str]]:
 
 # -- decimal columns ----------------------------------------------------------------------------
 def decimal_type(min_scale: int, max_scale: int, max_integer_digits: int) -> tuple[int, int] | None:
-    """(precision, scale) of the Arrow decimal128 that holds every value of a column exactly, or
-    None when the column must stay strings: its values do not share one scale (the exchange writes
-    a fixed number of decimals per symbol; a mix means something changed, and the strings keep
-    what was stored), or they need more than 38 digits."""
-    if min_scale != max_scale:
-        return None
+    """(precision, scale) of the Arrow decimal128 that holds every value of a column exactly: the
+    scale of its strings (the exchange writes a fixed number of decimals per symbol). Where they
+    mix scales (a tick-size change within the month, `100.1` next to `100.25`), the larger one:
+    every value stays exact and the column stays a number (a string column would make DuckDB's
+    `max` over many files compare text); only the shorter strings' missing zeros are not kept.
+    None (strings) when the values need more than 38 digits."""
     digits = max(max_integer_digits, 1) + max_scale
     if digits <= SMALL_PRECISION:
         return SMALL_PRECISION, max_scale

@@ -69,7 +69,8 @@ def test_decimal_type_from_scales():
     assert plan.decimal_type(8, 8, 11) == (38, 8)          # 19 digits
     assert plan.decimal_type(20, 20, 18) == (38, 20)
     assert plan.decimal_type(20, 20, 19) is None           # 39 digits: strings
-    assert plan.decimal_type(1, 2, 3) is None              # mixed scales: strings
+    assert plan.decimal_type(1, 2, 3) == (18, 2)           # mixed scales: the larger, exact
+    assert plan.decimal_type(0, 20, 19) is None
 
 
 def stamp(**changes) -> MonthStamp:
