@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import apsw
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -194,7 +195,8 @@ class Exporter:
                 rows, first_open, last_open = self.store.range_stats(symbol, interval, lo, hi)
                 action, reason = plan.decide(stamp, rows, first_open, last_open,
                                              self._file_ok(symbol, interval, month, stamp), full)
-                work.append(_Work(symbol, interval, month, action, reason, rows))
+                if reason != "empty":  # a month inside the table's span without candles: no file
+                    work.append(_Work(symbol, interval, month, action, reason, rows))
         return work
 
     # doing ---------------------------------------------------------------------------------------
@@ -281,7 +283,8 @@ class Exporter:
         try:
             for index, item in enumerate(todo):
                 self._do(item, report)
-                if index + 1 == len(todo) or (todo[index + 1].symbol, todo[index + 1].interval) != (item.symbol, item.interval):
+                following = todo[index + 1] if index + 1 < len(todo) else None
+                if following is None or (following.symbol, following.interval) != (item.symbol, item.interval):
                     done_tables.add((item.symbol, item.interval))
                 now = self.monotonic()
                 if now >= next_save:
@@ -393,7 +396,7 @@ def export_main(argv: list[str]) -> int:
                 return 2
         Exporter(store, out, log, database=db_path).run(tables, since_ms, args.full)
         return 0
-    except OSError as exc:
+    except (OSError, apsw.Error) as exc:  # a full disk, an unreadable page of the database
         log.error("export_failed", out=str(out), error=f"{type(exc).__name__}: {exc}"[:300],
                   action="stopped; months renamed so far are recorded, the next run goes on")
         return 1
