@@ -280,6 +280,23 @@ def test_bad_input_is_one_line_and_a_clear_exit(paths, tmp_path):
     assert code == 2 and "already running" in err
 
 
+def test_a_stored_value_that_is_no_decimal_is_one_line_and_kept_as_text(paths):
+    db, out = paths
+    put(db, "BTCUSDT", "1m", minutes(JAN_2026, 4) + minutes(FEB_2026, 2))
+    conn = apsw.Connection(str(db))  # past the writer's checks: a hand edit
+    conn.execute("UPDATE k_btc_1m SET close = 'n/a' WHERE open_time = ?", (JAN_2026 + MIN,))
+    conn.close()
+    code, err = run_export(db, out)
+    assert code == 0, err[-3000:]
+    assert ("event=export_column_strings symbol=BTCUSDT interval=1m month=2026-01 column=close "
+            "reason=not_decimal") in err
+    january = pq.read_table(out / plan.partition_dir("1m", "BTCUSDT", 2026, 1) / plan.DATA_FILE)
+    assert january.column("close").to_pylist() == ["100.10", "n/a", "100.10", "100.10"]
+    assert pa.types.is_decimal(january.schema.field("open").type)
+    february = pq.read_table(out / plan.partition_dir("1m", "BTCUSDT", 2026, 2) / plan.DATA_FILE)
+    assert february.schema.field("close").type == pa.decimal128(18, 2)
+
+
 def test_since_and_filters_limit_the_months(paths):
     db, out = paths
     put(db, "BTCUSDT", "1m", minutes(JAN_2026 - 3 * MIN, 6) + minutes(FEB_2026, 2))
