@@ -136,12 +136,12 @@ _PERMANENT_OPEN_ERRORS = (apsw.ReadOnlyError, apsw.CantOpenError, apsw.Permissio
 
 
 def _connect(path: str, config: DatabaseConfig, readonly: bool,
-             busy_timeout_ms: int | None = None) -> apsw.Connection:
+             busy_timeout_ms: int | None = None, immutable: bool = False) -> apsw.Connection:
     if readonly:
         if not os.path.exists(path):
             raise StoreError(f"database {path!r} does not exist (nothing stored yet?)")
         flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-        uri = f"file:{os.path.abspath(path)}?mode=ro"
+        uri = f"file:{os.path.abspath(path)}?mode=ro" + ("&immutable=1" if immutable else "")
     else:
         parent = os.path.dirname(os.path.abspath(path))
         try:
@@ -225,7 +225,18 @@ class Store:
     @classmethod
     def open_readonly(cls, config: DatabaseConfig | None = None, path: str | None = None) -> Store:
         config = config or DatabaseConfig()
-        return cls(_connect(path or config.path, config, readonly=True), readonly=True)
+        path = path or config.path
+        try:
+            return cls(_connect(path, config, readonly=True), readonly=True)
+        except StoreError as exc:
+            # A WAL file needs its `-shm` beside it, which a read-only folder cannot hold. With no
+            # `-wal` there and the folder read-only, no writer has the file open or can open it:
+            # it cannot change, and SQLite may read it as immutable (a copy on read-only media).
+            directory = os.path.dirname(os.path.abspath(path))
+            if (not isinstance(exc.__cause__, apsw.CantOpenError) or os.path.exists(path + "-wal")
+                    or os.access(directory, os.W_OK)):
+                raise
+            return cls(_connect(path, config, readonly=True, immutable=True), readonly=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -522,3 +533,15 @@ class Store:
 
     def schema_version(self) -> int | None:
         return self._scalar("SELECT max(version) FROM meta_schema")
+
+    # -- reading for the Parquet export (export.py) ---------------------------------------------
+    def range_stats(self, symbol: str, interval: str, first_ms: int,
+                    last_ms: int) -> tuple[int, int | None, int | None]:
+        """(rows, first open time, last open time) in [first_ms, last_ms]: one primary-key range
+        walk, no row decoded."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return 0, None, None
+        return next(self._cursor.execute(
+            f"SELECT count(*), min(open_time), max(open_time) FROM {table} WHERE open_time BETWEEN ? AND ?",
+            (first_ms, last_ms)))

@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         return keygen_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from .export import export_main  # pyarrow only for the export
+
+        return export_main(argv[1:])
     args = cli.parser().parse_args(argv)
     try:
         config = cfg.resolve_endpoints(cli.effective_config(args))
