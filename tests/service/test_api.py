@@ -19,8 +19,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import ccxt
 import pytest
 import requests
+from binance import um_futures
 
 from harness import RunningService, backfill_config, free_port, server_ms, wait_for
 from kl_actors import exchange
@@ -28,9 +30,6 @@ from kl_actors.config import EgressConfig, ExchangeConfig
 from kl_actors.core import intervals
 from kl_actors.sim.process import SimProcess
 from kl_actors.store import Store
-
-ccxt = pytest.importorskip("ccxt")
-um_futures = pytest.importorskip("binance.um_futures")
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "1000PEPEUSDT")
 DEPTH = {"1m": 30000, "1h": 3200}
@@ -277,6 +276,8 @@ BAD = [
     ("/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m", "startTime": "yesterday"}),
     ("/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m", "startTime": "20", "endTime": "10"}),
     ("/fapi/v1/klines", {"symbol": "NOPEUSDT", "interval": "1m"}),
+    ("/fapi/v1/klines", {"symbol": "BTC/USDT", "interval": "1m"}),
+    ("/fapi/v1/klines", {"symbol": "BTCUSDT", "interval": "1m", "limit": "1500", "startTime": "1", "endTime": "0"}),
     ("/fapi/v1/nothing", {}),
 ]
 
