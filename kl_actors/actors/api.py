@@ -10,6 +10,8 @@ Sockets:
   on its own event loop in one thread of this process (`api_http.ApiServer`), while this loop
   (heartbeat, feed, clock) goes on.
 State: the open candles, the clock; the HTTP thread keeps its own read-only connection.
+Log: `api_listening`, `api_summary` once a minute while clients are served (requests, 429s,
+read errors), `api_read_failed`, `api_listen_failed`, `malformed_feed_message`.
 Loop: read the feed and the clock; check that the HTTP thread is alive and turning (a stuck or
 dead one ends the process with status 1: the supervisor restarts it).
 
@@ -34,6 +36,7 @@ from .base import Actor
 # The HTTP loop turns at least every 0.5 s; this long without a turn means it is stuck.
 STUCK_S = 10.0
 FEED_BATCH = 2000  # messages read per loop turn, so the heartbeat never waits on a busy feed
+SUMMARY_S = 60.0
 
 
 class ApiActor(Actor):
@@ -49,6 +52,8 @@ class ApiActor(Actor):
         self.feed_malformed = 0
         self.server = ApiServer(self.config, self.clock, self.live, self.log)
         self.server.start()
+        self.next_summary = time.monotonic() + SUMMARY_S
+        self.summarized = (0, 0, 0)
 
     def tick(self, now: float) -> None:
         if not self.server.is_alive():
@@ -60,6 +65,19 @@ class ApiActor(Actor):
                            action="exiting for a restart")
             self.exit_code = 1
             self.stop()
+        if now >= self.next_summary:
+            self.next_summary = now + SUMMARY_S
+            self._summary()
+
+    def _summary(self) -> None:
+        """One line a minute while clients are served: what the API did since the last one."""
+        s = self.server
+        totals = (s.requests, s.refused, s.errors)
+        if totals[0] != self.summarized[0]:
+            requests, refused, errors = (a - b for a, b in zip(totals, self.summarized))
+            self.log.info("api_summary", requests=requests, refused_429=refused, read_errors=errors,
+                          live_streams=len(self.live.latest), requests_total=s.requests)
+        self.summarized = totals
 
     def teardown(self) -> None:
         self.server.stop()

@@ -60,6 +60,7 @@ class ApiServer:
         self._symbols_checked = 0.0
         self._info_tail = b""
         self.requests = 0
+        self.refused = 0  # 429: over the client's weight limit
         self.errors = 0
         self.alive_at = time.monotonic()
         self.serving = False
@@ -133,6 +134,7 @@ class ApiServer:
         headers = {WEIGHT_HEADER: str(used)}
         try:
             if not allowed:
+                self.refused += 1
                 headers["Retry-After"] = str(retry_s)
                 raise too_many(client, self.weights.limit)
             if request.method != "GET" or path not in PATHS:
