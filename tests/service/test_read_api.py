@@ -343,3 +343,20 @@ def test_a_killed_api_actor_is_restarted_and_answers_again(served):
     rows = served.get("/fapi/v1/klines", symbol="ETHUSDT", interval="1h", startTime=last - 20 * H,
                       endTime=last).json()
     assert rows == closed_truth(served, "ETHUSDT", "1h", last - 20 * H, last)
+
+
+def test_the_readme_freqtrade_settings_reach_only_the_api(served):
+    """freqtrade passes `ccxt_config` to ccxt's `binance`: with the README's settings its markets
+    and candles come from the API, and nothing else is asked (every other URL points at nothing)."""
+    settings = {"urls": {"api": {"fapiPublic": served.base + "/fapi/v1"}},
+                "options": {"fetchMarkets": {"types": ["linear"]}, "defaultType": "swap"}}
+    client = ccxt.binance(settings)
+    for key in client.urls["api"]:
+        if key != "fapiPublic":
+            client.urls["api"][key] = DEAD_URL
+    markets = client.load_markets()
+    assert {m["id"] for m in markets.values()} >= set(SYMBOLS)
+    last = intervals.last_closed_open("1h", server_ms(served.sim))
+    candles = client.fetch_ohlcv("ETH/USDT:USDT", "1h", since=last - 99 * H, limit=100)
+    truth = closed_truth(served, "ETHUSDT", "1h", last - 99 * H, last)
+    assert [c[0] for c in candles] == [t[0] for t in truth] and candles[-1][4] == float(truth[-1][4])
