@@ -280,9 +280,19 @@ class SymbolRow(NamedTuple):
 
 
 def symbol_entry(row: SymbolRow, quote_asset: str = "USDT") -> msgspec.Raw:
-    """The symbol's exchangeInfo entry: the exchange's own as last seen, else the fields we know."""
+    """The symbol's exchangeInfo entry: the exchange's own as last seen, else the fields we know.
+    The status is always the latest recorded one (an entry kept from an earlier discovery, when a
+    later one was too large to keep, may show an older status)."""
     if row.info_json:
-        return msgspec.Raw(row.info_json.encode())
+        if f'"status":"{row.status}"' in row.info_json:
+            return msgspec.Raw(row.info_json.encode())
+        try:
+            entry = msgspec.json.decode(row.info_json)
+        except msgspec.DecodeError:
+            entry = None
+        if isinstance(entry, dict):
+            entry["status"] = row.status
+            return msgspec.Raw(_encode(entry))
     base = row.symbol[:-len(quote_asset)] if row.symbol.endswith(quote_asset) else row.symbol
     return msgspec.Raw(_encode({
         "symbol": row.symbol, "pair": row.symbol, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,

@@ -226,6 +226,15 @@ def test_exchange_info_serves_the_entry_as_last_seen_and_a_fallback_for_old_file
         == ("ETHUSDT", "SETTLING", "PERPETUAL", "USDT", "USDT", "ETH")
 
 
+def test_an_entry_kept_from_an_earlier_discovery_shows_the_latest_status():
+    kept = '{"symbol":"BTCUSDT","status":"TRADING","pricePrecision":2}'
+    assert msgspec.json.decode(r.symbol_entry(r.SymbolRow("BTCUSDT", "SETTLING", 1, kept))) == {
+        "symbol": "BTCUSDT", "status": "SETTLING", "pricePrecision": 2}
+    assert bytes(r.symbol_entry(r.SymbolRow("BTCUSDT", "TRADING", 1, kept))) == kept.encode()  # as kept
+    fallback = msgspec.json.decode(r.symbol_entry(r.SymbolRow("BTCUSDT", "TRADING", 1, "not json")))
+    assert fallback["symbol"] == "BTCUSDT" and fallback["contractType"] == "PERPETUAL"
+
+
 def test_discovery_keeps_each_entry_as_sent_and_bounded(fixtures_dir):
     info = json.loads((fixtures_dir / "fapi_exchangeInfo.json").read_text())
     big = dict(info["symbols"][0], symbol="BIGUSDT", pair="BIGUSDT", orderTypes=["X" * 100] * 200)
