@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--egress", metavar="NAME",
                    help="with --connect: the [[egress]] group this host's downloaders belong to (its own budget)")
     p.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `supervisor.py keygen DIR`)")
+    p.add_argument("--api", metavar="ADDR",
+                   help="serve the exchange-compatible read API on ADDR, e.g. 127.0.0.1:8090 ([api] listen)")
     p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
     p.add_argument("--sim-symbols", metavar="N", type=int, default=20, help="trading symbols of the simulator (with --sim)")
     mode = p.add_mutually_exclusive_group()
@@ -100,10 +102,13 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
     display = config.display
     if getattr(args, "progress", None):
         display = replace(display, progress=args.progress)
+    api = config.api
+    if getattr(args, "api", None):
+        api = replace(api, listen=args.api)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,
-        endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, mode=mode,
+        endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, api=api, mode=mode,
         display=display,
     )
     return cfg.check(config, f"{path} + command line")

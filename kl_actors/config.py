@@ -286,6 +286,29 @@ def archive_url(config: "Config") -> str:
     return ""
 
 
+class ApiConfig(_Section):
+    """The exchange-compatible read API (actors/api.py): clients change only their base URL."""
+
+    # "host:port" to serve on, e.g. "127.0.0.1:8090"; empty: no API actor.
+    listen: str = ""
+    # A non-loopback `listen` is refused unless this is true.
+    allow_public_api: bool = False
+    # Request weight per client address and minute (the exchange's weights); 0: unlimited.
+    client_weight_limit: int = 2400
+
+
+def api_address(config: "Config") -> tuple[str, int]:
+    """(host, port) of `api.listen` ("[::1]:8090" for IPv6); raises ConfigError if malformed."""
+    text = config.api.listen
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"key api.listen: {text[:60]!r} must be host:port with a port 1..65535")
+    if host != "localhost" and not _is_address(host):
+        raise ConfigError(f"key api.listen: {host[:60]!r} must be an IP address (or localhost)")
+    return host, int(port)
+
+
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -312,6 +335,7 @@ class Config(_Section):
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     display: DisplayConfig = msgspec.field(default_factory=DisplayConfig)
     # Empty: one group, this host's default route, with `downloader.processes` downloaders.
@@ -539,7 +563,22 @@ def check(config: Config, source: str) -> Config:
         fail("archive.horizon_days", f"must be 1..366 (the archive lacks at least the newest day), got {ar.horizon_days}")
     if not 1 <= ar.concurrency <= 64:
         fail("archive.concurrency", f"must be 1..64, got {ar.concurrency}")
+    _check_api(config, fail)
     return config
+
+
+def _check_api(config: Config, fail) -> None:
+    api = config.api
+    if api.client_weight_limit < 0:
+        fail("api.client_weight_limit", f"must be 0 (unlimited) or positive, got {api.client_weight_limit}")
+    if not api.listen:
+        return
+    try:
+        host, _ = api_address(config)
+    except ConfigError as exc:
+        fail("api.listen", str(exc).split(": ", 2)[-1])
+    if not api.allow_public_api and host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        fail("api.listen", f"{api.listen!r} is not loopback; set api.allow_public_api = true to expose it")
 
 
 _EGRESS_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,32}")

@@ -15,9 +15,11 @@ unchanged.
 Meta tables are prefixed `meta_` so they never parse as kline tables:
 - `meta_schema(version)`: the schema version (2: `source` may be 'archive'; a version-1 file is
   upgraded in place at open by widening each kline table's CHECK, which no stored row can fail);
-- `meta_symbols`: symbols with their exchange status, listing time, when we saw them and
+- `meta_symbols`: symbols with their exchange status, listing time, when we saw them,
   `table_base`, the part of their table names between `k_` and `_<interval>` (so a user can map
-  `k_x_e5b881...` back to `币安人生USDT` in SQL; added to older files by a guarded ALTER);
+  `k_x_e5b881...` back to `币安人生USDT` in SQL), and `info_json`, the exchange's own
+  exchangeInfo entry as last seen (at most `discovery.MAX_ENTRY_BYTES`; the read API serves it);
+  both columns are added to older files by a guarded ALTER;
 - `meta_holes`: ranges the exchange confirmed it has no candles for (maintenance), so the hole
   finder does not report them forever.
 
@@ -75,7 +77,8 @@ CREATE TABLE IF NOT EXISTS meta_symbols (
     onboard_ms INTEGER,
     first_seen_ms INTEGER,
     last_seen_ms INTEGER,
-    table_base TEXT
+    table_base TEXT,
+    info_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta_holes (
     symbol TEXT,
@@ -251,6 +254,8 @@ class Store:
             columns = {row[1] for row in self._cursor.execute("PRAGMA table_info(meta_symbols)")}
             if "table_base" not in columns:  # a file made before the column existed
                 self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN table_base TEXT")
+            if "info_json" not in columns:  # made before the read API kept the exchange's entry
+                self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN info_json TEXT")
         self._known_tables = set(self._table_names())
 
     def _widen_source_check(self) -> None:
@@ -373,13 +378,14 @@ class Store:
 
     def record_symbols(self, symbols: Iterable[SymbolInfo], seen_at_ms: int) -> None:
         """Record symbols; one that cannot name a table (discovery reports those) is left out."""
-        rows = [(s.symbol, s.status, s.onboard_ms, seen_at_ms, table_base(s.symbol))
+        rows = [(s.symbol, s.status, s.onboard_ms, seen_at_ms, table_base(s.symbol), s.info_json)
                 for s in symbols if is_valid_symbol(s.symbol)]
+        # An entry not sent (too large, or an older sender) keeps the one last seen.
         self._cursor.executemany(
-            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms, table_base) "
-            "VALUES (?1, ?2, ?3, ?4, ?4, ?5) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
+            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms, table_base, info_json) "
+            "VALUES (?1, ?2, ?3, ?4, ?4, ?5, nullif(?6, '')) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
             "onboard_ms=excluded.onboard_ms, last_seen_ms=max(last_seen_ms, excluded.last_seen_ms), "
-            "table_base=excluded.table_base", rows)
+            "table_base=excluded.table_base, info_json=coalesce(excluded.info_json, info_json)", rows)
 
     def record_hole(self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int) -> None:
         """Record a confirmed exchange hole [start_ms, end_ms] (open times, both inclusive)."""

@@ -50,6 +50,8 @@ def actor_names(config: cfg.Config) -> list[str]:
     names += [f"downloader-{i}" for i in range(1, cfg.downloader_count(config) + 1)]
     if config.mode != "once":
         names.append("websocket")
+        if config.api.listen:  # the read API: a service that exits when done has nothing to serve
+            names.append("api")
     return names
 
 

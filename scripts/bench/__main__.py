@@ -15,6 +15,8 @@ heartbeat timeout 2 s: wall time, restarts, slowest scheduler tick, planning cos
 (universe_backfill.py).
 `export`: Parquet export of a generated database: first run rows/s and bytes per candle, a run
 with nothing changed, a run after one month changed (export.py).
+`api`: pages of 1500 1m candles from a warm database through the read API, 1 and 16 concurrent
+clients: requests/s, p50, p99; and the page's SQL + JSON cost without HTTP (api.py).
 """
 
 from __future__ import annotations
@@ -82,6 +84,13 @@ def bench_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_api(a: argparse.Namespace) -> int:
+    from . import api
+
+    api.run(seconds=a.seconds, depth=a.depth)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--tables", type=int, default=5)
     p_export.add_argument("--rows", type=int, default=2_000_000, help="1m candles per table")
     p_export.set_defaults(func=bench_export)
+    p_api = sub.add_parser("api", help="read API: pages of 1500 1m candles, 1 and 16 clients: requests/s, p99")
+    p_api.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
+    p_api.add_argument("--depth", type=int, default=100_000, help="1m candles stored per symbol (3 symbols)")
+    p_api.set_defaults(func=bench_api)
     a = parser.parse_args(argv)
     return a.func(a)
 
