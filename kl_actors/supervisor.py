@@ -116,6 +116,7 @@ class Supervisor:
         self.status_file = self.runtime_dir / "status.json"
         self._stopping = False
         self.exit_code = 0
+        self.started_at_ms = time.time_ns() // 1_000_000  # status.json: the `status` command's uptime
 
     # -- runtime directory ---------------------------------------------------------------------
     def prepare_runtime_dir(self) -> None:
@@ -200,7 +201,9 @@ class Supervisor:
             for name, w in self.watched.items()
         }
         tmp = self.status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status}))
+        tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status,
+                                   "started_at_ms": self.started_at_ms,
+                                   "written_at_ms": time.time_ns() // 1_000_000}))
         os.replace(tmp, self.status_file)
 
     def stop_all(self) -> None:
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         return keygen_main(argv[1:])
+    if argv[:1] == ["status"]:
+        from . import status  # the operator's view (status.py); reads, never starts anything
+        return status.main(argv[1:])
     args = cli.parser().parse_args(argv)
     try:
         config = cfg.resolve_endpoints(cli.effective_config(args))
