@@ -90,6 +90,7 @@ class Summaries:
         self._summarized_in_txn: set[str] = set()
         self._summing: _Summing | None = None
         self._summing_touched = False           # the running sum took a delta in this transaction
+        self.summaries_pending = True           # until summarize_step finds no table left
 
     def _summary_schema(self) -> None:
         """Inside the writer's schema transaction: the table, and which tables have a row."""
@@ -189,6 +190,7 @@ class Summaries:
                 left = self.unsummarized()
                 if not left:
                     self._summing = None
+                    self.summaries_pending = False
                     return finished
                 symbol, interval = parse_table_name(left[0])
                 s = self._summing = _Summing(left[0], symbol, interval)
