@@ -179,11 +179,11 @@ class Summaries:
         """Kline tables of this file without a summary row (made before summaries existed)."""
         return sorted(t for t in self._known_tables if t not in self._summarized and parse_table_name(t))
 
-    def summarize_step(self, deadline: float, clock) -> str | None:
+    def summarize_step(self, deadline: float, clock) -> list[str]:
         """Sum unsummarised tables, chunk by chunk, until `clock() >= deadline` or none is left;
-        outside any transaction (reads), the finished sum written in its own. Returns the name of
-        a table finished in this call, if any (for the log)."""
-        finished = None
+        outside any transaction (reads), each finished sum written in its own. Returns the
+        tables finished in this call (for the log)."""
+        finished = []
         while clock() < deadline:
             s = self._summing
             if s is None or s.table in self._summarized:
@@ -202,7 +202,7 @@ class Summaries:
                     self._summarized.add(s.table)
                     self._summarized_in_txn.add(s.table)
                 self._summing = None
-                finished = s.table
+                finished.append(s.table)
         return finished
 
     def _sum_chunk(self, s: _Summing) -> bool:

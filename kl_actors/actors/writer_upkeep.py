@@ -65,9 +65,9 @@ class Upkeep:
         except apsw.Error as exc:
             self.log.warning("summarize_failed", error=describe(exc), action="trying again next tick")
             return
-        if finished:
+        for table in finished:
             self.summarized_tables += 1
-            self.log.debug("table_summarized", table=finished)
+            self.log.debug("table_summarized", table=table)
         if not self.store.summaries_pending and self.summarized_tables:
             self.log.info("summaries_done", tables=self.summarized_tables)
             self.summarized_tables = 0
