@@ -331,7 +331,8 @@ class Store(Summaries):
             self._summary_new_table(table, symbol, interval)
         return table
 
-    def _statement(self, symbol: str, interval: str, source: str) -> str:
+    def _statement(self, symbol: str, interval: str, source: str) -> tuple[str, str]:
+        """(table, its upsert for `source`)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         table = self.ensure_table(symbol, interval)
@@ -339,12 +340,11 @@ class Store(Summaries):
         sql = self._sql.get(key)
         if sql is None:
             sql = self._sql[key] = _upsert_sql(table, source)
-        return sql
+        return table, sql
 
     def upsert_rows(self, symbol: str, interval: str, source: str, rows: Sequence[tuple]) -> int:
         """Upsert parameter tuples (see `candle_rows`); returns the number of rows written."""
-        sql = self._statement(symbol, interval, source)
-        table = table_name(symbol, interval)
+        table, sql = self._statement(symbol, interval, source)
         summary = self._summary_before(table, interval, rows)
         before = self.conn.total_changes()
         self._cursor.executemany(sql, rows)
@@ -368,10 +368,10 @@ class Store(Summaries):
     def upsert_rows_stored(self, symbol: str, interval: str, source: str,
                            rows: Sequence[tuple]) -> set[int]:
         """`upsert_rows` returning the open times actually written (via RETURNING)."""
-        sql = self._statement(symbol, interval, source) + " RETURNING open_time"
+        table, sql = self._statement(symbol, interval, source)
+        sql += " RETURNING open_time"
         if not rows:
             return set()
-        table = table_name(symbol, interval)
         summary = self._summary_before(table, interval, rows)
         stored = {row[0] for row in self._cursor.executemany(sql, rows)}
         self._summary_after(table, symbol, interval, source, summary)

@@ -5,9 +5,11 @@ Why: `count(*)` over years of 1m for hundreds of symbols reads hundreds of milli
 status command must answer from a few meta rows instead. So each upsert of a batch counts the
 rows (and WebSocket rows) of the table inside the batch's open-time range before and after it and
 adds the difference: a primary-key range walk, O(batch) (a sparse batch, far wider than its
-candles, looks its open times up one by one instead). When nothing was stored in that range
-before (a tail, a new table, a bootstrap) the after-count is the batch's distinct open times and
-no second walk is made. First and last are min/max: after an upsert every open time of the batch
+candles, looks its open times up one by one instead). The after-count needs no second walk when
+nothing was stored in that range before (a tail, a new table, a bootstrap: the batch's distinct
+open times) or when the batch fills its range on an epoch-grid interval (a page, a boundary
+fetch: the precedence rules say what each row became). A change of nothing (a REST re-check of
+a REST copy) writes nothing. First and last are min/max: after an upsert every open time of the batch
 is stored (written, or kept because a better copy was there).
 
 A table made by this connection gets its row (zeros) when it is made. A table with no row (a file
@@ -46,15 +48,14 @@ CREATE TABLE IF NOT EXISTS meta_tables (
     first_ms INTEGER,
     last_ms INTEGER,
     PRIMARY KEY (symbol, interval)
-);
+) WITHOUT ROWID;
 """
 
-_ADD_SQL = (
-    "INSERT INTO meta_tables (symbol, interval, rows, ws_rows, first_ms, last_ms) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(symbol, interval) DO UPDATE SET "
-    "rows = rows + excluded.rows, ws_rows = ws_rows + excluded.ws_rows, "
-    "first_ms = CASE WHEN first_ms IS NULL OR excluded.first_ms < first_ms THEN excluded.first_ms ELSE first_ms END, "
-    "last_ms = CASE WHEN last_ms IS NULL OR excluded.last_ms > last_ms THEN excluded.last_ms ELSE last_ms END")
+_ADD_SQL = ("UPDATE meta_tables SET rows = rows + ?1, ws_rows = ws_rows + ?2, first_ms = ?3, last_ms = ?4 "
+            "WHERE symbol = ?5 AND interval = ?6")
+# Intervals whose every open time is a multiple of their length since the epoch (no phase, no
+# calendar): a batch that fills its range leaves no other row in it.
+_EPOCH_GRID = frozenset(i for i in intervals.INTERVALS if i != intervals.MONTH and i not in intervals.PHASED_MS)
 
 
 class Summary(NamedTuple):
@@ -91,6 +92,8 @@ class Summaries:
         self._summing: _Summing | None = None
         self._summing_touched = False           # the running sum took a delta in this transaction
         self.summaries_pending = True           # until summarize_step finds no table left
+        self._spans: dict[str, tuple] = {}      # table -> (first_ms, last_ms) as in its row
+        self._count_sqls: dict[str, tuple[str, str]] = {}
 
     def _summary_schema(self) -> None:
         """Inside the writer's schema transaction: the table, and which tables have a row."""
@@ -106,6 +109,7 @@ class Summaries:
             return None
 
     def _summary_rollback(self) -> None:
+        self._spans.clear()  # rows rolled back: read first/last again
         self._summarized -= self._summarized_in_txn
         self._summarized_in_txn.clear()
         if self._summing_touched and self._summing is not None:
@@ -128,17 +132,21 @@ class Summaries:
     def _tracked(self, table: str) -> bool:
         return table in self._summarized or (self._summing is not None and self._summing.table == table)
 
+    def _count_sql(self, table: str) -> tuple[str, str]:
+        sql = self._count_sqls.get(table)
+        if sql is None:
+            head = f"SELECT count(*), count(*) FILTER (WHERE source = 'ws') FROM {table} WHERE open_time "
+            sql = self._count_sqls[table] = (head + "BETWEEN ?1 AND ?2",
+                                             head + "IN (SELECT value FROM json_each(?1))")
+        return sql
+
     def _range_counts(self, table: str, interval: str, opens: list[int], lo: int, hi: int) -> tuple[int, int]:
         """(rows, ws rows) of `table` at the batch's open times' range (dense) or at exactly its
         open times (sparse)."""
-        span = (hi - lo) // intervals.nominal_ms(interval) + 1
-        if span <= DENSE_FACTOR * len(opens) + DENSE_SLACK:
-            sql = (f"SELECT count(*), count(*) FILTER (WHERE source = 'ws') FROM {table} "
-                   "WHERE open_time BETWEEN ?1 AND ?2")
-            return next(self._cursor.execute(sql, (lo, hi)))
-        sql = (f"SELECT count(*), count(*) FILTER (WHERE source = 'ws') FROM {table} "
-               "WHERE open_time IN (SELECT value FROM json_each(?1))")
-        return next(self._cursor.execute(sql, ("[" + ",".join(map(str, sorted(set(opens)))) + "]",)))
+        dense, sparse = self._count_sql(table)
+        if (hi - lo) // intervals.nominal_ms(interval) + 1 <= DENSE_FACTOR * len(opens) + DENSE_SLACK:
+            return next(self._cursor.execute(dense, (lo, hi)))
+        return next(self._cursor.execute(sparse, ("[" + ",".join(map(str, sorted(set(opens)))) + "]",)))
 
     def _summary_before(self, table: str, interval: str, rows) -> tuple | None:
         """What the summary needs to know before the upsert (None: nothing to keep)."""
@@ -152,15 +160,22 @@ class Summaries:
         if before is None:
             return
         opens, lo, hi, (rows_before, ws_before) = before
+        distinct = len(set(opens)) if len(opens) > 1 else 1
         if rows_before == 0:
             # Nothing was there: every distinct open time of the batch is now stored from it.
-            rows_after = len(set(opens))
-            ws_after = rows_after if source == "ws" else 0
+            rows_after = distinct
+            ws_after = distinct if source == "ws" else 0
+        elif interval in _EPOCH_GRID and (hi - lo) // intervals.nominal_ms(interval) + 1 == distinct:
+            # The batch fills its range (every stored row of these intervals is on the epoch
+            # grid, the writer checks it): each row there is now the batch's, or a better copy
+            # kept. A ws candle replaces only ws; archive and REST leave no ws behind.
+            rows_after = distinct
+            ws_after = distinct - (rows_before - ws_before) if source == "ws" else 0
         else:
             rows_after, ws_after = self._range_counts(table, interval, opens, lo, hi)
         d_rows, d_ws = rows_after - rows_before, ws_after - ws_before
         if table in self._summarized:
-            self._cursor.execute(_ADD_SQL, (symbol, interval, d_rows, d_ws, lo, hi))
+            self._summary_add(table, symbol, interval, d_rows, d_ws, lo, hi)
             return
         s = self._summing
         if s.next_lo is None or lo >= s.next_lo:
@@ -173,6 +188,20 @@ class Summaries:
         s.first_ms = lo if s.first_ms is None else min(s.first_ms, lo)
         s.last_ms = hi if s.last_ms is None else max(s.last_ms, hi)
         self._summing_touched = True
+
+    def _summary_add(self, table: str, symbol: str, interval: str, d_rows: int, d_ws: int, lo: int, hi: int) -> None:
+        """Add to the table's row; skipped when nothing changes (a REST re-check of a REST copy).
+        First and last are remembered per table (forgotten at a rollback)."""
+        span = self._spans.get(table)
+        if span is None:
+            span = self._spans[table] = next(self._cursor.execute(
+                "SELECT first_ms, last_ms FROM meta_tables WHERE symbol = ? AND interval = ?", (symbol, interval)))
+        first, last = span
+        first = lo if first is None or lo < first else first
+        last = hi if last is None or hi > last else last
+        if d_rows or d_ws or (first, last) != span:
+            self._cursor.execute(_ADD_SQL, (d_rows, d_ws, first, last, symbol, interval))
+            self._spans[table] = (first, last)
 
     # -- tables without a summary ---------------------------------------------------------------
     def unsummarized(self) -> list[str]:
