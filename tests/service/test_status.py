@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import msgspec
-import pytest
 
 from exactness import run_once, trading_symbols
 from kl_actors.core import intervals
@@ -70,7 +69,6 @@ def assert_same_numbers(text_rows, data):
             j["ws_rows"], j["delisted"])
 
 
-@pytest.mark.slow(120)
 def test_status_counts_lag_holes_and_exit_codes(workdir, sim_factory):
     sim = sim_factory(symbols=8, weight_limit=1_000_000)
     symbols = sorted(trading_symbols(sim))
