@@ -245,8 +245,9 @@ def main(argv: list[str]) -> int:
     try:
         store = open_database(path, config.database)
         try:
-            db["schema_version"] = store.schema_version()
-            data = collect(store, config, now_ms, args.symbol, args.interval, args.exact)
+            with store.read_snapshot():
+                db["schema_version"] = store.schema_version()
+                data = collect(store, config, now_ms, args.symbol, args.interval, args.exact)
         finally:
             store.close()
     except Unreadable as exc:

@@ -27,6 +27,8 @@ table then overstates its rows; `status --exact` counts tables directly.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from .core import intervals
@@ -256,6 +258,17 @@ class Summaries:
         return False
 
     # -- reading --------------------------------------------------------------------------------
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Every read inside sees one committed state (a deferred read transaction), so the
+        summaries, the holes and the gaps listed agree even while the writer commits."""
+        self._cursor.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.conn.in_transaction:
+                self._cursor.execute("ROLLBACK")  # nothing was written
+
     def summaries(self) -> dict[str, Summary]:
         """table -> its summary row, for every row naming a valid table (empty on a file without
         the meta table, e.g. one no writer of this version has opened yet)."""
