@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import apsw
+import msgspec
 
-from . import cli
+from . import cli, messages
 from . import config as cfg
 from .core import coverage, intervals, planner
 from .store import Store, StoreError
@@ -121,9 +122,13 @@ def service_view(runtime_dir: str, now_ms: int) -> dict:
             "heartbeat_age_s": round(beat + (age_s or 0), 1) if running and isinstance(beat, (int, float)) else None,
             "last_exit": str(a.get("last_exit") or "")})
     progress = data.get("progress")
-    if isinstance(progress, dict):
-        view["progress"] = {**progress, "age_s": round((now_ms - progress["at_ms"]) / 1000, 1)
-                            if isinstance(progress.get("at_ms"), (int, float)) else None}
+    if progress is not None:
+        try:  # the scheduler's Progress as the supervisor wrote it; anything else is not shown
+            p = msgspec.convert(progress, messages.Progress)
+        except msgspec.ValidationError as exc:
+            view["note"] = f"progress in status.json unreadable: {exc}"[:200]
+        else:
+            view["progress"] = {**msgspec.to_builtins(p), "age_s": round((now_ms - p.at_ms) / 1000, 1)}
     return view
 
 

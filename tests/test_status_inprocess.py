@@ -201,3 +201,10 @@ def test_service_view_reads_status_json_progress_and_ages_heartbeats(workdir):
     assert (gone["running"], gone["uptime_s"], gone["actors"][0]["pid"]) == (False, None, None)
     (rt / "status.json").write_text("{not json")
     assert "unreadable" in status.service_view(str(rt), now)["note"]
+    # Values of the wrong kind are left out with a note, never a crash of the command.
+    (rt / "status.json").write_text(json.dumps({"supervisor_pid": "x", "actors": {"w": {"pid": "y", "restarts": "z",
+                                                "heartbeat_age_s": "q"}}, "progress": {"at_ms": "soon"}}))
+    odd = status.service_view(str(rt), now)
+    assert odd["progress"] is None and "progress in status.json unreadable" in odd["note"]
+    assert odd["actors"] == [{"name": "w", "pid": None, "restarts": 0, "heartbeat_age_s": None, "last_exit": ""}]
+    assert "not running" in render_text(odd, {"path": "x", "now_ms": now}, data, False)
