@@ -96,6 +96,7 @@ class Summaries:
         self.summaries_pending = True           # until summarize_step finds no table left
         self._spans: dict[str, tuple] = {}      # table -> (first_ms, last_ms) as in its row
         self._count_sqls: dict[str, tuple[str, str]] = {}
+        self._to_sum: list[str] | None = None   # tables left to sum, listed once (newest last)
 
     def _summary_schema(self) -> None:
         """Inside the writer's schema transaction: the table, and which tables have a row."""
@@ -123,9 +124,11 @@ class Summaries:
         self._summing_touched = False
 
     def _summary_new_table(self, table: str, symbol: str, interval: str) -> None:
-        """A table this connection just made: its summary starts at zero."""
-        self._cursor.execute("INSERT OR IGNORE INTO meta_tables (symbol, interval, rows, ws_rows) "
+        """A table this connection just made: its summary starts at zero (also replacing the row
+        of a table someone dropped by hand to have it fetched again)."""
+        self._cursor.execute("INSERT OR REPLACE INTO meta_tables (symbol, interval, rows, ws_rows) "
                              "VALUES (?, ?, 0, 0)", (symbol, interval))
+        self._spans.pop(table, None)
         self._summarized.add(table)
         if self.conn.in_transaction:
             self._summarized_in_txn.add(table)
@@ -218,13 +221,18 @@ class Summaries:
         while clock() < deadline:
             s = self._summing
             if s is None or s.table in self._summarized:
-                left = self.unsummarized()
-                if not left:
+                if self._to_sum is None:
+                    self._to_sum = self.unsummarized()[::-1]
+                while self._to_sum and self._to_sum[-1] in self._summarized:
+                    self._to_sum.pop()
+                if not self._to_sum:
                     self._summing = None
-                    self.summaries_pending = False
+                    self._to_sum = None
+                    self.summaries_pending = bool(self.unsummarized())  # a written sum rolled back
                     return finished
-                symbol, interval = parse_table_name(left[0])
-                s = self._summing = _Summing(left[0], symbol, interval)
+                table = self._to_sum.pop()
+                symbol, interval = parse_table_name(table)
+                s = self._summing = _Summing(table, symbol, interval)
             if self._sum_chunk(s):
                 with self.transaction():
                     self._cursor.execute(
