@@ -191,7 +191,8 @@ def collect(store: Store, config: cfg.Config, now_ms: int, symbol: str | None = 
     listed = _list_holes(store, states)
     return {"states": states, "listed": listed,
             "intervals": coverage.by_interval(states, {k: len(v) for k, v in listed.items()}),
-            "exit": coverage.exit_status(states),
+            # Nothing stored (or nothing matching --symbol/--interval) is not "current" either.
+            "exit": coverage.exit_status(states) if states else EXIT_BEHIND,
             "grace_s": config.live.boundary_deadline_s}
 
 

@@ -118,7 +118,7 @@ def _verdict(data: dict) -> list[str]:
     if counted:
         lines.append(f"note: {counted} table(s) counted directly (no summary row yet, or --exact)")
     if not states:
-        return lines + ["no kline tables yet"]
+        return lines + ["NOT current: no kline table (matching) yet"]
     if not lagging and not missing:
         return lines + ["current: every followed table has its closed candles, no open holes"]
     parts = []

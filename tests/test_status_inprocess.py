@@ -172,6 +172,14 @@ def test_a_file_from_before_summaries_is_counted_and_says_so(workdir):
     text = render_text(status.service_view(str(workdir / "rt"), 0), {"path": str(path), "now_ms": 0}, data, True)
     assert "1 table(s) counted directly" in text and "1 open hole(s), 1 candle(s) missing" in text
     assert data["exit"] == 1
+    store = status.open_database(str(path), config.database)
+    try:
+        nothing = status.collect(store, config, time.time_ns() // 1_000_000, symbol="ETHUSDT")
+    finally:
+        store.close()
+    assert (nothing["states"], nothing["exit"]) == ([], 1)
+    assert "NOT current: no kline table" in render_text(status.service_view(str(workdir / "rt"), 0),
+                                                         {"path": "x", "now_ms": 0}, nothing, True)
 
 
 def test_service_view_reads_status_json_progress_and_ages_heartbeats(workdir):
