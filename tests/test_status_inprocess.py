@@ -216,3 +216,43 @@ def test_service_view_reads_status_json_progress_and_ages_heartbeats(workdir):
     assert odd["progress"] is None and "progress in status.json unreadable" in odd["note"]
     assert odd["actors"] == [{"name": "w", "pid": None, "restarts": 0, "heartbeat_age_s": None, "last_exit": ""}]
     assert "not running" in render_text(odd, {"path": "x", "now_ms": now}, data, False)
+
+
+def test_delisted_and_unconfigured_tables_are_shown_not_judged(workdir):
+    """A delisted symbol's table stops; a table of an interval no longer configured too: both are
+    counted and shown, neither makes the exit status 1. A trading symbol's stale table does."""
+    path = workdir / "db.sqlite"
+    now = time.time_ns() // 1_000_000
+    last = intervals.last_closed_open("1h", now)
+    old = last - 500 * 3_600_000
+    store = Store.open_writer(DatabaseConfig(path=str(path)))
+
+    def rows(end):  # five 1h-long candles ending at `end` (their length matters not here)
+        return [(end - k * 3_600_000, "1", "1", "1", "1", "1", end - k * 3_600_000 + 3_599_999, "1", 1, "1", "1", "0")
+                for k in range(5)]
+
+    with store.transaction():
+        store.record_symbols([messages.SymbolInfo("BTCUSDT", "TRADING", 0), messages.SymbolInfo("OLDUSDT", "SETTLING", 0)], now)
+        store.upsert_rows("BTCUSDT", "1h", "rest", rows(last))
+        store.upsert_rows("OLDUSDT", "1h", "rest", rows(old))    # delisted 500 hours ago
+        store.upsert_rows("BTCUSDT", "4h", "rest", rows(intervals.align("4h", old)))  # 4h not configured
+    store.close()
+    config = make_config(workdir, database={"path": str(path)}, klines={"intervals": ["1h"], "depth": {"1h": 10}})
+
+    def run(cfg):
+        s = status.open_database(str(path), cfg.database)
+        try:
+            return status.collect(s, cfg, now)
+        finally:
+            s.close()
+
+    data = run(config)
+    by = {r.interval: r for r in data["intervals"]}
+    assert (by["1h"].tables, by["1h"].candles, by["1h"].delisted, by["1h"].lagging) == (2, 10, 1, 0)
+    assert (by["4h"].tables, by["4h"].lagging) == (1, 0) and by["4h"].lag_candles > 100
+    assert data["exit"] == 0
+    # The same BTCUSDT 4h table once 4h is configured: it lags, exit 1.
+    config4 = make_config(workdir, database={"path": str(path)},
+                          klines={"intervals": ["1h", "4h"], "depth": {"1h": 10, "4h": 10}})
+    data = run(config4)
+    assert {r.interval: r.lagging for r in data["intervals"]} == {"1h": 0, "4h": 1} and data["exit"] == 1
