@@ -21,7 +21,9 @@ Meta tables are prefixed `meta_` so they never parse as kline tables:
   exchangeInfo entry as last seen (at most `discovery.MAX_ENTRY_BYTES`; the read API serves it);
   both columns are added to older files by a guarded ALTER;
 - `meta_holes`: ranges the exchange confirmed it has no candles for (maintenance), so the hole
-  finder does not report them forever.
+  finder does not report them forever;
+- `meta_tables`: per kline table its rows, WebSocket rows, first and last open time, kept in the
+  same transaction as every upsert (`store_summary.py`), so `status` never counts rows.
 
 No zmq, no clocks: callers pass `now` in.
 """
@@ -40,6 +42,7 @@ from .core import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
 from .core.symbols import is_valid_symbol, parse_table_name, table_base, table_name
+from .store_summary import Summaries, Summary  # noqa: F401 - Summary is part of this module's API
 
 SCHEMA_VERSION = 2
 # Precedence when two sources hold the same candle: rest > archive > ws (see `_upsert_sql`).
@@ -189,7 +192,7 @@ def _open_reason(exc: apsw.Error) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Store:
+class Store(Summaries):
     """One connection to the kline database, read-write (the writer) or read-only (all others)."""
 
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
@@ -200,6 +203,7 @@ class Store:
         self._known_tables: set[str] = set()
         self._created_in_txn: set[str] = set()
         self._sql: dict[tuple[str, str], str] = {}
+        self._summary_init()
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -256,6 +260,7 @@ class Store:
                 self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN table_base TEXT")
             if "info_json" not in columns:  # made before the read API kept the exchange's entry
                 self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN info_json TEXT")
+            self._summary_schema()
         self._known_tables = set(self._table_names())
 
     def _widen_source_check(self) -> None:
@@ -309,6 +314,7 @@ class Store:
         """`BEGIN IMMEDIATE` .. `COMMIT`; `ROLLBACK` on any exception (also a failed COMMIT)."""
         self._cursor.execute("BEGIN IMMEDIATE")
         self._created_in_txn.clear()
+        self._summary_begin()
         try:
             yield
             self._cursor.execute("COMMIT")
@@ -317,11 +323,13 @@ class Store:
             raise
         finally:
             self._created_in_txn.clear()
+            self._summary_begin()
 
     def _rollback(self) -> None:
         # A table created in the rolled-back transaction no longer exists.
         self._known_tables -= self._created_in_txn
         self._sql = {k: v for k, v in self._sql.items() if k[0] not in self._created_in_txn}
+        self._summary_rollback()
         if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
             try:
                 self._cursor.execute("ROLLBACK")
@@ -336,9 +344,11 @@ class Store:
             self._known_tables.add(table)
             if self.conn.in_transaction:
                 self._created_in_txn.add(table)
+            self._summary_new_table(table, symbol, interval)
         return table
 
-    def _statement(self, symbol: str, interval: str, source: str) -> str:
+    def _statement(self, symbol: str, interval: str, source: str) -> tuple[str, str]:
+        """(table, its upsert for `source`)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         table = self.ensure_table(symbol, interval)
@@ -346,14 +356,17 @@ class Store:
         sql = self._sql.get(key)
         if sql is None:
             sql = self._sql[key] = _upsert_sql(table, source)
-        return sql
+        return table, sql
 
     def upsert_rows(self, symbol: str, interval: str, source: str, rows: Sequence[tuple]) -> int:
         """Upsert parameter tuples (see `candle_rows`); returns the number of rows written."""
-        sql = self._statement(symbol, interval, source)
+        table, sql = self._statement(symbol, interval, source)
+        summary = self._summary_before(table, interval, rows)
         before = self.conn.total_changes()
         self._cursor.executemany(sql, rows)
-        return self.conn.total_changes() - before
+        written = self.conn.total_changes() - before
+        self._summary_after(table, symbol, interval, source, summary)
+        return written
 
     def upsert(self, symbol: str, interval: str, source: str, candles: Iterable[Candle]) -> int:
         """Insert or update candles; returns how many rows were written (inserted or replaced).
@@ -371,10 +384,14 @@ class Store:
     def upsert_rows_stored(self, symbol: str, interval: str, source: str,
                            rows: Sequence[tuple]) -> set[int]:
         """`upsert_rows` returning the open times actually written (via RETURNING)."""
-        sql = self._statement(symbol, interval, source) + " RETURNING open_time"
+        table, sql = self._statement(symbol, interval, source)
+        sql += " RETURNING open_time"
         if not rows:
             return set()
-        return {row[0] for row in self._cursor.executemany(sql, rows)}
+        summary = self._summary_before(table, interval, rows)
+        stored = {row[0] for row in self._cursor.executemany(sql, rows)}
+        self._summary_after(table, symbol, interval, source, summary)
+        return stored
 
     def record_symbols(self, symbols: Iterable[SymbolInfo], seen_at_ms: int) -> None:
         """Record symbols; one that cannot name a table (discovery reports those) is left out."""

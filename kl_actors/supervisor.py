@@ -223,7 +223,8 @@ class Supervisor:
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status,
                                    "started_at_ms": self.started_at_ms,
-                                   "progress": msgspec.to_builtins(self.progress)}))
+                                   "progress": msgspec.to_builtins(self.progress),
+                                   "written_at_ms": time.time_ns() // 1_000_000}))
         os.replace(tmp, self.status_file)
 
     def stop_all(self) -> None:
@@ -368,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         from .export import export_main  # pyarrow only for the export
 
         return export_main(argv[1:])
+    if argv[:1] == ["status"]:
+        from . import status  # the operator's view (status.py); reads, never starts anything
+        return status.main(argv[1:])
     args = cli.parser().parse_args(argv)
     try:
         config = cfg.resolve_endpoints(cli.effective_config(args))
