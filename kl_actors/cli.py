@@ -22,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="supervisor.py",
         description="Keep a SQLite database of Binance USDT-M perpetual klines complete and current.",
+        epilog="other commands (each with its own --help): "
+               "`supervisor.py status` (is the database complete and current; the service's actors), "
+               "`supervisor.py export --out DIR` (Parquet), "
+               "`supervisor.py keygen DIR [--client NAME]` (CURVE keys for downloaders on other hosts)",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config (default conf/default.toml; with --sim conf/sim.toml)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file")
