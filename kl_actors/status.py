@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                                             "and current the database is. Exit 0 current, 1 lag or "
                                             "holes, 2 the database cannot be read.")
     p.add_argument("--config", metavar="FILE", help="TOML config (default conf/default.toml)")
+    p.add_argument("--sim", action="store_true",
+                   help="the offline demo's service (`scripts/demo.sh`): conf/sim.toml unless --config")
     p.add_argument("--db", metavar="PATH", help="SQLite database file")
     p.add_argument("--runtime-dir", metavar="DIR", help="the service's runtime directory (status.json)")
     p.add_argument("--json", action="store_true", help="one JSON document for scripts")
@@ -62,6 +64,7 @@ def load_config(args: argparse.Namespace) -> cfg.Config:
     """The service's own rules for --config/--db/--runtime-dir (cli.effective_config)."""
     service_args = cli.parser().parse_args([])
     service_args.config, service_args.db, service_args.runtime_dir = args.config, args.db, args.runtime_dir
+    service_args.sim = args.sim
     return cfg.resolve_endpoints(cli.effective_config(service_args))
 
 
@@ -263,9 +266,10 @@ def main(argv: list[str]) -> int:
         print(f"kl-actors: status: cannot read database {path!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     per_table = bool(args.symbol or args.interval)
-    if args.json:
-        print(json.dumps(as_json(view, db, data, per_table)))
-    else:
-        print(render_text(view, db, data, per_table))
+    text = json.dumps(as_json(view, db, data, per_table)) if args.json else render_text(view, db, data, per_table)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return data["exit"]
 

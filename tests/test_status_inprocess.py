@@ -256,3 +256,13 @@ def test_delisted_and_unconfigured_tables_are_shown_not_judged(workdir):
                           klines={"intervals": ["1h", "4h"], "depth": {"1h": 10, "4h": 10}})
     data = run(config4)
     assert {r.interval: r.lagging for r in data["intervals"]} == {"1h": 0, "4h": 1} and data["exit"] == 1
+
+
+def test_sim_flag_reads_the_demo_config():
+    # `status --sim` looks where `scripts/demo.sh` (supervisor.py --sim) keeps its database.
+    from kl_actors import cli, config as cfg
+    demo = cfg.load(str(cli.SIM_CONFIG))
+    config = status.load_config(status.parser().parse_args(["--sim"]))
+    assert config.database.path == demo.database.path == "data/sim.sqlite"
+    plain = status.load_config(status.parser().parse_args([]))
+    assert plain.database.path != demo.database.path
