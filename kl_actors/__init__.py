@@ -7,7 +7,7 @@ The tree, by kind (docs/ARCHITECTURE.md has the whole map):
                `backlog` (what to fetch), `boundaries` (live-edge order), `budget` (request
                weight), `tasks` (queue, leases), `restarts`, `clock`, `discovery` (exchangeInfo),
                `streams` (WebSocket stream names), `slots` (WebSocket connections' state machine),
-               `archive` + `archive_queue` (bulk-archive files)
+               `archive` + `archive_queue` (bulk-archive files), `export_plan` (Parquet export rules)
 - `actors/`    one module per actor (`broker`, `writer`, `scheduler`, `downloader`, `websocket`,
                `timesync`), split by idea into `<actor>_*.py` parts where it grew (`scheduler_*`,
                `writer_*`, `websocket_link`), the shell they share (`base`) and the registry of
@@ -15,7 +15,7 @@ The tree, by kind (docs/ARCHITECTURE.md has the whole map):
 - `messages`   every message on the wire; `config` the config tree and its checks; `store` the
                SQL; `log` the log line format; `locks` the start-up locks
 - `supervisor`, `run`, `cli`  the process that starts and watches the actors, the launcher of
-               one actor, the command line
+               one actor, the command line; `export` the Parquet export (`supervisor.py export`)
 - `sim/`       the exchange simulator: a second, independent implementation of the exchange
 """
 

@@ -22,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="supervisor.py",
         description="Keep a SQLite database of Binance USDT-M perpetual klines complete and current.",
+        epilog="other commands (each with its own --help): "
+               "`supervisor.py status` (is the database complete and current; the service's actors), "
+               "`supervisor.py export --out DIR` (Parquet), "
+               "`supervisor.py keygen DIR [--client NAME]` (CURVE keys for downloaders on other hosts)",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config (default conf/default.toml; with --sim conf/sim.toml)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file")
@@ -44,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--egress", metavar="NAME",
                    help="with --connect: the [[egress]] group this host's downloaders belong to (its own budget)")
     p.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `supervisor.py keygen DIR`)")
+    p.add_argument("--api", metavar="ADDR",
+                   help="serve the exchange-compatible read API on ADDR, e.g. 127.0.0.1:8090 ([api] listen)")
     p.add_argument("--metrics", metavar="ADDR",
                    help="serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9108 ([metrics] listen)")
     p.add_argument("--sim", action="store_true", help="start the bundled exchange simulator on loopback and use it")
@@ -51,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream-only", action="store_true", help="no backfill: only keep tables current")
     mode.add_argument("--once", action="store_true", help="backfill to now, print a summary and exit")
+    p.add_argument("--progress", choices=("auto", "on", "off"),
+                   help="progress display: auto (when stderr is a terminal), on, off (log lines on stderr)")
     p.add_argument("--print-config", action="store_true", help="print the effective config as TOML-like JSON and exit")
     return p
 
@@ -97,13 +105,20 @@ def effective_config(args: argparse.Namespace) -> cfg.Config:
         remote = replace(remote, keys_dir=args.keys)
     if getattr(args, "egress", None):
         remote = replace(remote, egress=args.egress)
+    display = config.display
+    if getattr(args, "progress", None):
+        display = replace(display, progress=args.progress)
+    api = config.api
+    if getattr(args, "api", None):
+        api = replace(api, listen=args.api)
     metrics = config.metrics
     if getattr(args, "metrics", None):
         metrics = replace(metrics, listen=args.metrics)
     mode = "once" if args.once else "stream-only" if args.stream_only else config.mode
     config = replace(
         config, exchange=exchange, klines=klines, symbols=symbols, database=database,
-        endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, mode=mode,
+        endpoints=endpoints, downloader=downloader, archive=archive, remote=remote, api=api, mode=mode,
+        display=display,
     )
     config = replace(config, metrics=metrics)
     return cfg.check(config, f"{path} + command line")

@@ -286,6 +286,27 @@ def archive_url(config: "Config") -> str:
     return ""
 
 
+class ApiConfig(_Section):
+    """The exchange-compatible read API (actors/api.py): clients change only their base URL."""
+
+    # "host:port" to serve on, e.g. "127.0.0.1:8090"; empty: no API actor.
+    listen: str = ""
+    # A non-loopback `listen` is refused unless this is true.
+    allow_public_api: bool = False
+    # Request weight per client address and minute (the exchange's weights); 0: unlimited.
+    client_weight_limit: int = 2400
+
+
+def api_address(config: "Config") -> tuple[str, int]:
+    """(host, port) of `api.listen` ("[::1]:8090" for IPv6); raises ConfigError if malformed."""
+    text = config.api.listen
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"key api.listen: {text[:60]!r} must be host:port with a port 1..65535")
+    if host != "localhost" and not _is_address(host):
+        raise ConfigError(f"key api.listen: {host[:60]!r} must be an IP address (or localhost)")
+    return host, int(port)
 class MetricsConfig(_Section):
     # "" = off; "HOST:PORT" ("127.0.0.1:9108", "[::1]:9108"): the supervisor serves Prometheus
     # metrics over HTTP at /metrics there. Loopback unless allow_public_metrics.
@@ -295,6 +316,15 @@ class MetricsConfig(_Section):
 
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class DisplayConfig(_Section):
+    """The progress display on a terminal (display.py)."""
+
+    # auto: when the supervisor's stderr is a terminal; on: always; off: never (log lines on stderr).
+    progress: Literal["auto", "on", "off"] = "auto"
+    # Where every log line goes while the display is on; empty: <runtime_dir>/service.log.
+    log_file: str = ""
 
 
 class Config(_Section):
@@ -310,7 +340,9 @@ class Config(_Section):
     live: LiveConfig = msgspec.field(default_factory=LiveConfig)
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    display: DisplayConfig = msgspec.field(default_factory=DisplayConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     # Empty: one group, this host's default route, with `downloader.processes` downloaders.
     egress: list[EgressConfig] = []
@@ -537,14 +569,29 @@ def check(config: Config, source: str) -> Config:
         fail("archive.horizon_days", f"must be 1..366 (the archive lacks at least the newest day), got {ar.horizon_days}")
     if not 1 <= ar.concurrency <= 64:
         fail("archive.concurrency", f"must be 1..64, got {ar.concurrency}")
+    _check_api(config, fail)
     _check_metrics(config.metrics, fail)
     return config
+
+
+def _check_api(config: Config, fail) -> None:
+    api = config.api
+    if api.client_weight_limit < 0:
+        fail("api.client_weight_limit", f"must be 0 (unlimited) or positive, got {api.client_weight_limit}")
+    if not api.listen:
+        return
+    try:
+        host, _ = api_address(config)
+    except ConfigError as exc:
+        fail("api.listen", str(exc).split(": ", 2)[-1])
+    if not api.allow_public_api and host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        fail("api.listen", f"{api.listen!r} is not loopback; set api.allow_public_api = true to expose it")
 
 
 def metrics_address(listen: str) -> tuple[str, int]:
     """`[metrics] listen` -> (host, port); raises ValueError saying what is wrong."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{listen[:60]!r} must be HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9108")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host != "localhost" and not _is_address(host):

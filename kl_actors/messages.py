@@ -205,6 +205,9 @@ class SymbolInfo(msgspec.Struct, array_like=True, frozen=True):
     symbol: str
     status: str
     onboard_ms: int
+    # The exchange's own exchangeInfo entry for the symbol, as JSON text (bounded by discovery;
+    # "" when too large): kept in `meta_symbols.info_json` for the read API's exchangeInfo.
+    info_json: str = ""
 
 
 class SymbolsUpdate(_Msg, tag="symbols"):

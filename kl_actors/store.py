@@ -15,11 +15,15 @@ unchanged.
 Meta tables are prefixed `meta_` so they never parse as kline tables:
 - `meta_schema(version)`: the schema version (2: `source` may be 'archive'; a version-1 file is
   upgraded in place at open by widening each kline table's CHECK, which no stored row can fail);
-- `meta_symbols`: symbols with their exchange status, listing time, when we saw them and
+- `meta_symbols`: symbols with their exchange status, listing time, when we saw them,
   `table_base`, the part of their table names between `k_` and `_<interval>` (so a user can map
-  `k_x_e5b881...` back to `币安人生USDT` in SQL; added to older files by a guarded ALTER);
+  `k_x_e5b881...` back to `币安人生USDT` in SQL), and `info_json`, the exchange's own
+  exchangeInfo entry as last seen (at most `discovery.MAX_ENTRY_BYTES`; the read API serves it);
+  both columns are added to older files by a guarded ALTER;
 - `meta_holes`: ranges the exchange confirmed it has no candles for (maintenance), so the hole
-  finder does not report them forever.
+  finder does not report them forever;
+- `meta_tables`: per kline table its rows, WebSocket rows, first and last open time, kept in the
+  same transaction as every upsert (`store_summary.py`), so `status` never counts rows.
 
 No zmq, no clocks: callers pass `now` in.
 """
@@ -38,6 +42,7 @@ from .core import intervals, planner
 from .config import DatabaseConfig
 from .messages import Candle, SymbolInfo
 from .core.symbols import is_valid_symbol, parse_table_name, table_base, table_name
+from .store_summary import Summaries, Summary  # noqa: F401 - Summary is part of this module's API
 
 SCHEMA_VERSION = 2
 # Precedence when two sources hold the same candle: rest > archive > ws (see `_upsert_sql`).
@@ -75,7 +80,8 @@ CREATE TABLE IF NOT EXISTS meta_symbols (
     onboard_ms INTEGER,
     first_seen_ms INTEGER,
     last_seen_ms INTEGER,
-    table_base TEXT
+    table_base TEXT,
+    info_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta_holes (
     symbol TEXT,
@@ -136,12 +142,12 @@ _PERMANENT_OPEN_ERRORS = (apsw.ReadOnlyError, apsw.CantOpenError, apsw.Permissio
 
 
 def _connect(path: str, config: DatabaseConfig, readonly: bool,
-             busy_timeout_ms: int | None = None) -> apsw.Connection:
+             busy_timeout_ms: int | None = None, immutable: bool = False) -> apsw.Connection:
     if readonly:
         if not os.path.exists(path):
             raise StoreError(f"database {path!r} does not exist (nothing stored yet?)")
         flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-        uri = f"file:{os.path.abspath(path)}?mode=ro"
+        uri = f"file:{os.path.abspath(path)}?mode=ro" + ("&immutable=1" if immutable else "")
     else:
         parent = os.path.dirname(os.path.abspath(path))
         try:
@@ -186,7 +192,7 @@ def _open_reason(exc: apsw.Error) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Store:
+class Store(Summaries):
     """One connection to the kline database, read-write (the writer) or read-only (all others)."""
 
     def __init__(self, conn: apsw.Connection, readonly: bool) -> None:
@@ -197,6 +203,7 @@ class Store:
         self._known_tables: set[str] = set()
         self._created_in_txn: set[str] = set()
         self._sql: dict[tuple[str, str], str] = {}
+        self._summary_init()
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -225,7 +232,18 @@ class Store:
     @classmethod
     def open_readonly(cls, config: DatabaseConfig | None = None, path: str | None = None) -> Store:
         config = config or DatabaseConfig()
-        return cls(_connect(path or config.path, config, readonly=True), readonly=True)
+        path = path or config.path
+        try:
+            return cls(_connect(path, config, readonly=True), readonly=True)
+        except StoreError as exc:
+            # A WAL file needs its `-shm` beside it, which a read-only folder cannot hold. With no
+            # `-wal` there and the folder read-only, no writer has the file open or can open it:
+            # it cannot change, and SQLite may read it as immutable (a copy on read-only media).
+            directory = os.path.dirname(os.path.abspath(path))
+            if (not isinstance(exc.__cause__, apsw.CantOpenError) or os.path.exists(path + "-wal")
+                    or os.access(directory, os.W_OK)):
+                raise
+            return cls(_connect(path, config, readonly=True, immutable=True), readonly=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -240,6 +258,9 @@ class Store:
             columns = {row[1] for row in self._cursor.execute("PRAGMA table_info(meta_symbols)")}
             if "table_base" not in columns:  # a file made before the column existed
                 self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN table_base TEXT")
+            if "info_json" not in columns:  # made before the read API kept the exchange's entry
+                self._cursor.execute("ALTER TABLE meta_symbols ADD COLUMN info_json TEXT")
+            self._summary_schema()
         self._known_tables = set(self._table_names())
 
     def _widen_source_check(self) -> None:
@@ -293,6 +314,7 @@ class Store:
         """`BEGIN IMMEDIATE` .. `COMMIT`; `ROLLBACK` on any exception (also a failed COMMIT)."""
         self._cursor.execute("BEGIN IMMEDIATE")
         self._created_in_txn.clear()
+        self._summary_begin()
         try:
             yield
             self._cursor.execute("COMMIT")
@@ -301,11 +323,13 @@ class Store:
             raise
         finally:
             self._created_in_txn.clear()
+            self._summary_begin()
 
     def _rollback(self) -> None:
         # A table created in the rolled-back transaction no longer exists.
         self._known_tables -= self._created_in_txn
         self._sql = {k: v for k, v in self._sql.items() if k[0] not in self._created_in_txn}
+        self._summary_rollback()
         if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
             try:
                 self._cursor.execute("ROLLBACK")
@@ -320,9 +344,11 @@ class Store:
             self._known_tables.add(table)
             if self.conn.in_transaction:
                 self._created_in_txn.add(table)
+            self._summary_new_table(table, symbol, interval)
         return table
 
-    def _statement(self, symbol: str, interval: str, source: str) -> str:
+    def _statement(self, symbol: str, interval: str, source: str) -> tuple[str, str]:
+        """(table, its upsert for `source`)."""
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         table = self.ensure_table(symbol, interval)
@@ -330,14 +356,17 @@ class Store:
         sql = self._sql.get(key)
         if sql is None:
             sql = self._sql[key] = _upsert_sql(table, source)
-        return sql
+        return table, sql
 
     def upsert_rows(self, symbol: str, interval: str, source: str, rows: Sequence[tuple]) -> int:
         """Upsert parameter tuples (see `candle_rows`); returns the number of rows written."""
-        sql = self._statement(symbol, interval, source)
+        table, sql = self._statement(symbol, interval, source)
+        summary = self._summary_before(table, interval, rows)
         before = self.conn.total_changes()
         self._cursor.executemany(sql, rows)
-        return self.conn.total_changes() - before
+        written = self.conn.total_changes() - before
+        self._summary_after(table, symbol, interval, source, summary)
+        return written
 
     def upsert(self, symbol: str, interval: str, source: str, candles: Iterable[Candle]) -> int:
         """Insert or update candles; returns how many rows were written (inserted or replaced).
@@ -355,20 +384,25 @@ class Store:
     def upsert_rows_stored(self, symbol: str, interval: str, source: str,
                            rows: Sequence[tuple]) -> set[int]:
         """`upsert_rows` returning the open times actually written (via RETURNING)."""
-        sql = self._statement(symbol, interval, source) + " RETURNING open_time"
+        table, sql = self._statement(symbol, interval, source)
+        sql += " RETURNING open_time"
         if not rows:
             return set()
-        return {row[0] for row in self._cursor.executemany(sql, rows)}
+        summary = self._summary_before(table, interval, rows)
+        stored = {row[0] for row in self._cursor.executemany(sql, rows)}
+        self._summary_after(table, symbol, interval, source, summary)
+        return stored
 
     def record_symbols(self, symbols: Iterable[SymbolInfo], seen_at_ms: int) -> None:
         """Record symbols; one that cannot name a table (discovery reports those) is left out."""
-        rows = [(s.symbol, s.status, s.onboard_ms, seen_at_ms, table_base(s.symbol))
+        rows = [(s.symbol, s.status, s.onboard_ms, seen_at_ms, table_base(s.symbol), s.info_json)
                 for s in symbols if is_valid_symbol(s.symbol)]
+        # An entry not sent (too large, or an older sender) keeps the one last seen.
         self._cursor.executemany(
-            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms, table_base) "
-            "VALUES (?1, ?2, ?3, ?4, ?4, ?5) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
+            "INSERT INTO meta_symbols (symbol, status, onboard_ms, first_seen_ms, last_seen_ms, table_base, info_json) "
+            "VALUES (?1, ?2, ?3, ?4, ?4, ?5, nullif(?6, '')) ON CONFLICT(symbol) DO UPDATE SET status=excluded.status, "
             "onboard_ms=excluded.onboard_ms, last_seen_ms=max(last_seen_ms, excluded.last_seen_ms), "
-            "table_base=excluded.table_base", rows)
+            "table_base=excluded.table_base, info_json=coalesce(excluded.info_json, info_json)", rows)
 
     def record_hole(self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int) -> None:
         """Record a confirmed exchange hole [start_ms, end_ms] (open times, both inclusive)."""
@@ -522,3 +556,15 @@ class Store:
 
     def schema_version(self) -> int | None:
         return self._scalar("SELECT max(version) FROM meta_schema")
+
+    # -- reading for the Parquet export (export.py) ---------------------------------------------
+    def range_stats(self, symbol: str, interval: str, first_ms: int,
+                    last_ms: int) -> tuple[int, int | None, int | None]:
+        """(rows, first open time, last open time) in [first_ms, last_ms]: one primary-key range
+        walk, no row decoded."""
+        table = self._existing(symbol, interval)
+        if table is None:
+            return 0, None, None
+        return next(self._cursor.execute(
+            f"SELECT count(*), min(open_time), max(open_time) FROM {table} WHERE open_time BETWEEN ? AND ?",
+            (first_ms, last_ms)))

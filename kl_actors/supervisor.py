@@ -18,6 +18,10 @@ and one beside the database (`<db>.lock`, see locks.py) and checks the database 
 a second copy (also `--once` from cron beside a running service) or a read-only database ends
 with one line and exit 2. Beyond that check the supervisor never touches the database or the
 exchange; with `--sim` it only starts the bundled simulator and points the exchange URLs at it.
+
+It keeps the scheduler's latest `Progress` (from its heartbeat) in `status.json`, and when its
+stderr is a terminal it feeds the progress display (display.py), with every log line, its own and
+the actors' stderr, going to the service log meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from . import cli, curve, messages
+from . import cli, curve, display, messages
 from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
@@ -51,6 +55,8 @@ def actor_names(config: cfg.Config) -> list[str]:
     names += [f"downloader-{i}" for i in range(1, cfg.downloader_count(config) + 1)]
     if config.mode != "once":
         names.append("websocket")
+        if config.api.listen:  # the read API: a service that exits when done has nothing to serve
+            names.append("api")
     return names
 
 
@@ -107,9 +113,14 @@ class Watched:
 
 
 class Supervisor:
-    def __init__(self, config: cfg.Config, names: list[str]) -> None:
+    def __init__(self, config: cfg.Config, names: list[str], log_stream=None,
+                 terminal: display.Display | None = None) -> None:
         self.config = config
-        self.log = Logger("supervisor", config.log.level)
+        # With the progress display on, every log line (ours, and the actors' stderr) goes to
+        # the service log; the display shows its warnings and errors (display.py).
+        self.log_stream = log_stream
+        self.terminal = terminal
+        self.log = Logger("supervisor", config.log.level, stream=log_stream)
         s = config.supervisor
         self.watched = {
             n: Watched(n, RestartPolicy(s.restart_backoff_initial_s, s.restart_backoff_max_s,
@@ -121,6 +132,9 @@ class Supervisor:
         self.status_file = self.runtime_dir / "status.json"
         self._stopping = False
         self.exit_code = 0
+        self.started_at_ms = int(time.time() * 1000)  # for the uptime in status.json
+        self.started_at = time.monotonic()
+        self.progress: messages.Progress | None = None  # the latest from the scheduler's heartbeat
         self.metrics: MetricsServer | None = MetricsServer(config.metrics.listen) if config.metrics.listen else None
         self.metrics_refused = 0
 
@@ -135,7 +149,7 @@ class Supervisor:
     def spawn(self, w: Watched) -> None:
         argv = [sys.executable, "-m", "kl_actors.run", w.name, "--config-file", str(self.config_file),
                 "--parent-pid", str(os.getpid()), "--restarts", str(w.policy.total_restarts)]
-        w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=self.log_stream)
         w.started_at = w.last_heartbeat = time.monotonic()
         w.restart_at = None
         group = ({"egress": cfg.downloader_group(self.config, w.name)[1].name}
@@ -198,7 +212,11 @@ class Supervisor:
 
     def heartbeat(self, beat: messages.Heartbeat) -> None:
         w = self.watched.get(beat.actor)
-        if w is not None and w.proc is not None and w.proc.pid == beat.pid:
+        if w is None:
+            return
+        if w.proc is not None:
+            if w.proc.pid != beat.pid:
+                return  # an earlier process's
             w.last_heartbeat = time.monotonic()
             if self.metrics is not None and beat.metrics:
                 refused = self.metrics.take(beat.actor, beat.pid, beat.metrics)
@@ -207,6 +225,9 @@ class Supervisor:
                     self.log.warning("metrics_refused", name=beat.actor, samples=refused,
                                      refused_total=self.metrics_refused,
                                      reason=self.metrics.aggregate.last_refusal[:200], action="dropped")
+        # (also the last beat of a scheduler that has exited: the final figures of --once)
+        if beat.actor == "scheduler" and beat.progress is not None:
+            self.progress = beat.progress
 
     def own_metrics(self) -> None:
         """The supervisor's own figures: each actor's restarts, the database's size on disk."""
@@ -228,7 +249,10 @@ class Supervisor:
             for name, w in self.watched.items()
         }
         tmp = self.status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status}))
+        tmp.write_text(json.dumps({"supervisor_pid": os.getpid(), "actors": status,
+                                   "started_at_ms": self.started_at_ms,
+                                   "progress": msgspec.to_builtins(self.progress),
+                                   "written_at_ms": time.time_ns() // 1_000_000}))
         os.replace(tmp, self.status_file)
 
     def _serve_metrics(self) -> None:
@@ -260,9 +284,35 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.terminal is not None:
+                self.terminal.stop(f"kl-actors: stopped, exit status {self.exit_code}; the whole log is in "
+                                   f"{self.terminal.log_file}")
+
+    def last_beats(self, control: zmq.Socket) -> None:
+        """The heartbeats the stopped actors sent last (the scheduler's final figures of --once)."""
+        for _ in range(1000):  # every actor has stopped: a few frames at most
+            if not control.poll(50):
+                return
+            beat = messages.decode(control.recv())
+            if isinstance(beat, messages.Heartbeat):
+                self.heartbeat(beat)
+
+    def draw(self, now: float) -> None:
+        if self.terminal is not None:
+            self.terminal.update(now, self.progress, uptime_s=now - self.started_at,
+                                 actors_running=sum(w.proc is not None for w in self.watched.values()),
+                                 actors_total=len(self.watched),
+                                 restarts=sum(w.policy.total_restarts for w in self.watched.values()))
+
+    def _run(self) -> int:
         self.prepare_runtime_dir()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if self.terminal is not None:
+            self.terminal.start()
         context = zmq.Context()
         control = context.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
@@ -284,7 +334,11 @@ class Supervisor:
                         if isinstance(beat, messages.Heartbeat):
                             self.heartbeat(beat)
                 now = time.monotonic()
-                self.check(now)
+                if not self._stopping:
+                    # A Ctrl-C reaches the actors too (one process group): their exits are the
+                    # stop's, not crashes to report and restart.
+                    self.check(now)
+                self.draw(now)
                 if now >= next_status:
                     self.write_status(now)
                     if self.metrics is not None:
@@ -292,6 +346,7 @@ class Supervisor:
                     next_status = now + self.config.supervisor.heartbeat_s
         finally:
             self.stop_all()
+            self.last_beats(control)
             self.write_status(time.monotonic())
             if self.metrics is not None:
                 self.metrics.stop()
@@ -352,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         return keygen_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from .export import export_main  # pyarrow only for the export
+
+        return export_main(argv[1:])
+    if argv[:1] == ["status"]:
+        from . import status  # the operator's view (status.py); reads, never starts anything
+        return status.main(argv[1:])
     args = cli.parser().parse_args(argv)
     try:
         config = cfg.resolve_endpoints(cli.effective_config(args))
@@ -387,10 +449,16 @@ def main(argv: list[str] | None = None) -> int:
         except StartError as exc:
             print(f"kl-actors: {exc}", file=sys.stderr, flush=True)
             return 2
-        if args.sim:
-            config = stack.enter_context(_with_simulator(config, args.sim_symbols))
         try:
-            return Supervisor(config, names).run()
+            terminal, log_stream = display.for_service(config, sys.stderr, stack)
+        except OSError as exc:
+            print(f"kl-actors: the log file {display.log_path(config)}: cannot open: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+        if args.sim:
+            config = stack.enter_context(_with_simulator(config, args.sim_symbols, log_stream))
+        try:
+            return Supervisor(config, names, log_stream, terminal).run()
         except (cfg.ConfigError, StartError) as exc:
             print(f"kl-actors: {exc}", file=sys.stderr)
             return 2
@@ -398,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _with_simulator(config: cfg.Config, n_symbols: int):
+def _with_simulator(config: cfg.Config, n_symbols: int, log_stream=None):
     """Start the bundled simulator on loopback and point the exchange URLs at it."""
     from .sim.process import SimProcess
 
@@ -409,6 +477,6 @@ def _with_simulator(config: cfg.Config, n_symbols: int):
         if config.archive.enabled and not config.archive.base_url:
             config = msgspec.structs.replace(config, archive=msgspec.structs.replace(
                 config.archive, base_url=getattr(sim, "archive_url", "") or ""))
-        Logger("supervisor").info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url,
+        Logger("supervisor", stream=log_stream).info("simulator_started", rest_url=sim.rest_url, ws_url=sim.ws_url,
                                   archive_url=cfg.archive_url(config) or "off")
         yield msgspec.structs.replace(config, exchange=exchange)

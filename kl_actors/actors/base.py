@@ -246,6 +246,11 @@ class Actor:
                                   metrics=self.metrics.samples(), **self.beat_fields())
         self.send(self._heartbeat, beat, block=False)
 
+    def beat_now(self) -> None:
+        """Send a heartbeat at once (figures that just became final, e.g. at the end of --once)."""
+        self._next_heartbeat = 0.0
+        self._beat()
+
     def measure(self) -> None:
         """Set this actor's gauges in `self.metrics` (called just before each heartbeat)."""
 

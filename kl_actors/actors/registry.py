@@ -13,6 +13,7 @@ KINDS = {
     "downloader": "kl_actors.actors.downloader:Downloader",
     "websocket": "kl_actors.actors.websocket:WebSocketActor",
     "timesync": "kl_actors.actors.timesync:TimeSync",
+    "api": "kl_actors.actors.api:ApiActor",
 }
 
 

@@ -128,6 +128,7 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetri
         self.writer_started_ms = 0
         self.results_due: dict[str, float] = {}  # task id -> when it was committed, result unread
         self.slowest_tick_s = 0.0  # since the last progress line
+        self.latest_progress = None  # messages.Progress, sent in each heartbeat (scheduler_report.py)
         self.pass_slowest_s = 0.0  # since the current planning pass began
 
     # -- the loop ------------------------------------------------------------------------------
@@ -319,7 +320,14 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetri
                 self.log.warning("egress_shared_ip", groups=f"{keep},{gone}", **evidence,
                                  action=f"one budget for both from now on ({keep}'s)")
         if r.status == "ok":
-            st = self.book.result_ok(r.task_id, r.candles, server_now) or self.recently_done.get(r.task_id)
+            st = self.book.result_ok(r.task_id, r.candles, server_now)
+            if st is None:
+                st = self.recently_done.get(r.task_id)
+                if st is not None and not st.result_ok:
+                    # Committed before its result came (an empty page, a quick writer): its
+                    # candles count now, or the progress figures would miss them.
+                    st.result_ok, st.candles = True, r.candles
+                    self.candles_done += r.candles
             if st is not None and r.candles == 0 and st.kind == "hole":
                 self._empty_hole(st)
             if st is not None and r.missing and st.task.priority == "backfill":

@@ -27,7 +27,7 @@ recent candles only: `batches.RequestMemory`).
 
 Split by idea, as mixins of `Writer`: `writer_hold.py` (the database refusing writes: the group
 held whole, the inbox paused, retries; an unusable file is a fatal exit) and `writer_upkeep.py`
-(tables made ahead, WAL checkpoints, the summary line). This module: sockets, state, the loop,
+(tables made ahead, WAL checkpoints, the summary line, old tables' `meta_tables` rows). This module: sockets, state, the loop,
 accepting messages, committing and announcing.
 """
 
@@ -115,6 +115,7 @@ class Writer(DatabaseHold, Upkeep, Actor):
         self.started_ms = now_ms()
         self.next_beacon = 0.0
         self.tables_wanted: deque[tuple[str, str]] = deque()
+        self.summarized_tables = 0
         self._open_store(time.monotonic())
         self.log.info("ready", database=self.config.database.path, inbox=e.writer,
                       max_rows_per_txn=self.settings.max_rows_per_txn,
@@ -137,6 +138,9 @@ class Writer(DatabaseHold, Upkeep, Actor):
             self._commit()
         if self.tables_wanted and self.hold is None and not self.pending and self.store is not None:
             self._create_some(now)
+        elif (self.store is not None and self.store.summaries_pending and self.hold is None
+              and not self.pending):
+            self._summarize_some(now)
         if self.hold is None and not self.pending and now >= self.next_beacon:
             self._beacon(now)
         if now >= self.next_checkpoint:

@@ -1,5 +1,6 @@
 """The writer's upkeep between commits (a part of the writer actor, by idea): tables made ahead
-of their first batch, WAL checkpoints, the periodic summary line.
+of their first batch, WAL checkpoints, the periodic summary line, and the `meta_tables` rows of
+tables made before summaries existed (summed once, in slices: `Store.summarize_step`).
 
 Tables: a `SymbolsUpdate` queues every table a trading symbol will need, made a few hundred per
 transaction while nothing waits to be committed (readers reload the schema once per batch of
@@ -27,6 +28,7 @@ CHECKPOINT_EVERY_S = 5.0
 CHECKPOINT_IDLE_S = 1.0    # no commit for this long: the WAL may be truncated
 CHECKPOINT_BUSY_MS = 50    # how long a truncating checkpoint may wait for readers
 WAL_NOTABLE_BYTES = 4 * 2 ** 20  # SQLite's own checkpoints keep the WAL near this (1000 pages)
+SUMMARIZE_SLICE_S = 0.05   # summing old tables' rows, per tick while idle (far below a heartbeat)
 
 
 class Upkeep:
@@ -54,6 +56,21 @@ class Upkeep:
             self.log.warning("tables_not_created", error=str(exc)[:200], left=len(self.tables_wanted),
                              action="each is created with its first batch instead")
             self.tables_wanted.clear()
+
+    def _summarize_some(self, now: float) -> None:
+        """Sum a slice of the tables that have no `meta_tables` row (a file from before summaries):
+        at most SUMMARIZE_SLICE_S per tick, only while nothing is pending."""
+        try:
+            finished = self.store.summarize_step(now + SUMMARIZE_SLICE_S, time.monotonic)
+        except apsw.Error as exc:
+            self.log.warning("summarize_failed", error=describe(exc), action="trying again next tick")
+            return
+        for table in finished:
+            self.summarized_tables += 1
+            self.log.debug("table_summarized", table=table)
+        if not self.store.summaries_pending and self.summarized_tables:
+            self.log.info("summaries_done", tables=self.summarized_tables)
+            self.summarized_tables = 0
 
     def _checkpoint(self, now: float) -> None:
         """Between groups, when idle (or the WAL outgrew its limit): copy the WAL back and cut it

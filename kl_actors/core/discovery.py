@@ -39,8 +39,14 @@ class _Symbol(msgspec.Struct):
 
 
 class _ExchangeInfo(msgspec.Struct):
-    symbols: list[_Symbol]
+    # Raw: each entry is also kept as the exchange sent it (`SymbolInfo.info_json`).
+    symbols: list[msgspec.Raw]
     rateLimits: list[_RateLimit] = []
+
+
+# An entry larger than this is not kept (the real BTCUSDT entry is about 1.3 KB): a symbol's
+# row in meta_symbols and its share of a SymbolsUpdate stay bounded whatever the exchange sends.
+MAX_ENTRY_BYTES = 16_384
 
 
 class DiscoveryError(ValueError):
@@ -61,6 +67,7 @@ def is_halted(status: str) -> bool:
 
 
 _decoder = msgspec.json.Decoder(_ExchangeInfo)
+_symbol_decoder = msgspec.json.Decoder(_Symbol)
 
 
 def parse_exchange_info(body: bytes, rules: SymbolsConfig) -> Discovered:
@@ -71,7 +78,11 @@ def parse_exchange_info(body: bytes, rules: SymbolsConfig) -> Discovered:
     include, exclude = set(rules.include), set(rules.exclude)
     contract_types = set(rules.contract_types)
     trading, halted, not_trading, rejected = [], [], [], []
-    for s in info.symbols:
+    for raw in info.symbols:
+        try:
+            s = _symbol_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise DiscoveryError(f"malformed exchangeInfo symbol entry: {exc}") from None
         if s.contractType not in contract_types or s.quoteAsset != rules.quote_asset:
             continue
         if not is_valid_symbol(s.symbol):
@@ -79,7 +90,8 @@ def parse_exchange_info(body: bytes, rules: SymbolsConfig) -> Discovered:
             continue
         if (include and s.symbol not in include) or s.symbol in exclude:
             continue
-        entry = SymbolInfo(symbol=s.symbol, status=s.status, onboard_ms=s.onboardDate)
+        entry_json = bytes(raw).decode() if len(raw) <= MAX_ENTRY_BYTES else ""
+        entry = SymbolInfo(symbol=s.symbol, status=s.status, onboard_ms=s.onboardDate, info_json=entry_json)
         if s.status == "TRADING":
             trading.append(entry)
         elif is_halted(s.status):

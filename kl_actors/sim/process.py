@@ -11,7 +11,9 @@
 Keyword options map to CLI flags (`ws_lifetime_s=5` → `--ws-lifetime-s 5`; True → bare flag).
 The process is killed on exit, also when start-up fails. `die_with_parent=True` (used by the
 service's `--sim`) also ends it when the starting process dies, even by kill -9 (Linux
-PR_SET_PDEATHSIG). Stdlib only (urllib, ctypes).
+PR_SET_PDEATHSIG), and runs it in a session of its own: a Ctrl-C on the service's terminal stops
+the service, which then stops its simulator last (not first, under its still running actors).
+Stdlib only (urllib, ctypes).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class SimProcess:
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, text=True,
-                                     preexec_fn=_parent_death_signal(os.getpid()) if self.die_with_parent else None)
+                                     preexec_fn=_parent_death_signal(os.getpid()) if self.die_with_parent else None,
+                                     start_new_session=self.die_with_parent)
         try:
             lines: queue.Queue = queue.Queue()
             threading.Thread(target=_read_lines, args=(self.proc.stdout, lines),

@@ -8,6 +8,7 @@
 - `universe_live.py`      the top of the day with 550 symbols x 15 intervals (`live --universe`)
 - `universe_backfill.py`  550 x 15 backfilled from empty with `--once` (`universe`)
 - `archive.py`  since-listing bootstrap from the simulator's archive, cold then warm
+- `api.py`      the read API: pages of 1500 1m candles, 1 and 16 clients, requests/s and p99
 
 The benches start the service, the simulator and configs with the test harness
 (`tests/harness.py`: `free_port`, `make_config`, `RunningService`, `wait_for`), so a bench and a

@@ -13,6 +13,10 @@ spent vs REST alone, wall time vs the REST ceiling time, candles/s (archive.py).
 `universe`: 550 symbols x 15 intervals backfilled from empty with `--once`, limit lifted,
 heartbeat timeout 2 s: wall time, restarts, slowest scheduler tick, planning cost per table
 (universe_backfill.py).
+`export`: Parquet export of a generated database: first run rows/s and bytes per candle, a run
+with nothing changed, a run after one month changed (export.py).
+`api`: pages of 1500 1m candles from a warm database through the read API, 1 and 16 concurrent
+clients: requests/s, p50, p99; and the page's SQL + JSON cost without HTTP (api.py).
 """
 
 from __future__ import annotations
@@ -73,6 +77,20 @@ def bench_archive(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_export(a: argparse.Namespace) -> int:
+    from . import export
+
+    export.run(tables=a.tables, rows=a.rows)
+    return 0
+
+
+def bench_api(a: argparse.Namespace) -> int:
+    from . import api
+
+    api.run(seconds=a.seconds, depth=a.depth)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     p_archive.add_argument("--months-max", type=int, default=14, help="oldest listing, months back (newest: 3)")
     p_archive.add_argument("--cache", default="", help="keep the simulator's rendered files here across runs")
     p_archive.set_defaults(func=bench_archive)
+    p_export = sub.add_parser("export", help="Parquet export: first run, unchanged run, one month changed")
+    p_export.add_argument("--tables", type=int, default=5)
+    p_export.add_argument("--rows", type=int, default=2_000_000, help="1m candles per table")
+    p_export.set_defaults(func=bench_export)
+    p_api = sub.add_parser("api", help="read API: pages of 1500 1m candles, 1 and 16 clients: requests/s, p99")
+    p_api.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
+    p_api.add_argument("--depth", type=int, default=100_000, help="1m candles stored per symbol (3 symbols)")
+    p_api.set_defaults(func=bench_api)
     a = parser.parse_args(argv)
     return a.func(a)
 

@@ -33,6 +33,9 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
     service = service_factory(config)
     try:
         service.wait_running(["broker", "writer", "timesync", "scheduler", "downloader-1", "websocket"], timeout=20)
+        # The listing change must come after the scheduler's first discovery, or ETHUSDT is never
+        # seen trading by this run (on a busy machine the first discovery can come seconds late).
+        wait_for(lambda: "actor=scheduler event=discovered" in service.log_text(), 30, what="first discovery")
         start_server = sim.info()["server_time_ms"]
         # Wait for the first boundary after start, then list one symbol and delist another.
         wait_for(lambda: sim.info()["server_time_ms"] >= intervals.next_boundary("1m", start_server) + 1000,
