@@ -155,11 +155,14 @@ def test_metrics_match_the_database_and_survive_kill_9(workdir, sim_factory, ser
         assert types.get(exposed) == family.kind, (name, types.get(exposed))
     assert value(metrics, "weight_limit", egress="default") == 1_000_000  # the simulator's rateLimits
     assert (("egress", "default"),) in metrics[PREFIX + "weight_used"]
-    wait_for(lambda: value(scrape(port), "websocket_connections") == 1, 30, interval=0.2,
-             what="one WebSocket connection (12 streams)")
-    assert value(metrics, "websocket_events_total") > 0
-    assert value(metrics, "feed_messages_total", source="ws") > 0
     assert value(metrics, "writer_transaction_seconds_count") > 0
+
+    def live():  # each actor's figures arrive with its own heartbeat: wait for all of them
+        m = scrape(port)
+        return (value(m, "websocket_connections") == 1  # 12 streams: one connection
+                and value(m, "websocket_events_total") > 0 and value(m, "feed_messages_total", source="ws") > 0)
+
+    wait_for(live, 30, interval=0.2, what="one WebSocket connection, its events counted and published")
     # Pages of 1m tails come with each minute's planning pass: zero once they are committed.
     wait_for(lambda: value(scrape(port), "backfill_tasks_remaining") == 0, 30, interval=0.2,
              what="backfill_tasks_remaining 0")
