@@ -3,7 +3,7 @@
 
 import sys
 
-from kl_actors.supervisor import main
+from kl_actors.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

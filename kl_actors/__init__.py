@@ -14,8 +14,10 @@ The tree, by kind (docs/ARCHITECTURE.md has the whole map):
                kinds (`registry`)
 - `messages`   every message on the wire; `config` the config tree and its checks; `store` the
                SQL; `log` the log line format; `locks` the start-up locks
-- `supervisor`, `run`, `cli`  the process that starts and watches the actors, the launcher of
-               one actor, the command line; `export` the Parquet export (`supervisor.py export`)
+- `commands`, `supervisor`, `run`, `cli`  the entry point (start checks, `--sim`, the other
+               commands), the process that starts and watches the actors, the launcher of one
+               actor, the command line's options; `status` (+ `status_render`) the operator's view,
+               `export` the Parquet export, `display` the terminal progress, `metrics_http` /metrics
 - `sim/`       the exchange simulator: a second, independent implementation of the exchange
 """
 

@@ -49,7 +49,7 @@ def test_core_is_pure(path):
         assert top(module) not in IO_LIBRARIES and module not in IO_LIBRARIES, f"{path.name}:{line} imports {module}"
         if path.name != "clock.py":
             assert top(module) not in CLOCK, f"{path.name}:{line} reads the clock ({module}); pass `now` in"
-        assert not module.startswith(("kl_actors.actors", "kl_actors.store", "kl_actors.supervisor",
+        assert not module.startswith(("kl_actors.actors", "kl_actors.store", "kl_actors.supervisor", "kl_actors.commands",
                                       "kl_actors.sim", "kl_actors.log")), f"{path.name}:{line} imports {module}"
     source = path.read_text()
     assert "open(" not in source.replace("_open(", ""), f"{path.name} opens a file"
