@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-workers=(-n 6 --dist load --maxschedchunk 1)
+workers=(-n 6 --dist loadgroup --maxschedchunk 1)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*) workers=() ;; esac
 done

@@ -76,8 +76,9 @@ def service_factory(workdir):
 
 def pytest_collection_modifyitems(items):
     """Longest first: `@pytest.mark.slow(seconds)` says how long a test waits (measured here; 30 s
-    when not given). scripts/test.sh runs six workers with `--dist load --maxschedchunk 1`: each
-    worker starts with two tests, then takes one whenever it has fewer than two. So the first
+    when not given). scripts/test.sh runs six workers with `--dist loadgroup --maxschedchunk 1`: each
+    worker starts with two tests, then takes one whenever it has fewer than two (a module marked
+    `xdist_group` goes to one worker whole, so its module-scoped fixture is built once). So the first
     twelve places alternate a long test and a quick one, and every worker starts on a long wait."""
     def expected_s(item):
         mark = item.get_closest_marker("slow")

@@ -91,6 +91,7 @@ def status(config) -> dict:
         return {}
 
 
+@pytest.mark.slow(35)
 def test_display_draws_updates_shows_warnings_and_leaves_the_terminal_clean_on_ctrl_c(workdir, sim_factory):
     # ~160 pages of 499 candles at 150 ms each over 4 slots: several seconds of frames.
     sim = sim_factory(symbols=4, seed=3, weight_limit=1_000_000, latency_ms=150)
@@ -150,6 +151,7 @@ def _alive(pid: int) -> bool:
         return f.read().split(") ", 1)[1][0] != "Z"
 
 
+@pytest.mark.slow(35)
 def test_on_pipes_the_log_lines_stay_as_they_were_and_status_has_the_progress(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=3, seed=4, weight_limit=1_000_000)
     config = backfill_config(workdir, sim, {"1m": 3_000, "5m": 1_000}, archive={"enabled": False})

@@ -127,6 +127,7 @@ def assert_written_equals_database(port: int, db_path: str, symbols) -> dict:
     return metrics
 
 
+@pytest.mark.slow(40)
 def test_metrics_match_the_database_and_survive_kill_9(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=4, weight_limit=1_000_000, ws_push_ms=200, clock_offset_ms=_quiet_offset())
     symbols = trading_symbols(sim)

@@ -31,6 +31,11 @@ from kl_actors.core import intervals
 from kl_actors.sim.process import SimProcess
 from kl_actors.store import Store
 
+# One worker runs this module: its module-scoped fixture (a whole service backfilled from the
+# simulator, ~20 s alone) is built once, not once per xdist worker (scripts/test.sh uses
+# --dist loadgroup).
+pytestmark = [pytest.mark.xdist_group("read_api"), pytest.mark.slow(40)]
+
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "1000PEPEUSDT")
 DEPTH = {"1m": 30000, "1h": 3200}
 WEIGHT_LIMIT = 1000  # per client and minute: the clients below stay under it, the 429 test goes over

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import msgspec
+import pytest
 
 from exactness import run_once, trading_symbols
 from kl_actors.core import intervals
@@ -69,6 +70,7 @@ def assert_same_numbers(text_rows, data):
             j["ws_rows"], j["delisted"])
 
 
+@pytest.mark.slow(30)
 def test_status_counts_lag_holes_and_exit_codes(workdir, sim_factory):
     sim = sim_factory(symbols=8, weight_limit=1_000_000)
     symbols = sorted(trading_symbols(sim))

@@ -18,6 +18,10 @@ import requests
 
 from kl_actors.sim import archive as ar
 
+# One worker runs this module: its module-scoped fixture (a simulator rendering archive files)
+# is built once, not once per xdist worker (scripts/test.sh uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sim_archive")
+
 DAY = 86_400_000
 S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 SYM = "ARCHUSDT"
