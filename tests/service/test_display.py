@@ -16,6 +16,8 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from harness import ROOT, backfill_config, make_config, wait_for, write_toml
 from kl_actors.store import Store
 
