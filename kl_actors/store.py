@@ -31,6 +31,7 @@ No zmq, no clocks: callers pass `now` in.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from msgspec.structs import astuple
 
 from .core import intervals, planner
 from .config import DatabaseConfig
-from .messages import Candle, SymbolInfo
+from .messages import Candle, CandleColumns, SymbolInfo
 from .core.symbols import is_valid_symbol, parse_table_name, table_base, table_name
 from .store_summary import Summaries, Summary  # noqa: F401 - Summary is part of this module's API
 
@@ -138,6 +139,16 @@ def _upsert_sql(table: str, source: str, rows: int = 1) -> str:
         f"ON CONFLICT(open_time) DO UPDATE SET {updates} "
         f"WHERE excluded.source = 'rest' OR {table}.source = 'ws' OR {table}.source = excluded.source"
     )
+
+
+_OPEN = operator.itemgetter(0)
+
+
+def _flat(rows: Sequence[tuple]) -> list:
+    """The rows' parameters one after another; each row must have ROW_FIELDS of them."""
+    if set(map(len, rows)) - {ROW_FIELDS}:
+        raise ValueError(f"upsert rows must have {ROW_FIELDS} fields each")
+    return list(itertools.chain.from_iterable(rows))
 
 
 def candle_rows(candles: Iterable[Candle]) -> list[tuple]:
@@ -369,37 +380,48 @@ class Store(Summaries):
             sql = self._sql[key] = _upsert_sql(table, source, rows)
         return sql
 
-    def _execute_upsert(self, table: str, source: str, rows: Sequence[tuple], returning: str = ""):
-        """Run the upsert over `rows` in statements of MULTI_ROW_SIZES rows, then one by one,
-        in order; the cursor's rows (of `returning`) from all of them."""
-        if set(map(len, rows)) != {ROW_FIELDS}:
+    def _execute_upsert(self, table: str, source: str, flat: list, returning: str = "") -> Iterator[tuple]:
+        """Run the upsert over the rows whose ROW_FIELDS parameters follow one another in
+        `flat`: statements of MULTI_ROW_SIZES rows, then one by one, in order. The cursor's rows
+        (of `returning`) from all of them."""
+        if len(flat) % ROW_FIELDS:
             raise ValueError(f"upsert rows must have {ROW_FIELDS} fields each")
         done = 0
         results = []
-        for size in MULTI_ROW_SIZES:
-            whole = (len(rows) - done) // size * size
+        for size in (*MULTI_ROW_SIZES, 1):
+            width = size * ROW_FIELDS
+            whole = (len(flat) - done) // width * width
             if whole:
-                flat = list(itertools.chain.from_iterable(itertools.islice(rows, done, done + whole)))
-                width = size * ROW_FIELDS
                 results.append(self._cursor.executemany(
                     self._upsert_sql(table, source, size) + returning,
-                    [flat[i:i + width] for i in range(0, len(flat), width)]))
+                    [flat[i:i + width] for i in range(done, done + whole, width)]))
                 if returning:
                     results[-1] = list(results[-1])  # the next statement resets the cursor
                 done += whole
-        if done < len(rows):
-            results.append(self._cursor.executemany(self._upsert_sql(table, source, 1) + returning,
-                                                    rows[done:] if done else rows))
         return itertools.chain.from_iterable(results)
 
     def upsert_rows(self, symbol: str, interval: str, source: str, rows: Sequence[tuple]) -> int:
         """Upsert parameter tuples (see `candle_rows`); returns the number of rows written."""
         table = self._statement(symbol, interval, source)
-        if not rows:
+        return self._upsert(table, symbol, interval, source, list(map(_OPEN, rows)), _flat(rows))
+
+    def upsert_columns(self, symbol: str, interval: str, source: str, columns: CandleColumns) -> int:
+        """Upsert candles given as columns (checked equal in length by the caller, as
+        `batches.accept_columns` does); returns the number of rows written."""
+        table = self._statement(symbol, interval, source)
+        # Row by row with `ignore` as "0" (only ever bound into the coalesce): the flat
+        # parameters straight from the columns, no tuple per candle kept.
+        flat = list(itertools.chain.from_iterable(zip(*columns.lists(), itertools.repeat("0"))))
+        if len(flat) != len(columns) * ROW_FIELDS:
+            raise ValueError("candle columns of unequal lengths")
+        return self._upsert(table, symbol, interval, source, columns.open_time_ms, flat)
+
+    def _upsert(self, table: str, symbol: str, interval: str, source: str, opens: list[int], flat: list) -> int:
+        if not opens:
             return 0
-        summary = self._summary_before(table, interval, rows)
+        summary = self._summary_before(table, interval, opens)
         before = self.conn.total_changes()
-        self._execute_upsert(table, source, rows)
+        self._execute_upsert(table, source, flat)
         written = self.conn.total_changes() - before
         self._summary_after(table, symbol, interval, source, summary)
         return written
@@ -423,8 +445,8 @@ class Store(Summaries):
         table = self._statement(symbol, interval, source)
         if not rows:
             return set()
-        summary = self._summary_before(table, interval, rows)
-        stored = {row[0] for row in self._execute_upsert(table, source, rows, " RETURNING open_time")}
+        summary = self._summary_before(table, interval, list(map(_OPEN, rows)))
+        stored = {row[0] for row in self._execute_upsert(table, source, _flat(rows), " RETURNING open_time")}
         self._summary_after(table, symbol, interval, source, summary)
         return stored
 

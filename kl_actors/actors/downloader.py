@@ -10,7 +10,8 @@ Sockets (all touched by the actor thread only):
 - `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH for this downloader's group. Read only while a request slot is
             free (unregistered from the poller otherwise), so no process hoards work.
 - `results` PUSH to the scheduler: exactly one `TaskResult` per task taken.
-- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches).
+- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches), of a good archive
+            file as `ArchiveBatch`es (columns).
 - `bus_sub` SUB: `ClockSync` feeds the `ServerClock` (a candle is closed by the server's clock,
             not ours); other bus traffic is ignored.
 
@@ -31,7 +32,7 @@ take a REST slot, so they can never delay a boundary fetch; the scheduler bounds
 out at once (`archive.concurrency`, pool-wide), which also bounds this process's archive queue.
 A worker fetches the `.CHECKSUM`, then the zip (both capped), and `core/archive.classify`
 verifies the checksum before anything else is read. A good file goes to the writer as
-`source="archive"` batches (only the last carries the task id, so the scheduler's `Committed`
+`ArchiveBatch`es of columns (`source="archive"`; no Python object per candle on either side; only the last carries the task id, so the scheduler's `Committed`
 for it means the whole file is in); a bad one sends nothing and is logged naming the file.
 No REST weight is spent and a REST `Retry-After` does not hold archive work.
 """
@@ -54,13 +55,13 @@ from .base import Actor
 from ..core.budget import hold_until_ms
 from ..core.clock import ServerClock
 from ..httpcap import BodyTooLarge, SMALL_BODY_CAP_BYTES, get_capped, klines_cap_bytes
-from ..messages import ArchiveTask, Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
+from ..messages import ArchiveBatch, ArchiveTask, Candle, CandleColumns, ClockSync, DownloadTask, KlineBatch, TaskResult
 
 STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
 MAX_READS_PER_WAKE = 256  # bound one handler call so no socket starves the others
 # A monthly 1m zip of the busiest symbol is a few MB; far past that is not a kline file.
 ARCHIVE_ZIP_CAP_BYTES = 256 * 1024 * 1024
-ARCHIVE_BATCH_ROWS = 10_000  # candles per KlineBatch of an archive file (one writer transaction's worth)
+ARCHIVE_BATCH_ROWS = 10_000  # candles per ArchiveBatch of an archive file (one writer transaction's worth)
 ARCHIVE_MIN_TIMEOUT_S = 60.0  # a zip of several MB needs longer than a klines page
 
 
@@ -194,7 +195,7 @@ class Downloader(Actor):
             self._on_tasks(self.tasks_in)  # take the next task now, not one poll later
 
     def _report(self, task: DownloadTask | ArchiveTask, result: TaskResult,
-                page: list[Candle] | None) -> None:
+                page: list[Candle] | CandleColumns | None) -> None:
         if isinstance(task, ArchiveTask):
             self._report_archive(task, result, page)
             return
@@ -219,17 +220,16 @@ class Downloader(Actor):
         result.by = self.name  # the scheduler names who did the work (a downloader on another host)
         self.send(self.results_out, result)
 
-    def _report_archive(self, task: ArchiveTask, result: TaskResult, candles: list[Candle] | None) -> None:
+    def _report_archive(self, task: ArchiveTask, result: TaskResult, candles: CandleColumns | None) -> None:
         f = archive.task_file(task)
         if result.status == "ok" and candles is not None:
             # Only the last batch names the task: the writer commits in order, so its Committed
             # means every batch of the file is in.
             for start in range(0, max(len(candles), 1), ARCHIVE_BATCH_ROWS):
-                chunk = candles[start:start + ARCHIVE_BATCH_ROWS]
                 last = start + ARCHIVE_BATCH_ROWS >= len(candles)
-                self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval,
-                                                  source="archive", candles=chunk,
-                                                  task_id=task.task_id if last else ""))
+                self.send(self.writer, ArchiveBatch(symbol=task.symbol, interval=task.interval,
+                                                    columns=candles.slice(start, start + ARCHIVE_BATCH_ROWS),
+                                                    task_id=task.task_id if last else ""))
             self.archived_files += 1
             self.fetched_candles += len(candles)
             self.log.debug("archive_file_stored", task_id=task.task_id, file=f.name,
@@ -320,7 +320,8 @@ class Downloader(Actor):
                         zip_status = zip_response.status_code
                     # A CHECKSUM that is not 200 decides the result; the zip is not asked.
                     result, candles = archive.classify(task, sum_response.status_code, sum_body,
-                                                       zip_status, zip_body, self.clock.now_ms())
+                                                       zip_status, zip_body, self.clock.now_ms(),
+                                                       columns=True)
                     result.bytes_read = len(zip_body) + len(sum_body)
                 except BodyTooLarge as exc:
                     result, candles = TaskResult(task_id=task.task_id, status="bad_file", http_status=exc.status,

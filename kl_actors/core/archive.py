@@ -27,7 +27,7 @@ import zlib
 from typing import NamedTuple
 
 from . import intervals, klines
-from ..messages import ArchiveTask, Candle, TaskResult
+from ..messages import ArchiveTask, Candle, CandleColumns, TaskResult, columns_of
 
 PREFIX = "data/futures/um"
 # 3d, 1w and 1M exist as monthly files only (binance-api.md section 7).
@@ -207,13 +207,16 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def decode_file(f: ArchiveFile, zip_bytes: bytes, checksum_text: bytes, now_ms: int) -> list[Candle]:
-    """Verify, unzip, parse and validate one file; its candles sorted by open time.
+def decode_file(f: ArchiveFile, zip_bytes: bytes, checksum_text: bytes, now_ms: int, *,
+                columns: bool = False) -> list[Candle] | CandleColumns:
+    """Verify, unzip, parse and validate one file; its candles sorted by open time (as
+    `CandleColumns` with `columns`: what the downloader sends, no Python object per candle).
 
     The checksum comes first: nothing of an unverified zip is even unpacked.
     """
     verify(zip_bytes, checksum_text, f.name)
-    return read_candles(f, unzip_single(zip_bytes, f.name), now_ms)
+    data = unzip_single(zip_bytes, f.name)
+    return read_columns(f, data, now_ms) if columns else read_candles(f, data, now_ms)
 
 
 def read_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
@@ -228,6 +231,20 @@ def read_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
     candles = fast_candles(f, data, now_ms)
     if candles is not None:
         return candles
+    return _read_checked(f, data, now_ms)
+
+
+def read_columns(f: ArchiveFile, data: bytes, now_ms: int) -> CandleColumns:
+    """`read_candles` as columns: the same checks, the same candles (`ignore` left out)."""
+    parts = _fast_parts(f, data, now_ms)
+    if parts is not None:
+        opens, cols, closes, trades = parts
+        return CandleColumns(opens, cols[1], cols[2], cols[3], cols[4], cols[5], closes, cols[7],
+                             trades, cols[9], cols[10])
+    return columns_of(_read_checked(f, data, now_ms))
+
+
+def _read_checked(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
     rows = parse_csv(data, f.name)
     try:
         return klines.validate_page(f.interval, rows, f.start_ms, f.last_open_ms, now_ms)
@@ -237,7 +254,19 @@ def read_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
 
 def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | None:
     """The candles of a file that certainly passes `parse_csv` + `klines.validate_page` (the
-    same candles they would give), or None: ask them. Never raises for bad input.
+    same candles they would give), or None: ask them. Never raises for bad input (see
+    `_fast_parts`)."""
+    parts = _fast_parts(f, data, now_ms)
+    if parts is None:
+        return None
+    opens, cols, closes, trades = parts
+    return list(map(Candle, opens, cols[1], cols[2], cols[3], cols[4], cols[5], closes, cols[7],
+                    trades, cols[9], cols[10], cols[11]))
+
+
+def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], list[list[str]], list[int], list[int]] | None:
+    """(open times, the 12 text columns, close times, trades) of a file that certainly passes
+    `parse_csv` + `klines.validate_page`, or None: ask them. Never raises for bad input.
 
     Sufficient conditions only, checked on whole columns: every row has 12 fields; times and
     counts are 1-19 ASCII digits; open times strictly increase, lie in the file's period and on
@@ -258,7 +287,7 @@ def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | Non
     if "" in lines:
         lines = [line for line in lines if line]  # blank lines are skipped, as parse_csv does
     if not lines:
-        return []
+        return [], [[] for _ in range(_COLUMNS)], [], []
     if set(map(str.count, lines, itertools.repeat(","))) != {_COLUMNS - 1}:
         return None
     fields = ",".join(lines).split(",")
@@ -307,8 +336,7 @@ def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | Non
     if not (all(map(operator.ge, h, o)) and all(map(operator.ge, h, c))
             and all(map(operator.le, low, o)) and all(map(operator.le, low, c))):
         return None
-    return list(map(Candle, opens, cols[1], cols[2], cols[3], cols[4], cols[5], closes, cols[7],
-                    trades, cols[9], cols[10], cols[11]))
+    return opens, cols, closes, trades
 
 
 def _lengths_ok(cols: list[list[str]]) -> bool:
@@ -406,8 +434,10 @@ def task_file(task: ArchiveTask) -> ArchiveFile:
 
 
 def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_status: int,
-             zip_body: bytes, now_ms: int) -> tuple[TaskResult, list[Candle] | None]:
-    """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles.
+             zip_body: bytes, now_ms: int, *,
+             columns: bool = False) -> tuple[TaskResult, list[Candle] | CandleColumns | None]:
+    """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles
+    (as `CandleColumns` with `columns`).
 
     A 404 of either means the archive does not have the file (yet): `absent`. Any other non-200
     is an `http_error`. Otherwise the file is verified and read whole; any fault is `bad_file`
@@ -422,28 +452,38 @@ def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_
             return TaskResult(task_id=task.task_id, status="http_error", http_status=status,
                               detail=f"{f.name}: {what} answered HTTP {status}"), None
     try:
-        candles = decode_file(f, zip_body, checksum_body, now_ms)
+        candles = decode_file(f, zip_body, checksum_body, now_ms, columns=columns)
     except ArchiveError as exc:
         return TaskResult(task_id=task.task_id, status="bad_file", http_status=200,
                           detail=str(exc)[:300]), None
-    first, last = (candles[0].open_time_ms, candles[-1].open_time_ms) if candles else (0, 0)
+    opens = _opens(candles)
+    first, last = (opens[0], opens[-1]) if opens else (0, 0)
     return TaskResult(task_id=task.task_id, status="ok", candles=len(candles), first_open_ms=first,
                       last_open_ms=last, http_status=200, detail=f.name,
                       missing=file_gaps(f, candles)), candles
 
 
-def file_gaps(f: ArchiveFile, candles: list[Candle]) -> list[tuple[int, int]]:
+def _opens(candles: list[Candle] | CandleColumns) -> list[int]:
+    if isinstance(candles, CandleColumns):
+        return candles.open_time_ms
+    return [c.open_time_ms for c in candles]
+
+
+def file_gaps(f: ArchiveFile, candles: list[Candle] | CandleColumns) -> list[tuple[int, int]]:
     """Open times of the file's period it does not hold (on its own candles' grid), as inclusive
     ranges: a day missing inside a monthly file, an exchange maintenance window. The scheduler
     asks them over REST, so what the archive lacks is reported and filled, never hidden."""
-    if not candles:
+    if not len(candles):
         return [(f.start_ms, f.last_open_ms)]
+    opens = _opens(candles)
     if f.interval not in MONTHLY_ONLY:
         # Valid candles are distinct, sorted and on the grid: as many as the period's open
         # times, from its first to its last, is all of them (no set of 44,640 to build).
         step = intervals.nominal_ms(f.interval)
         last = intervals.align(f.interval, f.last_open_ms)
-        if (candles[0].open_time_ms == f.start_ms and candles[-1].open_time_ms == last
-                and len(candles) == (last - f.start_ms) // step + 1):
+        if (opens[0] == f.start_ms and opens[-1] == last
+                and len(opens) == (last - f.start_ms) // step + 1):
             return []
+    if isinstance(candles, CandleColumns):
+        candles = candles.candles()
     return klines.missing_ranges(f.interval, candles, f.start_ms, f.last_open_ms, len(candles) + 1)
