@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from typing import NamedTuple
 
-from . import intervals, klines
+from . import batches, intervals, klines
 from ..messages import ArchiveTask, Candle, CandleColumns, TaskResult, columns_of
 
 PREFIX = "data/futures/um"
@@ -36,8 +36,6 @@ DEFAULT_HORIZON_DAYS = 2
 REAL_BASE_URL = "https://data.binance.vision"
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _COLUMNS = 12
-_DECIMAL_COLUMNS = (1, 2, 3, 4, 5, 7, 9, 10)  # open high low close volume quote taker_base taker_quote
-_TWO_DOTS_RE = re.compile(r"\.[0-9]*\.")
 
 
 class ArchiveError(ValueError):
@@ -268,7 +266,7 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
     """(open times, the 12 text columns, close times, trades) of a file that certainly passes
     `parse_csv` + `klines.validate_page`, or None: ask them. Never raises for bad input.
 
-    Sufficient conditions only, checked on whole columns: every row has 12 fields; times and
+    Sufficient conditions only, checked on whole columns (`batches.digits_ok`, `decimals_ok`): every row has 12 fields; times and
     counts are 1-19 ASCII digits; open times strictly increase, lie in the file's period and on
     the interval's grid (3d/1w: whole days, whole steps apart, as `validate_page` allows); each
     close is open + step - 1 and the newest is before `now_ms`; decimals are 1-20 ASCII digits
@@ -291,12 +289,10 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
     if set(map(str.count, lines, itertools.repeat(","))) != {_COLUMNS - 1}:
         return None
     fields = ",".join(lines).split(",")
-    lengths = set(map(len, fields))
     cols = [fields[i::_COLUMNS] for i in range(_COLUMNS)]
     del fields
-    if min(lengths) < 1 or (max(lengths) > 15 and not _lengths_ok(cols)):
-        return None
-    if not all("".join(cols[i]).isdigit() for i in (0, 6, 8)):
+    # Times and counts: 1-19 ASCII digits. An empty `ignore` is valid but unusual: declined.
+    if not all(batches.digits_ok(cols[i], 19) for i in (0, 6, 8)) or "" in cols[11]:
         return None
     opens, closes, trades = (list(map(int, cols[i])) for i in (0, 6, 8))
     step = intervals.nominal_ms(interval)
@@ -323,12 +319,10 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
     if (closes[-1] >= now_ms
             or closes[-1] > klines.MAX_TIME_MS or max(trades) > klines.MAX_SQL_INT):
         return None
-    # Decimals: no value is empty (lengths above), so each is ASCII digits with at most one
-    # dot that is neither its first nor its last character.
-    joined = "\n".join(itertools.chain.from_iterable(cols[i] for i in _DECIMAL_COLUMNS))
-    if (joined.encode("ascii").translate(None, b"0123456789.\n") or ".\n" in joined
-            or "\n." in joined or joined[0] == "." or joined[-1] == "."
-            or _TWO_DOTS_RE.search(joined)):
+    # Decimals: 1-20 ASCII digits with at most one dot that is neither first nor last; prices
+    # at most 15 characters.
+    if not (batches.decimals_ok(list(itertools.chain(cols[1], cols[2], cols[3], cols[4])), 15)
+            and batches.decimals_ok(list(itertools.chain(cols[5], cols[7], cols[9], cols[10])), 20)):
         return None
     # Decimals of at most 15 digits convert to distinct floats in the same order, so these
     # comparisons are exactly klines.check_candle's Decimal ones.
@@ -337,14 +331,6 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
             and all(map(operator.le, low, o)) and all(map(operator.le, low, c))):
         return None
     return opens, cols, closes, trades
-
-
-def _lengths_ok(cols: list[list[str]]) -> bool:
-    """Times and counts of at most 19 digits, prices of at most 15 characters (exact as
-    floats), the other decimals of at most 20 (so no part exceeds the 20 digits allowed)."""
-    def longest(indexes: tuple[int, ...]) -> int:
-        return max(max(map(len, cols[i])) for i in indexes)
-    return longest((0, 6, 8)) <= 19 and longest((1, 2, 3, 4)) <= 15 and longest((5, 7, 9, 10)) <= 20
 
 
 # --- planning -------------------------------------------------------------------------------

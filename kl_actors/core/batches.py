@@ -82,7 +82,7 @@ def _fast_ok(interval: str, cols: list) -> bool:
     # Decimals: ASCII digits with at most one dot, neither first nor last, no empty value;
     # prices (open, high, low, close) at most 15 characters, the others at most 20 (so no part
     # has more than the 20 digits allowed).
-    if not (_decimals_ok(cols, _PRICE_COLUMNS, 15) and _decimals_ok(cols, _OTHER_DECIMALS, 20)):
+    if not (decimals_ok(_chained(cols, _PRICE_COLUMNS), 15) and decimals_ok(_chained(cols, _OTHER_DECIMALS), 20)):
         return False
     # Floats order decimals of at most 15 digits exactly (rounding is monotonic, and distinct
     # decimals of 15 digits stay distinct), so the bounds check below is exact.
@@ -91,26 +91,44 @@ def _fast_ok(interval: str, cols: list) -> bool:
             and all(map(operator.le, low, o)) and all(map(operator.le, low, c)))
 
 
-def _decimals_ok(cols: list, indexes: tuple[int, ...], longest: int) -> bool:
-    """Every value of these columns is 1..`longest` ASCII digits with at most one dot that is
-    neither its first nor its last character. Whole-text operations only (C speed):
+def _chained(cols: list, indexes: tuple[int, ...]) -> list[str]:
+    return list(itertools.chain.from_iterable(cols[i] for i in indexes))
+
+
+def decimals_ok(values: list[str], longest: int) -> bool:
+    """Every value is 1..`longest` ASCII digits with at most one dot that is neither its first
+    nor its last character (False: ask `check_candle`). Whole-text operations only (C speed):
     the values joined by newlines hold only digits, dots and newlines; no newline is inside a
     value (their count), none is empty (no two newlines together, none at either end); with the
     digits removed no two dots touch (two dots in one value), and with every digit written 0
     each dot is found inside a "0.0" (a digit on both sides; counted without overlap, which
     never misses one when no two dots share a value); with digits and dots both written 0 no
     run of `longest` + 1 of them is left."""
-    values = list(itertools.chain.from_iterable(cols[i] for i in indexes))
-    joined = "\n".join(values)
-    if not joined.isascii() or joined.count("\n") != len(values) - 1:
-        return False  # non-ASCII digits, or a value containing the separator: ask check_candle
-    raw = joined.encode("ascii")
-    if (raw.translate(None, b"0123456789.\n") or b"\n\n" in raw or raw[:1] == b"\n"
-            or raw[-1:] == b"\n" or b".." in raw.translate(None, _DIGITS)):
+    raw = _joined(values)
+    if raw is None or raw.translate(None, b"0123456789.\n") or b".." in raw.translate(None, _DIGITS):
         return False
     if raw.translate(_DIGITS_TO_0).count(b"0.0") != raw.count(b"."):
         return False
     return b"0" * (longest + 1) not in raw.translate(_DIGITS_AND_DOT_TO_0)
+
+
+def digits_ok(values: list[str], longest: int) -> bool:
+    """Every value is 1..`longest` ASCII digits (as `decimals_ok`, without dots)."""
+    raw = _joined(values)
+    return (raw is not None and not raw.translate(None, b"0123456789\n")
+            and b"0" * (longest + 1) not in raw.translate(_DIGITS_TO_0))
+
+
+def _joined(values: list[str]) -> bytes | None:
+    """The values joined by newlines, as ASCII bytes, if none is empty or holds a newline or
+    anything outside ASCII (else None)."""
+    joined = "\n".join(values)
+    if not values or not joined.isascii() or joined.count("\n") != len(values) - 1:
+        return None
+    raw = joined.encode("ascii")
+    if b"\n\n" in raw or raw[:1] == b"\n" or raw[-1:] == b"\n" or not raw:
+        return None
+    return raw
 
 
 def accept_columns(symbol: str, interval: str, columns: CandleColumns, server_now_ms: int | None) -> None:
