@@ -93,9 +93,6 @@ class CandleColumns(msgspec.Struct, array_like=True, frozen=True, gc=False):
         """The 11 columns in `Candle` order."""
         return msgspec.structs.astuple(self)
 
-    def slice(self, start: int, stop: int) -> CandleColumns:
-        return CandleColumns(*(column[start:stop] for column in self.lists()))
-
     def candles(self) -> list[Candle]:
         return list(map(Candle, *self.lists()))
 

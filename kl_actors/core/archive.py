@@ -24,7 +24,7 @@ import operator
 import re
 import zipfile
 import zlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 from . import batches, intervals, klines
 from ..messages import ArchiveTask, Candle, CandleColumns, TaskResult, columns_of
@@ -36,6 +36,8 @@ DEFAULT_HORIZON_DAYS = 2
 REAL_BASE_URL = "https://data.binance.vision"
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _COLUMNS = 12
+T = TypeVar("T")
+FAST_SLICE_ROWS = 2000  # rows the CSV fast path checks at a time (see `_fast_parts`)
 
 
 class ArchiveError(ValueError):
@@ -206,15 +208,15 @@ def _int(text: str) -> int:
 
 
 def decode_file(f: ArchiveFile, zip_bytes: bytes, checksum_text: bytes, now_ms: int, *,
-                columns: bool = False) -> list[Candle] | CandleColumns:
-    """Verify, unzip, parse and validate one file; its candles sorted by open time (as
-    `CandleColumns` with `columns`: what the downloader sends, no Python object per candle).
+                piece: Callable[[CandleColumns, bool], T] | None = None) -> list[Candle] | tuple[list[T], list[int]]:
+    """Verify, unzip, parse and validate one file; its candles sorted by open time (with
+    `piece`: what `read_pieces` gives, the file in pieces as columns).
 
     The checksum comes first: nothing of an unverified zip is even unpacked.
     """
     verify(zip_bytes, checksum_text, f.name)
     data = unzip_single(zip_bytes, f.name)
-    return read_columns(f, data, now_ms) if columns else read_candles(f, data, now_ms)
+    return read_candles(f, data, now_ms) if piece is None else read_pieces(f, data, now_ms, piece)
 
 
 def read_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
@@ -242,6 +244,27 @@ def read_columns(f: ArchiveFile, data: bytes, now_ms: int) -> CandleColumns:
     return columns_of(_read_checked(f, data, now_ms))
 
 
+def read_pieces(f: ArchiveFile, data: bytes, now_ms: int,
+                piece: Callable[[CandleColumns, bool], T]) -> tuple[list[T], list[int]]:
+    """`read_columns` in pieces of at most FAST_SLICE_ROWS candles, in order: (what `piece(columns,
+    last)` returned for each, the file's open times); `last` marks the file's last piece (an
+    empty file has none).
+
+    Each piece is handed over as soon as its values are checked and is not kept, so the caller
+    keeps only what `piece` makes of it (the downloader: a message's bytes). A whole file's
+    Python objects outgrow the CPU's cache (measured 3.4 µs a candle for a monthly 1m file
+    held whole, 2.0 in pieces). Nothing is returned unless the whole file is valid: a piece
+    made before a later fault is dropped, so `piece` must only build, never act.
+    """
+    made: list[T] = []
+    parts = _fast_parts(f, data, now_ms, piece=lambda columns, last: made.append(piece(columns, last)))
+    if parts is not None:
+        return made, parts[0]
+    candles = _read_checked(f, data, now_ms)
+    return ([piece(columns_of(candles[i:i + FAST_SLICE_ROWS]), i + FAST_SLICE_ROWS >= len(candles))
+             for i in range(0, len(candles), FAST_SLICE_ROWS)], [c.open_time_ms for c in candles])
+
+
 def _read_checked(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
     rows = parse_csv(data, f.name)
     try:
@@ -262,16 +285,16 @@ def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | Non
                     trades, cols[9], cols[10], cols[11]))
 
 
-def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], list[list[str]], list[int], list[int]] | None:
+def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int, piece: Callable[[CandleColumns, bool], object] | None = None,
+                ) -> tuple[list[int], list[list[str]], list[int], list[int]] | None:
     """(open times, the 12 text columns, close times, trades) of a file that certainly passes
-    `parse_csv` + `klines.validate_page`, or None: ask them. Never raises for bad input.
+    `parse_csv` + `klines.validate_page`, or None: ask them. Never raises for bad input. With
+    `piece`, each slice's columns go to it (see `read_pieces`) and only the int columns are kept.
 
-    Sufficient conditions only, checked on whole columns (`batches.digits_ok`, `decimals_ok`): every row has 12 fields; times and
-    counts are 1-19 ASCII digits; open times strictly increase, lie in the file's period and on
+    Sufficient conditions only, checked on whole columns: every row has 12 fields; the values
+    as `_fast_slice` checks them; open times strictly increase, lie in the file's period and on
     the interval's grid (3d/1w: whole days, whole steps apart, as `validate_page` allows); each
-    close is open + step - 1 and the newest is before `now_ms`; decimals are 1-20 ASCII digits
-    with at most one inner dot (prices at most 15 characters, so float comparison orders them
-    exactly); high >= open, close >= low.
+    close is open + step - 1 and the newest is before `now_ms`.
     """
     interval = f.interval
     if interval == intervals.MONTH or not data.isascii():
@@ -286,15 +309,19 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
         lines = [line for line in lines if line]  # blank lines are skipped, as parse_csv does
     if not lines:
         return [], [[] for _ in range(_COLUMNS)], [], []
-    if set(map(str.count, lines, itertools.repeat(","))) != {_COLUMNS - 1}:
-        return None
-    fields = ",".join(lines).split(",")
-    cols = [fields[i::_COLUMNS] for i in range(_COLUMNS)]
-    del fields
-    # Times and counts: 1-19 ASCII digits. An empty `ignore` is valid but unusual: declined.
-    if not all(batches.digits_ok(cols[i], 19) for i in (0, 6, 8)) or "" in cols[11]:
-        return None
-    opens, closes, trades = (list(map(int, cols[i])) for i in (0, 6, 8))
+    # In slices of FAST_SLICE_ROWS rows: each slice's strings are checked while they are still
+    # in the CPU's cache (a whole monthly file at once measured 4.3 µs a candle, slices 2.4).
+    cols: list[list] = [[] for _ in range(_COLUMNS)]
+    kept = range(_COLUMNS) if piece is None else (0, 6, 8)
+    for start in range(0, len(lines), FAST_SLICE_ROWS):
+        part = _fast_slice(lines[start:start + FAST_SLICE_ROWS])
+        if part is None:
+            return None
+        if piece is not None:
+            piece(CandleColumns(*part[:11]), start + FAST_SLICE_ROWS >= len(lines))
+        for i in kept:
+            cols[i].extend(part[i])
+    opens, closes, trades = cols[0], cols[6], cols[8]
     step = intervals.nominal_ms(interval)
     first, n = opens[0], len(opens)
     if not (f.start_ms <= first and opens[-1] <= f.last_open_ms):
@@ -319,8 +346,22 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
     if (closes[-1] >= now_ms
             or closes[-1] > klines.MAX_TIME_MS or max(trades) > klines.MAX_SQL_INT):
         return None
-    # Decimals: 1-20 ASCII digits with at most one dot that is neither first nor last; prices
-    # at most 15 characters.
+    return opens, cols, closes, trades
+
+
+def _fast_slice(lines: list[str]) -> list[list] | None:
+    """The 12 columns of these rows if each has exactly 12 fields, open times, close times and trades as
+    ints, if every field certainly passes `parse_csv` and `klines.check_candle`'s value rules:
+    times and counts 1-19 ASCII digits; decimals 1-20 ASCII digits with at most one dot that is
+    neither first nor last, prices at most 15 characters; high >= open, close >= low. Else None."""
+    if set(map(str.count, lines, itertools.repeat(","))) != {_COLUMNS - 1}:
+        return None
+    fields = ",".join(lines).split(",")
+    cols: list[list] = [fields[i::_COLUMNS] for i in range(_COLUMNS)]
+    del fields
+    # An empty `ignore` is valid but unusual: declined.
+    if not all(batches.digits_ok(cols[i], 19) for i in (0, 6, 8)) or "" in cols[11]:
+        return None
     if not (batches.decimals_ok(list(itertools.chain(cols[1], cols[2], cols[3], cols[4])), 15)
             and batches.decimals_ok(list(itertools.chain(cols[5], cols[7], cols[9], cols[10])), 20)):
         return None
@@ -330,7 +371,9 @@ def _fast_parts(f: ArchiveFile, data: bytes, now_ms: int) -> tuple[list[int], li
     if not (all(map(operator.ge, h, o)) and all(map(operator.ge, h, c))
             and all(map(operator.le, low, o)) and all(map(operator.le, low, c))):
         return None
-    return opens, cols, closes, trades
+    for i in (0, 6, 8):
+        cols[i] = list(map(int, cols[i]))
+    return cols
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -421,9 +464,9 @@ def task_file(task: ArchiveTask) -> ArchiveFile:
 
 def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_status: int,
              zip_body: bytes, now_ms: int, *,
-             columns: bool = False) -> tuple[TaskResult, list[Candle] | CandleColumns | None]:
+             piece: Callable[[CandleColumns, bool], T] | None = None) -> tuple[TaskResult, list[Candle] | list[T] | None]:
     """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles
-    (as `CandleColumns` with `columns`).
+    (with `piece`: what it made of each piece, `read_pieces`).
 
     A 404 of either means the archive does not have the file (yet): `absent`. Any other non-200
     is an `http_error`. Otherwise the file is verified and read whole; any fault is `bad_file`
@@ -438,30 +481,31 @@ def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_
             return TaskResult(task_id=task.task_id, status="http_error", http_status=status,
                               detail=f"{f.name}: {what} answered HTTP {status}"), None
     try:
-        candles = decode_file(f, zip_body, checksum_body, now_ms, columns=columns)
+        if piece is None:
+            candles = decode_file(f, zip_body, checksum_body, now_ms)
+            opens = [c.open_time_ms for c in candles]
+        else:
+            candles, opens = decode_file(f, zip_body, checksum_body, now_ms, piece=piece)
     except ArchiveError as exc:
         return TaskResult(task_id=task.task_id, status="bad_file", http_status=200,
                           detail=str(exc)[:300]), None
-    opens = _opens(candles)
     first, last = (opens[0], opens[-1]) if opens else (0, 0)
-    return TaskResult(task_id=task.task_id, status="ok", candles=len(candles), first_open_ms=first,
+    return TaskResult(task_id=task.task_id, status="ok", candles=len(opens), first_open_ms=first,
                       last_open_ms=last, http_status=200, detail=f.name,
-                      missing=file_gaps(f, candles)), candles
+                      missing=file_gaps(f, opens)), candles
 
 
-def _opens(candles: list[Candle] | CandleColumns) -> list[int]:
-    if isinstance(candles, CandleColumns):
-        return candles.open_time_ms
-    return [c.open_time_ms for c in candles]
+class _At(NamedTuple):
+    open_time_ms: int
 
 
-def file_gaps(f: ArchiveFile, candles: list[Candle] | CandleColumns) -> list[tuple[int, int]]:
-    """Open times of the file's period it does not hold (on its own candles' grid), as inclusive
-    ranges: a day missing inside a monthly file, an exchange maintenance window. The scheduler
-    asks them over REST, so what the archive lacks is reported and filled, never hidden."""
-    if not len(candles):
+def file_gaps(f: ArchiveFile, opens: list[int]) -> list[tuple[int, int]]:
+    """Open times of the file's period it does not hold (on its own candles' grid; `opens`: the
+    file's valid, sorted open times), as inclusive ranges: a day missing inside a monthly file,
+    an exchange maintenance window. The scheduler asks them over REST, so what the archive lacks
+    is reported and filled, never hidden."""
+    if not opens:
         return [(f.start_ms, f.last_open_ms)]
-    opens = _opens(candles)
     if f.interval not in MONTHLY_ONLY:
         # Valid candles are distinct, sorted and on the grid: as many as the period's open
         # times, from its first to its last, is all of them (no set of 44,640 to build).
@@ -470,6 +514,4 @@ def file_gaps(f: ArchiveFile, candles: list[Candle] | CandleColumns) -> list[tup
         if (opens[0] == f.start_ms and opens[-1] == last
                 and len(opens) == (last - f.start_ms) // step + 1):
             return []
-    if isinstance(candles, CandleColumns):
-        candles = candles.candles()
-    return klines.missing_ranges(f.interval, candles, f.start_ms, f.last_open_ms, len(candles) + 1)
+    return klines.missing_ranges(f.interval, list(map(_At, opens)), f.start_ms, f.last_open_ms, len(opens) + 1)

@@ -225,3 +225,28 @@ def test_random_damage_is_never_accepted_by_the_fast_path_alone():
         assert outcome(f, data) == expected
         assert columns_outcome(f, data) == (columns_of(expected) if isinstance(expected, list) else expected)
     assert fast_accepted > 50  # harmless damage (a digit for a digit) still takes the fast path
+
+
+@pytest.mark.parametrize("damage", [None, "late row", "bad value at the end"])
+def test_pieces_are_the_file_in_order_and_only_of_a_valid_file(damage):
+    """`read_pieces` (what the downloader sends): pieces of FAST_SLICE_ROWS candles whose columns
+    put together are `read_columns`' own, the last one marked; a fault found after some pieces
+    were made (a row out of order, a bad value in the last slice) gives the reference's answer
+    and no piece of the fast path's."""
+    f = ArchiveFile("BTCUSDT", "1m", 2023, 1)
+    body = rows("1m", f.start_ms, 5 * 1440)  # 7,200 candles: four pieces
+    if damage == "late row":
+        body[-1], body[-2] = body[-2], body[-1]  # unusual but valid: the reference decides
+    elif damage == "bad value at the end":
+        body = _edit(body, len(body) - 1, 2, "1.2.3")
+    data = ("\n".join(body) + "\n").encode()
+    expected = reference(f, data)
+    try:
+        pieces, opens = archive.read_pieces(f, data, NOW, lambda c, last: (c, last))
+    except ArchiveError as exc:
+        assert expected == ("error", str(exc))
+        return
+    assert [last for _, last in pieces] == [False, False, False, True]
+    assert [len(c) for c, _ in pieces] == [2000, 2000, 2000, 1200]
+    glued = [candle for c, _ in pieces for candle in c.candles()]
+    assert glued == expected and opens == [c.open_time_ms for c in expected]
