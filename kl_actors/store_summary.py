@@ -26,7 +26,6 @@ table then overstates its rows; `status --exact` counts tables directly.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
