@@ -26,7 +26,6 @@ table then overstates its rows; `status --exact` counts tables directly.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -39,7 +38,6 @@ from .core.symbols import SymbolError, parse_table_name, table_name
 DENSE_FACTOR = 4
 DENSE_SLACK = 64
 SUM_CHUNK_CANDLES = 200_000  # one step of summing an unsummarised table (~20-50 ms of reading)
-_OPEN = operator.itemgetter(0)
 
 _SUMMARY_SQL = """
 CREATE TABLE IF NOT EXISTS meta_tables (
@@ -153,11 +151,11 @@ class Summaries:
             return next(self._cursor.execute(dense, (lo, hi)))
         return next(self._cursor.execute(sparse, ("[" + ",".join(map(str, sorted(set(opens)))) + "]",)))
 
-    def _summary_before(self, table: str, interval: str, rows) -> tuple | None:
-        """What the summary needs to know before the upsert (None: nothing to keep)."""
-        if not rows or not self._tracked(table):
+    def _summary_before(self, table: str, interval: str, opens: list[int]) -> tuple | None:
+        """What the summary needs to know before the upsert of candles with these open times
+        (None: nothing to keep)."""
+        if not opens or not self._tracked(table):
             return None
-        opens = list(map(_OPEN, rows))
         lo, hi = min(opens), max(opens)
         return opens, lo, hi, self._range_counts(table, interval, opens, lo, hi)
 

@@ -310,11 +310,11 @@ class DownloaderProcess(ActorProcess):
         assert isinstance(msg, TaskResult), msg
         return msg
 
-    def batch(self, timeout_s: float = 2.0) -> KlineBatch | None:
+    def batch(self, timeout_s: float = 2.0) -> KlineBatch | messages.ArchiveBatch | None:
         if not self.writer.poll(int(timeout_s * 1000)):
             return None
         msg = messages.decode(self.writer.recv())
-        assert isinstance(msg, KlineBatch), msg
+        assert isinstance(msg, (KlineBatch, messages.ArchiveBatch)), type(msg)
         return msg
 
     def run(self, *args, **kwargs) -> tuple[TaskResult, KlineBatch | None]:

@@ -220,6 +220,7 @@ def test_full_database_rolls_back_and_store_keeps_working(db):
 
 def test_writer_connection_caps_the_wal_file(db):
     assert next(db.conn.cursor().execute("PRAGMA journal_size_limit"))[0] == 64 * 2 ** 20
+    assert next(db.conn.cursor().execute("PRAGMA wal_autocheckpoint"))[0] == 8192  # below the cap
 
 
 def test_checkpoint_truncates_the_wal_only_once_no_reader_needs_it(db, tmp_path):
@@ -380,3 +381,49 @@ def test_version_1_file_is_upgraded_to_take_archive_rows(tmp_path):
     finally:
         store.close()
     Store.open_writer(DatabaseConfig(), path).close()  # upgrades only once
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multi_row_statements_store_exactly_what_one_row_statements_store(tmp_path, seed, monkeypatch):
+    """Batches of 1..250 candles (straddling the 100- and 10-row statements) with duplicate open
+    times inside a batch and every source, into two files: one with multi-row statements, one
+    with one row a statement (the reference). Tables, counts, RETURNING sets and summaries agree."""
+    import random
+
+    import kl_actors.store as store_module
+
+    rng = random.Random(seed)
+    steps = []
+    for _ in range(40):
+        n = rng.choice([1, 9, 10, 11, 99, 100, 101, 137, 250])
+        opens = [rng.randrange(300) for _ in range(n)]  # duplicates on purpose
+        batch = [candle(T0 + i * 60_000, volume=f"{rng.randrange(10 ** 6)}.{k}") for k, i in enumerate(opens)]
+        steps.append((rng.choice(["rest", "ws", "archive"]), rng.random() < 0.5, batch))
+
+    def run(path, sizes):
+        monkeypatch.setattr(store_module, "MULTI_ROW_SIZES", sizes)
+        store = Store.open_writer(DatabaseConfig(path=str(path)))
+        answers = []
+        try:
+            for source, stored, batch in steps:
+                with store.transaction():
+                    if stored:
+                        answers.append(store.upsert_stored("BTCUSDT", "1m", source, batch))
+                    else:
+                        answers.append(store.upsert("BTCUSDT", "1m", source, batch))
+            table = list(store.conn.execute("SELECT * FROM k_btc_1m ORDER BY open_time"))
+            return answers, table, store.summaries()
+        finally:
+            store.close()
+
+    multi = run(tmp_path / "multi.sqlite", (100, 10))
+    single = run(tmp_path / "single.sqlite", ())
+    assert multi == single
+    assert multi[1] and {row[-1] for row in multi[1]} <= {"rest", "ws", "archive"}
+
+
+def test_upsert_refuses_rows_of_another_width(db):
+    row = as_row(minutes(0)[0], "rest")[:11]  # 11 fields: the 12th (ignore) missing
+    with pytest.raises(ValueError), db.transaction():
+        db.upsert_rows("BTCUSDT", "1m", "rest", [row] * 150)
+    assert db.count("BTCUSDT", "1m") == 0

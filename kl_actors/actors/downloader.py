@@ -10,7 +10,8 @@ Sockets (all touched by the actor thread only):
 - `tasks`   PULL, RCVHWM 1, connected to the scheduler's PUSH for this downloader's group. Read only while a request slot is
             free (unregistered from the poller otherwise), so no process hoards work.
 - `results` PUSH to the scheduler: exactly one `TaskResult` per task taken.
-- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches).
+- `writer`  PUSH of a good page as a `KlineBatch` (`live` for boundary fetches), of a good archive
+            file as `ArchiveBatch`es (columns).
 - `bus_sub` SUB: `ClockSync` feeds the `ServerClock` (a candle is closed by the server's clock,
             not ours); other bus traffic is ignored.
 
@@ -31,8 +32,10 @@ take a REST slot, so they can never delay a boundary fetch; the scheduler bounds
 out at once (`archive.concurrency`, pool-wide), which also bounds this process's archive queue.
 A worker fetches the `.CHECKSUM`, then the zip (both capped), and `core/archive.classify`
 verifies the checksum before anything else is read. A good file goes to the writer as
-`source="archive"` batches (only the last carries the task id, so the scheduler's `Committed`
-for it means the whole file is in); a bad one sends nothing and is logged naming the file.
+`ArchiveBatch`es of 2,000 candles as columns (`source="archive"`), each encoded by the worker
+as soon as its piece is checked (`archive.read_pieces`) and sent once the whole file is valid;
+only the last carries the task id, so the scheduler's `Committed` for it means the whole file
+is in. A bad one sends nothing and is logged naming the file.
 No REST weight is spent and a REST `Retry-After` does not hold archive work.
 """
 
@@ -48,6 +51,7 @@ import requests
 import zmq
 
 from .. import config as cfg
+from .. import messages
 from .. import exchange
 from ..core import answers, archive
 from .base import Actor
@@ -55,13 +59,12 @@ from ..core.budget import hold_until_ms
 from ..core.clock import ServerClock
 from ..httpcap import BodyTooLarge, SMALL_BODY_CAP_BYTES, get_capped, klines_cap_bytes
 from ..core.metrics import REQUEST_OUTCOMES
-from ..messages import ArchiveTask, Candle, ClockSync, DownloadTask, KlineBatch, TaskResult
+from ..messages import ArchiveBatch, ArchiveTask, Candle, CandleColumns, ClockSync, DownloadTask, KlineBatch, TaskResult
 
 STOP_WAIT_S = 2.0        # teardown: how long in-flight requests may still finish and be reported
 MAX_READS_PER_WAKE = 256  # bound one handler call so no socket starves the others
 # A monthly 1m zip of the busiest symbol is a few MB; far past that is not a kline file.
 ARCHIVE_ZIP_CAP_BYTES = 256 * 1024 * 1024
-ARCHIVE_BATCH_ROWS = 10_000  # candles per KlineBatch of an archive file (one writer transaction's worth)
 ARCHIVE_MIN_TIMEOUT_S = 60.0  # a zip of several MB needs longer than a klines page
 
 
@@ -195,7 +198,7 @@ class Downloader(Actor):
             self._on_tasks(self.tasks_in)  # take the next task now, not one poll later
 
     def _report(self, task: DownloadTask | ArchiveTask, result: TaskResult,
-                page: list[Candle] | None) -> None:
+                page: list[Candle] | list[bytes] | None) -> None:
         if isinstance(task, ArchiveTask):
             self._report_archive(task, result, page)
             return
@@ -222,21 +225,20 @@ class Downloader(Actor):
         result.by = self.name  # the scheduler names who did the work (a downloader on another host)
         self.send(self.results_out, result)
 
-    def _report_archive(self, task: ArchiveTask, result: TaskResult, candles: list[Candle] | None) -> None:
+    def _report_archive(self, task: ArchiveTask, result: TaskResult, frames: list[bytes] | None) -> None:
         f = archive.task_file(task)
-        if result.status == "ok" and candles is not None:
-            # Only the last batch names the task: the writer commits in order, so its Committed
-            # means every batch of the file is in.
-            for start in range(0, max(len(candles), 1), ARCHIVE_BATCH_ROWS):
-                chunk = candles[start:start + ARCHIVE_BATCH_ROWS]
-                last = start + ARCHIVE_BATCH_ROWS >= len(candles)
-                self.send(self.writer, KlineBatch(symbol=task.symbol, interval=task.interval,
-                                                  source="archive", candles=chunk,
-                                                  task_id=task.task_id if last else ""))
+        if result.status == "ok" and frames is not None:
+            # The file's `ArchiveBatch`es, encoded by the worker as each piece was checked
+            # (`_archive_piece`); only the last names the task: the writer commits in order, so
+            # its Committed means every batch of the file is in. An empty file: one empty batch.
+            for frame in frames or [messages.encode(ArchiveBatch(
+                    symbol=task.symbol, interval=task.interval, columns=messages.columns_of([]),
+                    task_id=task.task_id))]:
+                self.writer.send(frame)
             self.archived_files += 1
-            self.fetched_candles += len(candles)
+            self.fetched_candles += result.candles
             self.log.debug("archive_file_stored", task_id=task.task_id, file=f.name,
-                           candles=len(candles))
+                           candles=result.candles, batches=len(frames))
         elif result.status == "absent":
             self.log.info("archive_file_absent", task_id=task.task_id, file=f.name,
                           detail=result.detail[:200], action="reported; the scheduler plans its range otherwise")
@@ -323,7 +325,8 @@ class Downloader(Actor):
                         zip_status = zip_response.status_code
                     # A CHECKSUM that is not 200 decides the result; the zip is not asked.
                     result, candles = archive.classify(task, sum_response.status_code, sum_body,
-                                                       zip_status, zip_body, self.clock.now_ms())
+                                                       zip_status, zip_body, self.clock.now_ms(),
+                                                       piece=_archive_piece(task))
                     result.bytes_read = len(zip_body) + len(sum_body)
                 except BodyTooLarge as exc:
                     result, candles = TaskResult(task_id=task.task_id, status="bad_file", http_status=exc.status,
@@ -341,3 +344,13 @@ class Downloader(Actor):
                     pass
         finally:
             session.close()
+
+
+def _archive_piece(task: ArchiveTask):
+    """What a worker makes of each checked piece of an archive file: its `ArchiveBatch`, encoded
+    at once so the piece's Python objects are freed while still in the CPU's cache
+    (`archive.read_pieces`); the file's last piece names the task."""
+    def piece(columns: CandleColumns, last: bool) -> bytes:
+        return messages.encode(ArchiveBatch(symbol=task.symbol, interval=task.interval, columns=columns,
+                                            task_id=task.task_id if last else ""))
+    return piece

@@ -1,7 +1,8 @@
 """The DB writer actor: the only process that writes the database.
 
 Sockets:
-- `inbox`  PULL bound on `endpoints.writer`: `KlineBatch`, `SymbolsUpdate`, `ExchangeHole`;
+- `inbox`  PULL bound on `endpoints.writer`: `KlineBatch`, `ArchiveBatch` (an archive file's
+           candles as columns), `SymbolsUpdate`, `ExchangeHole`;
 - `bus`    PUB connected to `endpoints.bus_pub`: `Committed` after COMMIT, `WriteFailed`;
 - `feed`   PUB connected to `endpoints.feed_in`: stored closed candles of live batches, as
            `[feed_topic, FeedKline(seq=0)]` (the broker stamps sequence numbers).
@@ -46,7 +47,7 @@ from ..core import batches
 from ..core.clock import ServerClock
 from ..core.klines import PageError
 from ..core.symbols import SymbolError
-from ..messages import ClockSync, ExchangeHole, KlineBatch, SymbolsUpdate
+from ..messages import ArchiveBatch, ClockSync, ExchangeHole, KlineBatch, SymbolsUpdate
 from ..store import Store
 from .base import Actor, now_ms
 from .writer_hold import BUSY_SLICE_MS, HOLD_ERRORS, HOLD_RETRY_S, DatabaseHold, Hold, describe
@@ -60,11 +61,12 @@ TEARDOWN_RETRY_S = 3.0     # at stop, how long a blocked database may still be w
 
 
 class _Pending:
-    """A validated batch waiting for its transaction."""
+    """A validated batch waiting for its transaction: upsert rows (a `KlineBatch`) or the
+    columns themselves (an `ArchiveBatch`)."""
 
     __slots__ = ("batch", "rows")
 
-    def __init__(self, batch: KlineBatch, rows: list[tuple]) -> None:
+    def __init__(self, batch: KlineBatch | ArchiveBatch, rows: list[tuple] | messages.CandleColumns) -> None:
         self.batch = batch
         self.rows = rows
 
@@ -197,6 +199,8 @@ class Writer(DatabaseHold, Upkeep, Actor):
                 continue
             if isinstance(message, KlineBatch):
                 self._accept_batch(message)
+            elif isinstance(message, ArchiveBatch):
+                self._accept_columns(message)
             elif isinstance(message, (SymbolsUpdate, ExchangeHole)):
                 self._accept_meta(message)
             else:
@@ -223,6 +227,22 @@ class Writer(DatabaseHold, Upkeep, Actor):
             return
         self._enqueue(_Pending(batch, rows), len(rows))
 
+    def _accept_columns(self, batch: ArchiveBatch) -> None:
+        columns = batch.columns
+        try:
+            batches.accept_columns(batch.symbol, batch.interval, columns, self._server_now_ms())
+        except (SymbolError, PageError) as exc:
+            self._fail([batch.task_id], f"invalid batch: {exc}", symbol=batch.symbol[:40],
+                       interval=batch.interval[:10], rows=len(columns.open_time_ms), stored=0)
+            return
+        if not len(columns):
+            if batch.task_id:
+                self.send(self.bus, messages.Committed(task_ids=[batch.task_id], tables=[],
+                                                       committed_at_ms=now_ms(),
+                                                       writer_started_ms=self.started_ms))
+            return
+        self._enqueue(_Pending(batch, columns), len(columns))
+
     def _accept_meta(self, message: SymbolsUpdate | ExchangeHole) -> None:
         if isinstance(message, ExchangeHole):
             try:
@@ -246,6 +266,9 @@ class Writer(DatabaseHold, Upkeep, Actor):
         if isinstance(item, _Pending):
             b = item.batch
             rows = item.rows
+            if isinstance(b, ArchiveBatch):
+                written = self.store.upsert_columns(b.symbol, b.interval, b.source, rows)
+                return _Applied(written, rows.open_time_ms if written else (), None)
             if b.source == "rest" and b.requested_at_ms > 0:
                 rows = self._newer_only(b, rows, staged)
             if b.live:

@@ -2,11 +2,10 @@
 
 Owns: the file name and URL of one monthly or daily kline zip (`1M` is written `1mo`), parsing
 and checking its sha256sum-format `.CHECKSUM`, reading the single CSV inside a zip held in
-memory, detecting a header row per file (first field numeric or not: the exchange added headers
-around 2022-05 and never regenerated older files), turning rows into `Candle`s checked exactly as
-a REST page is (`klines.validate_page`; a clean file is proved so column by column by
-`fast_candles`, anything else goes row by row), and splitting a range of open times into monthly
-files, daily files and the part left for REST.
+memory, handing it to `archive_csv.py` (a header row detected per file: the exchange added
+headers around 2022-05 and never regenerated older files; rows turned into candles checked
+exactly as a REST page is), a task's result and what its file lacks, and splitting a range of
+open times into monthly files, daily files and the part left for REST.
 
 Never: open sockets or files, read a clock (`now_ms` is passed in), or accept a candle from a
 file whose checksum was not verified first. A file is accepted whole or rejected whole, like a
@@ -19,15 +18,16 @@ import calendar
 import datetime as _dt
 import hashlib
 import io
-import itertools
-import operator
 import re
 import zipfile
 import zlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 from . import intervals, klines
-from ..messages import ArchiveTask, Candle, TaskResult
+from ..messages import ArchiveTask, Candle, CandleColumns, TaskResult
+from .archive_csv import (  # noqa: F401 - the CSV readers are part of this module's API
+    FAST_SLICE_ROWS, ArchiveError, fast_candles, has_header, parse_csv, read_candles, read_columns,
+    read_pieces)
 
 PREFIX = "data/futures/um"
 # 3d, 1w and 1M exist as monthly files only (binance-api.md section 7).
@@ -35,13 +35,7 @@ MONTHLY_ONLY = frozenset({"3d", "1w", intervals.MONTH})
 DEFAULT_HORIZON_DAYS = 2
 REAL_BASE_URL = "https://data.binance.vision"
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
-_COLUMNS = 12
-_DECIMAL_COLUMNS = (1, 2, 3, 4, 5, 7, 9, 10)  # open high low close volume quote taker_base taker_quote
-_TWO_DOTS_RE = re.compile(r"\.[0-9]*\.")
-
-
-class ArchiveError(ValueError):
-    """A file that must not be stored (bad checksum, broken zip, bad CSV); the message says why."""
+T = TypeVar("T")
 
 
 def file_interval(interval: str) -> str:
@@ -166,157 +160,16 @@ def unzip_single(zip_bytes: bytes, name: str, max_bytes: int = MAX_CSV_BYTES) ->
         raise ArchiveError(f"{name}: broken zip: {str(exc)[:150]}") from None
 
 
-def has_header(first_line: str) -> bool:
-    """Headers are detected per file: the first field is not a number."""
-    first = first_line.split(",", 1)[0].strip()
-    return not first.isascii() or not first.isdigit()
-
-
-def parse_csv(data: bytes, name: str) -> list[Candle]:
-    """CSV of the 12 REST kline columns, with or without a header row -> candles (unvalidated)."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise ArchiveError(f"{name}: CSV is not ASCII") from None
-    lines = text.splitlines()
-    if lines and has_header(lines[0]):
-        header = [h.strip() for h in lines[0].split(",")]
-        if len(header) != _COLUMNS or header[0] != "open_time":
-            raise ArchiveError(f"{name}: unexpected header {lines[0][:120]!r}")
-        lines = lines[1:]
-    candles: list[Candle] = []
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        f = line.split(",")
-        if len(f) != _COLUMNS:
-            raise ArchiveError(f"{name}: row {number} has {len(f)} fields, expected {_COLUMNS}")
-        try:
-            open_ms, close_ms, trades = _int(f[0]), _int(f[6]), _int(f[8])
-        except ValueError:
-            raise ArchiveError(f"{name}: row {number}: times/count not integers: {line[:120]!r}") from None
-        candles.append(Candle(open_ms, f[1], f[2], f[3], f[4], f[5], close_ms, f[7], trades,
-                              f[9], f[10], f[11]))
-    return candles
-
-
-def _int(text: str) -> int:
-    # ASCII digits only (int() also takes "١٢", "+5", " 5", "1_0"); no negative in these columns.
-    if not (text.isascii() and text.isdigit()) or len(text) > 19:
-        raise ValueError(text)
-    return int(text)
-
-
-def decode_file(f: ArchiveFile, zip_bytes: bytes, checksum_text: bytes, now_ms: int) -> list[Candle]:
-    """Verify, unzip, parse and validate one file; its candles sorted by open time.
+def decode_file(f: ArchiveFile, zip_bytes: bytes, checksum_text: bytes, now_ms: int, *,
+                piece: Callable[[CandleColumns, bool], T] | None = None) -> list[Candle] | tuple[list[T], list[int]]:
+    """Verify, unzip, parse and validate one file; its candles sorted by open time (with
+    `piece`: what `read_pieces` gives, the file in pieces as columns).
 
     The checksum comes first: nothing of an unverified zip is even unpacked.
     """
     verify(zip_bytes, checksum_text, f.name)
-    return read_candles(f, unzip_single(zip_bytes, f.name), now_ms)
-
-
-def read_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle]:
-    """The file's CSV -> its candles sorted by open time, every row checked as a REST page is.
-
-    Two ways, one answer: `fast_candles` checks the whole file column by column at C speed
-    (a few Python objects per candle, ~1 µs instead of ~5) and answers only when it can prove
-    every rule holds; anything else (a bad or unusual row, an unsorted file, 1M) goes through
-    `parse_csv` and `klines.validate_page` themselves, so the rules and the message naming the
-    bad row are exactly theirs.
-    """
-    candles = fast_candles(f, data, now_ms)
-    if candles is not None:
-        return candles
-    rows = parse_csv(data, f.name)
-    try:
-        return klines.validate_page(f.interval, rows, f.start_ms, f.last_open_ms, now_ms)
-    except klines.PageError as exc:
-        raise ArchiveError(f"{f.name}: {exc}") from None
-
-
-def fast_candles(f: ArchiveFile, data: bytes, now_ms: int) -> list[Candle] | None:
-    """The candles of a file that certainly passes `parse_csv` + `klines.validate_page` (the
-    same candles they would give), or None: ask them. Never raises for bad input.
-
-    Sufficient conditions only, checked on whole columns: every row has 12 fields; times and
-    counts are 1-19 ASCII digits; open times strictly increase, lie in the file's period and on
-    the interval's grid (3d/1w: whole days, whole steps apart, as `validate_page` allows); each
-    close is open + step - 1 and the newest is before `now_ms`; decimals are 1-20 ASCII digits
-    with at most one inner dot (prices at most 15 characters, so float comparison orders them
-    exactly); high >= open, close >= low.
-    """
-    interval = f.interval
-    if interval == intervals.MONTH or not data.isascii():
-        return None  # 1M: calendar months (one candle a file); non-ASCII: parse_csv says why
-    lines = data.decode("ascii").splitlines()
-    if lines and has_header(lines[0]):
-        header = [h.strip() for h in lines[0].split(",")]
-        if len(header) != _COLUMNS or header[0] != "open_time":
-            return None
-        del lines[0]
-    if "" in lines:
-        lines = [line for line in lines if line]  # blank lines are skipped, as parse_csv does
-    if not lines:
-        return []
-    if set(map(str.count, lines, itertools.repeat(","))) != {_COLUMNS - 1}:
-        return None
-    fields = ",".join(lines).split(",")
-    lengths = set(map(len, fields))
-    cols = [fields[i::_COLUMNS] for i in range(_COLUMNS)]
-    del fields
-    if min(lengths) < 1 or (max(lengths) > 15 and not _lengths_ok(cols)):
-        return None
-    if not all("".join(cols[i]).isdigit() for i in (0, 6, 8)):
-        return None
-    opens, closes, trades = (list(map(int, cols[i])) for i in (0, 6, 8))
-    step = intervals.nominal_ms(interval)
-    first, n = opens[0], len(opens)
-    if not (f.start_ms <= first and opens[-1] <= f.last_open_ms):
-        return None
-    # The usual file, one candle every step: sorted, on the grid, each close its open's.
-    usual = (first % (intervals.DAY_MS if interval in klines.PHASED else step) == 0
-             and opens == list(range(first, first + n * step, step))
-             and closes == list(range(first + step - 1, first + n * step, step)))
-    if not usual:
-        if not all(map(operator.lt, opens, itertools.islice(opens, 1, None))):
-            return None
-        if interval in klines.PHASED:
-            # Whole days, whole steps apart: the phase is the exchange's (klines.validate_page).
-            if (any(map(operator.mod, opens, itertools.repeat(intervals.DAY_MS)))
-                    or any(map(operator.mod, map(operator.sub, itertools.islice(opens, 1, None), opens),
-                               itertools.repeat(klines.PHASED[interval])))):
-                return None
-        elif any(map(operator.mod, opens, itertools.repeat(step))):
-            return None  # every fixed interval but 1w has its grid at 0
-        if set(map(operator.sub, closes, opens)) != {step - 1}:
-            return None
-    if (closes[-1] >= now_ms
-            or closes[-1] > klines.MAX_TIME_MS or max(trades) > klines.MAX_SQL_INT):
-        return None
-    # Decimals: no value is empty (lengths above), so each is ASCII digits with at most one
-    # dot that is neither its first nor its last character.
-    joined = "\n".join(itertools.chain.from_iterable(cols[i] for i in _DECIMAL_COLUMNS))
-    if (joined.encode("ascii").translate(None, b"0123456789.\n") or ".\n" in joined
-            or "\n." in joined or joined[0] == "." or joined[-1] == "."
-            or _TWO_DOTS_RE.search(joined)):
-        return None
-    # Decimals of at most 15 digits convert to distinct floats in the same order, so these
-    # comparisons are exactly klines.check_candle's Decimal ones.
-    o, h, low, c = (list(map(float, cols[i])) for i in (1, 2, 3, 4))
-    if not (all(map(operator.ge, h, o)) and all(map(operator.ge, h, c))
-            and all(map(operator.le, low, o)) and all(map(operator.le, low, c))):
-        return None
-    return list(map(Candle, opens, cols[1], cols[2], cols[3], cols[4], cols[5], closes, cols[7],
-                    trades, cols[9], cols[10], cols[11]))
-
-
-def _lengths_ok(cols: list[list[str]]) -> bool:
-    """Times and counts of at most 19 digits, prices of at most 15 characters (exact as
-    floats), the other decimals of at most 20 (so no part exceeds the 20 digits allowed)."""
-    def longest(indexes: tuple[int, ...]) -> int:
-        return max(max(map(len, cols[i])) for i in indexes)
-    return longest((0, 6, 8)) <= 19 and longest((1, 2, 3, 4)) <= 15 and longest((5, 7, 9, 10)) <= 20
+    data = unzip_single(zip_bytes, f.name)
+    return read_candles(f, data, now_ms) if piece is None else read_pieces(f, data, now_ms, piece)
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -406,8 +259,10 @@ def task_file(task: ArchiveTask) -> ArchiveFile:
 
 
 def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_status: int,
-             zip_body: bytes, now_ms: int) -> tuple[TaskResult, list[Candle] | None]:
-    """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles.
+             zip_body: bytes, now_ms: int, *,
+             piece: Callable[[CandleColumns, bool], T] | None = None) -> tuple[TaskResult, list[Candle] | list[T] | None]:
+    """The answers for a file and its CHECKSUM -> the task's result and, if ok, its candles
+    (with `piece`: what it made of each piece, `read_pieces`).
 
     A 404 of either means the archive does not have the file (yet): `absent`. Any other non-200
     is an `http_error`. Otherwise the file is verified and read whole; any fault is `bad_file`
@@ -422,28 +277,37 @@ def classify(task: ArchiveTask, checksum_status: int, checksum_body: bytes, zip_
             return TaskResult(task_id=task.task_id, status="http_error", http_status=status,
                               detail=f"{f.name}: {what} answered HTTP {status}"), None
     try:
-        candles = decode_file(f, zip_body, checksum_body, now_ms)
+        if piece is None:
+            candles = decode_file(f, zip_body, checksum_body, now_ms)
+            opens = [c.open_time_ms for c in candles]
+        else:
+            candles, opens = decode_file(f, zip_body, checksum_body, now_ms, piece=piece)
     except ArchiveError as exc:
         return TaskResult(task_id=task.task_id, status="bad_file", http_status=200,
                           detail=str(exc)[:300]), None
-    first, last = (candles[0].open_time_ms, candles[-1].open_time_ms) if candles else (0, 0)
-    return TaskResult(task_id=task.task_id, status="ok", candles=len(candles), first_open_ms=first,
+    first, last = (opens[0], opens[-1]) if opens else (0, 0)
+    return TaskResult(task_id=task.task_id, status="ok", candles=len(opens), first_open_ms=first,
                       last_open_ms=last, http_status=200, detail=f.name,
-                      missing=file_gaps(f, candles)), candles
+                      missing=file_gaps(f, opens)), candles
 
 
-def file_gaps(f: ArchiveFile, candles: list[Candle]) -> list[tuple[int, int]]:
-    """Open times of the file's period it does not hold (on its own candles' grid), as inclusive
-    ranges: a day missing inside a monthly file, an exchange maintenance window. The scheduler
-    asks them over REST, so what the archive lacks is reported and filled, never hidden."""
-    if not candles:
+class _At(NamedTuple):
+    open_time_ms: int
+
+
+def file_gaps(f: ArchiveFile, opens: list[int]) -> list[tuple[int, int]]:
+    """Open times of the file's period it does not hold (on its own candles' grid; `opens`: the
+    file's valid, sorted open times), as inclusive ranges: a day missing inside a monthly file,
+    an exchange maintenance window. The scheduler asks them over REST, so what the archive lacks
+    is reported and filled, never hidden."""
+    if not opens:
         return [(f.start_ms, f.last_open_ms)]
     if f.interval not in MONTHLY_ONLY:
         # Valid candles are distinct, sorted and on the grid: as many as the period's open
         # times, from its first to its last, is all of them (no set of 44,640 to build).
         step = intervals.nominal_ms(f.interval)
         last = intervals.align(f.interval, f.last_open_ms)
-        if (candles[0].open_time_ms == f.start_ms and candles[-1].open_time_ms == last
-                and len(candles) == (last - f.start_ms) // step + 1):
+        if (opens[0] == f.start_ms and opens[-1] == last
+                and len(opens) == (last - f.start_ms) // step + 1):
             return []
-    return klines.missing_ranges(f.interval, candles, f.start_ms, f.last_open_ms, len(candles) + 1)
+    return klines.missing_ranges(f.interval, list(map(_At, opens)), f.start_ms, f.last_open_ms, len(opens) + 1)

@@ -4,7 +4,8 @@ upsert rows or an error out; `server_now_ms` is passed in, None while the clock 
 - `check_batch`: every candle as `klines.check_candle` checks it, at C speed for a whole batch;
   `check_candle` stays the authority (same rules, same message) whenever anything looks unusual.
 - `accept_batch`: a table-name symbol and interval, valid candles, and none closing past the
-  exchange's now + `FUTURE_TOLERANCE_MS` (a candle cannot have closed in the future).
+  exchange's now + `FUTURE_TOLERANCE_MS` (a candle cannot have closed in the future);
+  `accept_columns` the same for candles sent as columns (`ArchiveBatch`).
 - `check_hole`: an `ExchangeHole` that names a table and an ordered range which ends before the
   exchange's now: a confirmed hole cannot lie in the future either.
 - `RequestMemory`: of two REST answers for a recent candle, the one requested later wins,
@@ -18,21 +19,23 @@ from __future__ import annotations
 
 import itertools
 import operator
-import re
 
 import msgspec
 
 from . import intervals
 from .klines import FUTURE_TOLERANCE_MS, MAX_SQL_INT, MAX_TIME_MS, PageError, check_candle
 from .symbols import table_name
-from ..messages import Candle
+from ..messages import Candle, CandleColumns
 
 RECENT_MS = 10 * 60_000    # a candle closed this recently when asked may still change
 REMEMBER_MS = 20 * 60_000  # requests older than this (behind the newest) are forgotten
 REMEMBER_MAX = 200_000     # (symbol, interval, open_time) entries at most
 CLOSE_TIME = operator.itemgetter(6)  # of an upsert row (a candle as a tuple)
-_DECIMAL_COLUMNS = (1, 2, 3, 4, 5, 7, 9, 10)
-_TWO_DOTS_RE = re.compile(rb"\.[0-9]*\.")
+_PRICE_COLUMNS = (1, 2, 3, 4)      # open high low close
+_OTHER_DECIMALS = (5, 7, 9, 10)    # volume, quote volume, taker buy volume and quote volume
+_DIGITS = b"0123456789"
+_DIGITS_TO_0 = bytes.maketrans(_DIGITS, b"0" * 10)
+_DIGITS_AND_DOT_TO_0 = bytes.maketrans(_DIGITS + b".", b"0" * 11)
 
 
 def check_batch(interval: str, candles: list[Candle]) -> list[tuple]:
@@ -43,15 +46,27 @@ def check_batch(interval: str, candles: list[Candle]) -> list[tuple]:
     itself, so the rules and the error message are exactly its own. Raises PageError.
     """
     rows = list(map(msgspec.structs.astuple, candles))
-    if rows and (interval == intervals.MONTH or not _fast_ok(interval, rows)):
+    if rows and (interval == intervals.MONTH or not _fast_ok(interval, list(zip(*rows)))):
         for c in candles:
             check_candle(interval, c)
     return rows
 
 
-def _fast_ok(interval: str, rows: list[tuple]) -> bool:
-    """True only if every candle certainly passes `check_candle` (False: ask it)."""
-    cols = list(zip(*rows))
+def check_columns(interval: str, columns: CandleColumns) -> None:
+    """`check_batch` for candles sent as columns: the same rules, the same messages (the
+    candles are built and handed to `check_candle` whenever the fast path declines). Raises
+    PageError, also for columns of unequal lengths."""
+    lists = columns.lists()
+    if len(set(map(len, lists))) > 1:
+        raise PageError(f"candle columns of unequal lengths {sorted(set(map(len, lists)))}")
+    if len(columns) and (interval == intervals.MONTH or not _fast_ok(interval, lists)):
+        for c in columns.candles():
+            check_candle(interval, c)
+
+
+def _fast_ok(interval: str, cols: list) -> bool:
+    """True only if every candle certainly passes `check_candle` (False: ask it). `cols`: the
+    candles' fields as columns in `Candle` order (at least the first 11), all of one length."""
     opens, close_times = cols[0], cols[6]
     step_ms = intervals.nominal_ms(interval)
     origin = intervals.align(interval, 0)  # 0 except for weeks (Monday-aligned)
@@ -64,26 +79,67 @@ def _fast_ok(interval: str, rows: list[tuple]) -> bool:
         return False
     if min(opens) < 0 or max(close_times) > MAX_TIME_MS:
         return False
-    # Decimals: ASCII digits and dots only, no empty value, no leading, trailing or second dot,
-    # at most 20 characters (so each part has at most 20 digits).
-    values = list(itertools.chain.from_iterable(cols[i] for i in _DECIMAL_COLUMNS))
-    joined = "\n".join(values)
-    if not joined.isascii() or joined.count("\n") != len(values) - 1:
-        return False  # non-ASCII digits, or a value containing the separator: ask check_candle
-    raw = joined.encode("ascii")
-    if (raw.translate(None, b"0123456789.\n") or b"\n\n" in raw or b".\n" in raw
-            or b"\n." in raw or raw[:1] in (b".", b"\n") or raw[-1:] in (b".", b"\n")
-            or _TWO_DOTS_RE.search(raw)):
+    # Decimals: ASCII digits with at most one dot, neither first nor last, no empty value;
+    # prices (open, high, low, close) at most 15 characters, the others at most 20 (so no part
+    # has more than the 20 digits allowed).
+    if not (decimals_ok(_chained(cols, _PRICE_COLUMNS), 15) and decimals_ok(_chained(cols, _OTHER_DECIMALS), 20)):
         return False
-    ohlc_count = 4 * len(rows)  # values holds open, high, low, close first
     # Floats order decimals of at most 15 digits exactly (rounding is monotonic, and distinct
     # decimals of 15 digits stay distinct), so the bounds check below is exact.
-    if (max(map(len, itertools.islice(values, ohlc_count))) > 15
-            or max(map(len, itertools.islice(values, ohlc_count, None))) > 20):
-        return False
-    o, h, low, c = (list(map(float, cols[i])) for i in (1, 2, 3, 4))
+    o, h, low, c = (list(map(float, cols[i])) for i in _PRICE_COLUMNS)
     return (all(map(operator.ge, h, o)) and all(map(operator.ge, h, c))
             and all(map(operator.le, low, o)) and all(map(operator.le, low, c)))
+
+
+def _chained(cols: list, indexes: tuple[int, ...]) -> list[str]:
+    return list(itertools.chain.from_iterable(cols[i] for i in indexes))
+
+
+def decimals_ok(values: list[str], longest: int) -> bool:
+    """Every value is 1..`longest` ASCII digits with at most one dot that is neither its first
+    nor its last character (False: ask `check_candle`). Whole-text operations only (C speed):
+    the values joined by newlines hold only digits, dots and newlines; no newline is inside a
+    value (their count), none is empty (no two newlines together, none at either end); with the
+    digits removed no two dots touch (two dots in one value), and with every digit written 0
+    each dot is found inside a "0.0" (a digit on both sides; counted without overlap, which
+    never misses one when no two dots share a value); with digits and dots both written 0 no
+    run of `longest` + 1 of them is left."""
+    raw = _joined(values)
+    if raw is None or raw.translate(None, b"0123456789.\n") or b".." in raw.translate(None, _DIGITS):
+        return False
+    if raw.translate(_DIGITS_TO_0).count(b"0.0") != raw.count(b"."):
+        return False
+    return b"0" * (longest + 1) not in raw.translate(_DIGITS_AND_DOT_TO_0)
+
+
+def digits_ok(values: list[str], longest: int) -> bool:
+    """Every value is 1..`longest` ASCII digits (as `decimals_ok`, without dots)."""
+    raw = _joined(values)
+    return (raw is not None and not raw.translate(None, b"0123456789\n")
+            and b"0" * (longest + 1) not in raw.translate(_DIGITS_TO_0))
+
+
+def _joined(values: list[str]) -> bytes | None:
+    """The values joined by newlines, as ASCII bytes, if none is empty or holds a newline or
+    anything outside ASCII (else None)."""
+    joined = "\n".join(values)
+    if not values or not joined.isascii() or joined.count("\n") != len(values) - 1:
+        return None
+    raw = joined.encode("ascii")
+    if b"\n\n" in raw or raw[:1] == b"\n" or raw[-1:] == b"\n" or not raw:
+        return None
+    return raw
+
+
+def accept_columns(symbol: str, interval: str, columns: CandleColumns, server_now_ms: int | None) -> None:
+    """`accept_batch` for an `ArchiveBatch`'s columns: a table, valid candles, none closing
+    past `server_now_ms` + FUTURE_TOLERANCE_MS. Raises `SymbolError` or `PageError`."""
+    table_name(symbol, interval)
+    check_columns(interval, columns)
+    if len(columns) and server_now_ms is not None:
+        last_close = max(columns.close_time_ms)
+        if last_close >= server_now_ms + FUTURE_TOLERANCE_MS:
+            raise PageError(f"candle closing at {last_close} is in the future (server now {server_now_ms})")
 
 
 def accept_batch(symbol: str, interval: str, candles: list[Candle], server_now_ms: int | None) -> list[tuple]:

@@ -324,8 +324,9 @@ def test_archive_files_verified_parsed_and_sent_as_archive_batches(archive_files
     while True:
         batch = d.batch(10.0)
         assert batch is not None, d.stderr()
+        assert isinstance(batch, messages.ArchiveBatch)  # columns, not one struct per candle
         assert (batch.symbol, batch.interval, batch.source, batch.live) == ("BTCUSDT", "1m", "archive", False)
-        candles += rows(batch.candles)
+        candles += rows(batch.columns.candles())
         if batch.task_id:
             assert batch.task_id == "a-good"
             break
@@ -337,7 +338,7 @@ def test_archive_files_verified_parsed_and_sent_as_archive_batches(archive_files
 
     _send_archive(d, headed, "a-1h")
     batch = d.batch(10.0)
-    assert batch.task_id == "a-1h" and rows(batch.candles) == truth_1h
+    assert batch.task_id == "a-1h" and rows(batch.columns.candles()) == truth_1h
     assert d.result(10.0).status == "ok"
 
     for f, task_id, status in ((bad_sum, "a-sum", "bad_file"), (truncated, "a-trunc", "bad_file"),

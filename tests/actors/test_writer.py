@@ -507,3 +507,42 @@ def test_archive_rows_are_stored_as_archive_under_rest_and_over_ws(writer):
     rows = writer.rows("BTCUSDT", "1m")
     assert [(r[4], r[-1]) for r in rows] == [("100.30", "archive"), ("100.2", "rest"), ("100.5", "rest")]
     assert all(f.source != "archive" for _, f in writer.feed_messages)  # backfill is never published
+
+
+def test_archive_batches_as_columns_stored_checked_and_ranked_as_archive(writer):
+    """`ArchiveBatch` (an archive file's candles as columns), as the downloader sends them: a
+    10,000-candle batch (the multi-row statements) stored exactly, its summary row right;
+    rest > archive > ws as for any batch; a bad value or columns of unequal lengths refuse the
+    whole batch with a WriteFailed naming the task, and nothing of it is stored."""
+    from kl_actors.messages import ArchiveBatch, CandleColumns, columns_of
+
+    big = [Candle(c.open_time_ms, "100.10", "101.000", "99.9", f"100.{i % 97}", "12.3400",
+                  c.close_time_ms, "1234.56789012345678", i, "6.00000001", "617.2", "0")
+           for i, c in enumerate(minutes(0, 10_003))]
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(5, 1, close="100.2"), task_id="rest"))
+    writer.wait_committed("rest")
+    writer.send(ArchiveBatch("BTCUSDT", "1m", columns_of(big[:10_000])))
+    writer.send(ArchiveBatch("BTCUSDT", "1m", columns_of(big[10_000:]), task_id="arch"))
+    writer.wait_committed("arch", timeout=20)
+    stored = writer.rows("BTCUSDT", "1m")
+    expected = [row(c, "archive") for c in big]
+    expected[5] = row(minutes(5, 1, close="100.2")[0], "rest")  # REST is never replaced by the archive
+    assert stored == expected
+    store = writer.reader()
+    try:
+        summary = store.summaries()["k_btc_1m"]
+    finally:
+        store.close()
+    assert (summary.rows, summary.ws_rows, summary.first_ms, summary.last_ms) == (10_003, 0, T0, T0 + 10_002 * 60_000)
+
+    bad_value = columns_of(minutes(20_000, 3))
+    bad_value.close[1] = "1..5"
+    writer.send(ArchiveBatch("BTCUSDT", "1m", bad_value, task_id="bad-value"))
+    assert "not a non-negative decimal" in writer.wait_failed("bad-value").error
+    lists = list(columns_of(minutes(20_010, 3)).lists())
+    lists[3] = lists[3][:2]
+    writer.send(ArchiveBatch("BTCUSDT", "1m", CandleColumns(*lists), task_id="uneven"))
+    assert "unequal lengths" in writer.wait_failed("uneven").error
+    writer.send(KlineBatch("BTCUSDT", "1m", "rest", minutes(20_020, 1), task_id="after"))
+    writer.wait_committed("after")
+    assert len(writer.rows("BTCUSDT", "1m")) == 10_004  # neither bad batch left a row

@@ -7,6 +7,7 @@ import hashlib
 import io
 import zipfile
 
+import msgspec
 import pytest
 
 from kl_actors.core import archive, intervals
@@ -264,8 +265,14 @@ def test_a_file_lacking_candles_of_its_period_reports_them():
     result, candles = archive.classify(task, 200, checksum(z, f.name), 200, z, NOW)
     assert result.status == "ok" and result.candles == len(candles) == 31 * 24 - 25
     assert result.missing == [(day10, day10 + DAY - 3_600_000), (ms(2023, 2, 1) - 3_600_000, ms(2023, 2, 1) - 3_600_000)]
+    # In pieces of columns (what the downloader sends): the same result, the same candles.
+    in_pieces, pieces = archive.classify(task, 200, checksum(z, f.name), 200, z, NOW, piece=lambda c, last: (c, last))
+    assert in_pieces == result and [last for _, last in pieces] == [True]
+    assert pieces[0][0].candles() == [msgspec.structs.replace(c, ignore="0") for c in candles]
     whole = make_zip("\n".join(rows("1h", f.start_ms, 31 * 24)))
     assert archive.classify(task, 200, checksum(whole, f.name), 200, whole, NOW)[0].missing == []
+    assert archive.classify(task, 200, checksum(whole, f.name), 200, whole, NOW,
+                            piece=lambda c, last: None)[0].missing == []
 
 
 def test_classify_404_and_http_errors():

@@ -12,6 +12,7 @@ import pytest
 
 from kl_actors.core import archive, intervals, klines
 from kl_actors.core.archive import ArchiveError, ArchiveFile
+from kl_actors.messages import columns_of
 
 HEADER = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"
           "taker_buy_volume,taker_buy_quote_volume,ignore")
@@ -51,6 +52,14 @@ def outcome(f: ArchiveFile, data: bytes, now_ms: int = NOW):
         return ("error", str(exc))
 
 
+def columns_outcome(f: ArchiveFile, data: bytes, now_ms: int = NOW):
+    """`archive.read_columns`: what the downloader sends, the same answer as `read_candles`."""
+    try:
+        return archive.read_columns(f, data, now_ms)
+    except ArchiveError as exc:
+        return ("error", str(exc))
+
+
 DAILY_1M = ArchiveFile("BTCUSDT", "1m", 2023, 1, 1)
 MONTHLY_1H = ArchiveFile("BTCUSDT", "1h", 2023, 1)
 
@@ -81,6 +90,7 @@ def test_fast_path_gives_the_reference_candles(name, layout):
     fast = archive.fast_candles(f, data, NOW)
     assert fast is not None, "a clean file must take the fast path"
     assert fast == reference(f, data) and len(fast) == len(body)
+    assert archive.read_columns(f, data, NOW) == columns_of(fast)
     assert fast[0].open_time_ms == int(body[0].split(",")[0]) and fast[0].open == body[0].split(",")[1]
 
 
@@ -137,6 +147,8 @@ def test_fast_path_declines_what_is_not_plainly_valid_and_the_reference_decides(
     data = "\n".join(MALFORMED[case]).encode()
     assert archive.fast_candles(DAILY_1M, data, NOW) is None
     assert outcome(DAILY_1M, data) == reference(DAILY_1M, data)
+    expected = reference(DAILY_1M, data)
+    assert columns_outcome(DAILY_1M, data) == (columns_of(expected) if isinstance(expected, list) else expected)
 
 
 def test_rejections_name_the_fault():
@@ -211,4 +223,30 @@ def test_random_damage_is_never_accepted_by_the_fast_path_alone():
             fast_accepted += 1
             assert fast == expected, data
         assert outcome(f, data) == expected
+        assert columns_outcome(f, data) == (columns_of(expected) if isinstance(expected, list) else expected)
     assert fast_accepted > 50  # harmless damage (a digit for a digit) still takes the fast path
+
+
+@pytest.mark.parametrize("damage", [None, "late row", "bad value at the end"])
+def test_pieces_are_the_file_in_order_and_only_of_a_valid_file(damage):
+    """`read_pieces` (what the downloader sends): pieces of FAST_SLICE_ROWS candles whose columns
+    put together are `read_columns`' own, the last one marked; a fault found after some pieces
+    were made (a row out of order, a bad value in the last slice) gives the reference's answer
+    and no piece of the fast path's."""
+    f = ArchiveFile("BTCUSDT", "1m", 2023, 1)
+    body = rows("1m", f.start_ms, 5 * 1440)  # 7,200 candles: four pieces
+    if damage == "late row":
+        body[-1], body[-2] = body[-2], body[-1]  # unusual but valid: the reference decides
+    elif damage == "bad value at the end":
+        body = _edit(body, len(body) - 1, 2, "1.2.3")
+    data = ("\n".join(body) + "\n").encode()
+    expected = reference(f, data)
+    try:
+        pieces, opens = archive.read_pieces(f, data, NOW, lambda c, last: (c, last))
+    except ArchiveError as exc:
+        assert expected == ("error", str(exc))
+        return
+    assert [last for _, last in pieces] == [False, False, False, True]
+    assert [len(c) for c, _ in pieces] == [2000, 2000, 2000, 1200]
+    glued = [candle for c, _ in pieces for candle in c.candles()]
+    assert glued == expected and opens == [c.open_time_ms for c in expected]

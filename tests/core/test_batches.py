@@ -196,3 +196,75 @@ def test_the_memory_forgets_requests_far_behind_the_newest(monkeypatch):
     memory = RequestMemory()
     memory.remember({("BTCUSDT", "1m", T0 + i * MIN): T0 + i for i in range(11)})
     assert sorted(memory.requested_at.values()) == [T0 + i for i in range(6, 11)]
+
+
+# -- candles sent as columns (ArchiveBatch) -----------------------------------------------------
+
+_DAMAGE = ["", ".", "1.", ".5", "1..2", "1.2.3", "0.0.0", "10.20.30", "1.23.4", "12345678901234567", "1234567890.12345",
+           "123456789012345678901", "1e5", "+1", "-1", " 1", "1_0", "١٢", "1\n2", "1,2", "nan", "00.10",
+           "7", "99999999999999.9", "1.23456789012345", "0.000000000000000001"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_columns_and_rows_are_refused_exactly_when_check_candle_refuses(seed):
+    """Random damage to decimals, prices and counts: `check_columns` (and `check_batch`) raise
+    exactly when `check_candle` refuses a candle, with its message for the first bad one; the
+    fast path says yes only when every candle passes (nothing wrong ever slips through)."""
+    import random
+
+    from kl_actors.messages import columns_of
+
+    rng = random.Random(seed)
+    fields = ["open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
+              "taker_buy_quote_volume"]
+    fast_yes = 0
+    for _ in range(300):
+        batch = minutes(0, rng.randrange(1, 30))
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            k = rng.randrange(len(batch))
+            change = {rng.choice(fields): rng.choice(_DAMAGE)}
+            if rng.random() < 0.1:
+                change = {"trades": rng.choice([-1, 2**63, 0])}
+            batch[k] = msgspec.structs.replace(batch[k], **change)
+        expected = None
+        for c in batch:
+            try:
+                check_candle("1m", c)
+            except PageError as exc:
+                expected = str(exc)
+                break
+        columns = columns_of(batch)
+        if expected is None:
+            batches.check_columns("1m", columns)
+            assert check_batch("1m", batch) == rows(batch)
+        else:
+            for check in (lambda: batches.check_columns("1m", columns), lambda: check_batch("1m", batch)):
+                with pytest.raises(PageError) as info:
+                    check()
+                assert str(info.value) == expected
+        if batches._fast_ok("1m", columns.lists()):
+            assert expected is None
+            fast_yes += 1
+    assert fast_yes > 100  # the fast path does answer for clean batches
+
+
+def test_columns_of_unequal_lengths_are_refused():
+    from kl_actors.messages import CandleColumns, columns_of
+
+    lists = list(columns_of(minutes(0, 3)).lists())
+    lists[4] = lists[4][:2]
+    with pytest.raises(PageError, match="unequal lengths"):
+        batches.accept_columns("BTCUSDT", "1m", CandleColumns(*lists), None)
+
+
+def test_accept_columns_checks_table_clock_and_candles():
+    from kl_actors.messages import columns_of
+
+    batch = minutes(0, 3)
+    last_close = batch[-1].close_time_ms
+    batches.accept_columns("BTCUSDT", "1m", columns_of(batch), last_close - FUTURE_TOLERANCE_MS + 1)
+    with pytest.raises(PageError, match="in the future"):
+        batches.accept_columns("BTCUSDT", "1m", columns_of(batch), last_close - FUTURE_TOLERANCE_MS)
+    with pytest.raises(SymbolError):
+        batches.accept_columns("BTC'); --", "1m", columns_of(batch), None)
+    batches.accept_columns("BTCUSDT", "1m", columns_of([]), 0)  # nothing is nothing
