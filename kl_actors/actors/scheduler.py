@@ -118,6 +118,11 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetri
         self.coverage = backlog.Coverage()
         self.planning: Iterator[None] | None = None
         self.plan_again = False
+        self.pass_now_ms = 0  # the server time the latest planning pass planned up to
+        # Set when the first ClockSync corrects a clock that passes had planned on: the server
+        # time those passes stopped at, so the next pass adds the tail of tables still being
+        # filled (they are skipped, and boundaries restart from the exchange's time).
+        self.tail_from_ms: int | None = None
         self.plan_busy_s = 0.0
         self.slice_started = 0.0
         self.discovery: Future | None = None
@@ -396,6 +401,8 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetri
                     self.next_boundary_ms = None
                     self.next_plan = 0.0
                     self.plan_again = self.planning is not None
+                    if self.planned_once or self.planning is not None:
+                        self.tail_from_ms = self.pass_now_ms
 
     def _writer_heard(self, started_ms: int) -> None:
         self.writer_heard = time.monotonic()

@@ -55,7 +55,8 @@ class BackfillPlanning:
 
         A table already being filled is skipped (its gaps are planned once it is done); a table's
         history proven complete by an earlier pass is not read again (`backlog.Coverage`)."""
-        server_now = self.clock.now_ms()
+        server_now = self.pass_now_ms = self.clock.now_ms()
+        tail_from = self.tail_from_ms  # planned on a clock the first ClockSync corrected
         k = self.config.klines
         started = time.monotonic()
         self.plan_busy_s = self.pass_slowest_s = 0.0
@@ -80,7 +81,11 @@ class BackfillPlanning:
                         continue  # the exchange's candles do not open where we would ask (`_learn`)
                     if ((symbol, interval) in self.open_backfill or self.backlog.has(symbol, interval)
                             or (self.archive is not None and self.archive.has(symbol, interval))):
-                        continue  # still being filled
+                        # Still being filled, up to where an earlier pass planned; a pass on a
+                        # clock that was behind the exchange's stopped short of now.
+                        if tail_from is not None:
+                            pages += self._queue(self._tail_since(symbol, interval, tail_from, server_now), server_now)
+                        continue
                     first = last = None
                     holes: list[tuple[int, int]] = []
                     known: list[tuple[int, int]] = []
@@ -110,15 +115,14 @@ class BackfillPlanning:
                         depth=k.depth.get(interval, 1000), since_listing=k.since_listing,
                         last_stored_ms=last, holes=holes, first_stored_ms=first, exchange_holes=known,
                         phase_ms=phase)
-                    if ranges and self.archive is not None:
-                        ranges = [rest for r in ranges for rest in self.archive.split(r, server_now)]
-                    if ranges:
-                        pages += self.backlog.add(ranges)
+                    pages += self._queue(ranges, server_now)
                     tables_planned += 1
                     yield
         finally:
             if store:
                 store.close()
+        if tail_from is not None and self.tail_from_ms == tail_from:
+            self.tail_from_ms = None
         self.planned_once = True
         self.backfill_total += pages
         if pages and not self.backfill_started:
@@ -129,6 +133,19 @@ class BackfillPlanning:
                       per_table_ms=round(busy_ms / max(tables_planned, 1), 3),
                       seconds=round(time.monotonic() - started, 2),
                       slowest_tick_ms=round(self.pass_slowest_s * 1000, 1))
+
+    def _queue(self, ranges: list, server_now: int) -> int:
+        """Ranges to the backlog (the archive's part to the archive); returns the pages added."""
+        if ranges and self.archive is not None:
+            ranges = [rest for r in ranges for rest in self.archive.split(r, server_now)]
+        return self.backlog.add(ranges) if ranges else 0
+
+    def _tail_since(self, symbol: str, interval: str, planned_ms: int, server_now: int) -> list:
+        """The closed candles after those a pass at server time `planned_ms` asked for."""
+        phase = self.alignment.phase(interval)
+        first = intervals.next_open(interval, intervals.last_closed_open(interval, planned_ms, phase))
+        last = intervals.last_closed_open(interval, server_now, phase)
+        return [planner.Range(symbol, interval, first, last, "tail")] if first <= last else []
 
     def _refill(self) -> None:
         """Cut pages off the backlog while the queue is short: tasks exist only shortly before

@@ -135,7 +135,8 @@ def test_display_draws_updates_shows_warnings_and_leaves_the_terminal_clean_on_c
     assert last.startswith("kl-actors: stopped, exit status 0; the whole log is in "), repr(after)
     assert "━" not in after and "tasks" not in after
     # The stop is no crash: no actor's exit is reported after the Ctrl-C.
-    assert term.text().count("event=actor_exited") == 1
+    exits = [ln for ln in term.text().splitlines() if "event=actor_exited" in ln]
+    assert len(exits) == 1, "\n".join(exits)
     # Info lines are in the log file only; the terminal has the bar and the warnings.
     log = (Path(config.endpoints.runtime_dir) / "service.log").read_text()
     assert "event=progress tasks_done=" in log and "event=actor_started name=writer" in log
