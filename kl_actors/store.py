@@ -56,10 +56,6 @@ STATEMENT_CACHE_SIZE = 512
 # statement halved the upsert's CPU (3.4 -> 1.6 µs a row, scripts/bench `archive`).
 MULTI_ROW_SIZES = (100, 10)
 ROW_FIELDS = 12  # parameters of one candle: `astuple(Candle)`
-# SQLite copies the WAL back into the file (a checkpoint, inside a COMMIT) once it holds this many
-# pages; 1000 (its default) re-copied the same tree pages every few transactions of a bootstrap:
-# 8192 (32 MiB) cut the commits' CPU by a quarter (1.2-1.5 -> 0.8-1.2 µs a row).
-WAL_AUTOCHECKPOINT_PAGES = 8192
 
 
 _KLINE_TABLE_SQL = """CREATE TABLE IF NOT EXISTS {table} (
@@ -174,7 +170,6 @@ def _connect(path: str, config: DatabaseConfig, readonly: bool,
             # After a checkpoint restarts the WAL, the file is cut back to this size (an outside
             # reader can make it grow meanwhile; it must not stay that big for ever).
             cursor.execute(f"PRAGMA journal_size_limit={int(config.wal_limit_mib) * 1024 * 1024}")
-            cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         # cache_size negative = KiB; these values are ints from the checked config.
         cursor.execute(f"PRAGMA cache_size=-{int(config.cache_size_kib)}")
         cursor.execute(f"PRAGMA mmap_size={int(config.mmap_size_mib) * 1024 * 1024}")

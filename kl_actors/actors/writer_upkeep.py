@@ -27,7 +27,7 @@ CREATE_SLICE_S = 0.2       # tables made ahead of their first batch, per transac
 CHECKPOINT_EVERY_S = 5.0
 CHECKPOINT_IDLE_S = 1.0    # no commit for this long: the WAL may be truncated
 CHECKPOINT_BUSY_MS = 50    # how long a truncating checkpoint may wait for readers
-WAL_NOTABLE_BYTES = 4 * 2 ** 20  # a truncation past this is logged at info (a long reader, or a busy spell's WAL)
+WAL_NOTABLE_BYTES = 4 * 2 ** 20  # SQLite's own checkpoints keep the WAL near this (1000 pages)
 SUMMARIZE_SLICE_S = 0.05   # summing old tables' rows, per tick while idle (far below a heartbeat)
 
 
