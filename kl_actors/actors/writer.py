@@ -219,11 +219,7 @@ class Writer(DatabaseHold, Upkeep, Actor):
                        interval=batch.interval[:10], rows=len(batch.candles), stored=0)
             return
         if not rows:
-            # Nothing to store, but a task may wait for this answer.
-            if batch.task_id:
-                self.send(self.bus, messages.Committed(task_ids=[batch.task_id], tables=[],
-                                                       committed_at_ms=now_ms(),
-                                                       writer_started_ms=self.started_ms))
+            self._committed_empty(batch.task_id)
             return
         self._enqueue(_Pending(batch, rows), len(rows))
 
@@ -236,12 +232,15 @@ class Writer(DatabaseHold, Upkeep, Actor):
                        interval=batch.interval[:10], rows=len(columns.open_time_ms), stored=0)
             return
         if not len(columns):
-            if batch.task_id:
-                self.send(self.bus, messages.Committed(task_ids=[batch.task_id], tables=[],
-                                                       committed_at_ms=now_ms(),
-                                                       writer_started_ms=self.started_ms))
+            self._committed_empty(batch.task_id)
             return
         self._enqueue(_Pending(batch, columns), len(columns))
+
+    def _committed_empty(self, task_id: str) -> None:
+        """Nothing to store, but a task may wait for this answer."""
+        if task_id:
+            self.send(self.bus, messages.Committed(task_ids=[task_id], tables=[], committed_at_ms=now_ms(),
+                                                   writer_started_ms=self.started_ms))
 
     def _accept_meta(self, message: SymbolsUpdate | ExchangeHole) -> None:
         if isinstance(message, ExchangeHole):
