@@ -393,7 +393,10 @@ class Scheduler(Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetri
                                  action="tasks re-issued in 1.0s")
             elif isinstance(msg, ClockSync):
                 first = not self.clock.synced
+                offset_before = self.clock.offset_ms
                 self.clock.update(msg)
+                # Weight released on the old clock counts in the exchange's minutes, not ours.
+                self.budgets.shift(int(self.clock.offset_ms - offset_before), self.clock.now_ms())
                 if first and (self.next_boundary_ms is not None or self.planned_once or self.planning):
                     # Boundaries and backfill were planned on local time while the clock was
                     # unknown: start boundaries again from the exchange's time (not a clock jump:

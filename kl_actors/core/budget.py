@@ -22,6 +22,8 @@ MAX_BAN_S = 259_200.0
 # best round trip, a few ms to the real exchange) with a wide margin for a loaded machine.
 GUARD_MS = 500
 STALE_IN_FLIGHT_MS = 10 * MINUTE_MS
+# Releases remembered for a clock correction, in minutes before the current one.
+RELEASE_LOG_MINUTES = 2
 
 
 def weight_for_limit(limit: int) -> int:
@@ -53,6 +55,9 @@ class WeightBudget:
       and taken back out when its result shows the request went out in the earlier minute;
     - time-sync and the WebSocket actor's exchangeInfo calls do not ask the budget:
       `reserved_per_minute` is kept free for them.
+    - the server clock itself is corrected (the first ClockSync can come after releases planned on
+      this host's clock, minutes off the exchange's): `shift` moves every release of the last
+      minutes by the correction and counts again what falls in the exchange's current minute.
     A header value is dated by when its request was sent, so a slow answer from the last minute
     never inflates the new one.
     """
@@ -65,7 +70,10 @@ class WeightBudget:
         self.window_start_ms = -1
         self.spent = 0
         self.prev_spent = 0
-        self.in_flight: dict[str, tuple[int, int]] = {}  # task id -> (weight, window released in)
+        self.in_flight: dict[str, tuple[int, int]] = {}  # task id -> (weight, server ms released at)
+        # (server ms, weight) of each release in this and the last RELEASE_LOG_MINUTES minutes:
+        # what `shift` counts again when the clock is corrected. Pruned at each new minute.
+        self.released: list[tuple[int, int]] = []
         self.blocked_until_ms = 0
 
     def set_limit(self, limit_per_minute: int, usable_fraction: float = 0.9) -> None:
@@ -82,6 +90,8 @@ class WeightBudget:
             stale = window - STALE_IN_FLIGHT_MS
             self.in_flight = {k: v for k, v in self.in_flight.items() if v[1] >= stale}
             self.spent = min(self.usable, sum(w for w, _ in self.in_flight.values()))
+            kept = window - RELEASE_LOG_MINUTES * MINUTE_MS
+            self.released = [r for r in self.released if r[0] >= kept]
 
     def available(self, now_ms: int) -> int:
         self._roll(now_ms)
@@ -102,8 +112,9 @@ class WeightBudget:
         if self.available(now_ms) < weight:
             return False
         self.spent += weight
+        self.released.append((now_ms, weight))
         if task_id:
-            self.in_flight[task_id] = (weight, self.window_start_ms)
+            self.in_flight[task_id] = (weight, now_ms)
         return True
 
     def settle(self, task_id: str, requested_at_ms: int, now_ms: int) -> None:
@@ -112,9 +123,32 @@ class WeightBudget:
         entry = self.in_flight.pop(task_id, None)
         if entry is None or not requested_at_ms:
             return
-        weight, released_in = entry
-        if released_in < self.window_start_ms and requested_at_ms < self.window_start_ms:
+        weight, released_at = entry
+        if released_at < self.window_start_ms and requested_at_ms < self.window_start_ms:
             self.spent = max(0, self.spent - weight)  # carried into this minute, but it went out before
+
+    def shift(self, delta_ms: int, now_ms: int) -> None:
+        """The server clock was corrected by `delta_ms` (`now_ms` is on the new clock): each
+        release and hold moves with it, and this minute and the last are counted again from the
+        releases that fall in them. What a header said beyond our own releases is kept while the
+        minute stays the same."""
+        if delta_ms == 0:
+            return
+        old_window = self.window_start_ms
+        others = max(0, self.spent - self._own_in(old_window))
+        self.released = [(t + delta_ms, w) for t, w in self.released]
+        self.in_flight = {k: (w, t + delta_ms) for k, (w, t) in self.in_flight.items()}
+        if self.blocked_until_ms:
+            self.blocked_until_ms += delta_ms
+        window = now_ms - now_ms % MINUTE_MS
+        self.window_start_ms = window
+        self.spent = min(self.usable, self._own_in(window) + (others if window == old_window else 0))
+        self.prev_spent = sum(w for t, w in self.released if window - MINUTE_MS <= t < window)
+
+    def _own_in(self, window: int) -> int:
+        """Our weight counted in the minute from `window`: released in it, or carried into it."""
+        return (sum(w for t, w in self.released if window <= t < window + MINUTE_MS)
+                + sum(w for w, t in self.in_flight.values() if t < window))
 
     def observe(self, weight_used_1m: int, requested_at_ms: int, now_ms: int) -> None:
         """The exchange said this IP used `weight_used_1m` in the minute of a request sent at

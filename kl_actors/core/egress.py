@@ -114,6 +114,11 @@ class EgressBudgets:
                 best, best_room = group, room
         return best
 
+    def shift(self, delta_ms: int, now_ms: int) -> None:
+        """The server clock was corrected by `delta_ms`: see `WeightBudget.shift`."""
+        for _, budget in self.distinct():
+            budget.shift(delta_ms, now_ms)
+
     def left_in_minute(self, now_ms: int) -> int:
         return sum(b.left_in_minute(now_ms) for _, b in self.distinct())
 
@@ -164,6 +169,7 @@ class EgressBudgets:
         a.left_in_minute(now_ms)
         b.left_in_minute(now_ms)  # both rolled to the same minute
         a.in_flight.update(b.in_flight)
+        a.released = sorted(a.released + b.released)
         a.spent = min(a.usable, a.spent + b.spent)
         a.prev_spent += b.prev_spent
         a.blocked_until_ms = max(a.blocked_until_ms, b.blocked_until_ms)

@@ -90,6 +90,52 @@ def test_budget_counts_weight_still_in_flight_at_the_minute_edge_in_the_new_minu
     assert b.available(edge + 180_000 + 11 * MIN) == 100
 
 
+def test_budget_counts_releases_on_a_corrected_clock_in_the_exchanges_minutes():
+    # Released on this host's clock; the exchange's is 45 s ahead and says so only afterwards.
+    ahead = 45_000
+    local_edge = ms(2026, 1, 1, 0, 1)
+    b = WeightBudget(100, usable_fraction=1.0, guard_ms=500)
+    assert b.try_spend(60, local_edge - 20_000, "a")  # exchange: edge + 25 s
+    assert b.try_spend(30, local_edge - 50_000, "b")  # exchange: edge - 5 s, the minute before
+    b.settle("a", local_edge - 19_990, local_edge - 19_000)
+    b.settle("b", local_edge - 49_990, local_edge - 49_000)
+    now = local_edge - 18_000 + ahead  # exchange time once the clock is known
+    b.shift(ahead, now)
+    # Without the shift the budget would roll into a fresh minute holding nothing (both answered).
+    assert b.available(now) == 40 and b.left_in_minute(now) == 40
+    assert b.prev_spent == 30
+    assert b.next_release_ms(now) == local_edge + MIN
+    # The next exchange minute starts clean (nothing carried: both were answered).
+    assert b.available(local_edge + MIN + 600) == 100
+    # A clock that was ahead: the correction moves releases back into the minute before.
+    b2 = WeightBudget(100, usable_fraction=1.0, guard_ms=0)
+    assert b2.try_spend(70, local_edge + 5_000, "c")
+    b2.shift(-10_000, local_edge + 6_000 - 10_000)
+    assert b2.available(local_edge - 4_000) == 30  # same exchange minute as the release
+    b3 = WeightBudget(100, usable_fraction=1.0, guard_ms=0)
+    assert b3.try_spend(70, local_edge + 5_000, "d")
+    b3.settle("d", local_edge + 5_010, local_edge + 5_100)
+    b3.shift(-10_000, local_edge + 46_000)  # the release now at - 5 s, the minute before
+    assert b3.available(local_edge + 46_000) == 100 and b3.prev_spent == 70
+    # Small corrections inside one minute keep what a header said.
+    b4 = WeightBudget(100, usable_fraction=1.0, guard_ms=0)
+    b4.try_spend(10, local_edge + 1_000)
+    b4.observe(50, local_edge + 1_000, local_edge + 2_000)
+    b4.shift(3, local_edge + 2_003)
+    assert b4.available(local_edge + 2_003) == 50
+    # A Retry-After hold moves with the clock: the same wait in real time.
+    b5 = WeightBudget(100)
+    until = b5.block(30, local_edge)
+    b5.shift(45_000, local_edge + 45_000)
+    assert b5.blocked_until_ms == until + 45_000
+    # The release log keeps only the minutes a correction can still reach.
+    b6 = WeightBudget(10_000, usable_fraction=1.0, guard_ms=0)
+    for i in range(600):
+        b6.try_spend(1, local_edge + i * 1000)
+    b6.available(local_edge + 600_000)
+    assert len(b6.released) <= 3 * 60
+
+
 def test_budget_keeps_weight_free_for_requests_outside_it():
     assert reserved_weight(clock_samples=5, rediscover_s=300) == 12  # 2 x 5 time samples + 1 + 1
     assert reserved_weight(clock_samples=5, rediscover_s=5) == 23

@@ -1,9 +1,13 @@
 """The first ClockSync comes late (time-sync slow to start) while the exchange's clock is minutes
 ahead of this host's: the first planning pass stopped at the host's "now", minutes short of the
 exchange's. Tables still being filled when the clock arrives must still get their newest candles
-(the pass after the sync plans their tail), or they end minutes short until the next pass."""
+(the pass after the sync plans their tail), or they end minutes short until the next pass. And the
+weight released on the host's clock must count in the exchange's minutes: a sync that moves the
+budget into a new minute must not spend that minute's weight a second time."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -51,5 +55,64 @@ def test_tail_after_a_late_first_clock_sync_is_fetched_for_tables_still_being_fi
             last = rows[-1][0]
             assert last >= edge, (symbol, "ends", (edge - last) // 60_000, "candles short of the exchange's now")
             assert rows == truth_rows(sim, symbol, "1m", rows[0][0], last), symbol
+    finally:
+        store.close()
+
+
+WEIGHT_LIMIT = 100
+
+
+@pytest.mark.slow(75)
+def test_weight_released_before_a_late_clock_sync_counts_in_the_exchanges_minute(workdir, sim_factory,
+                                                                                  service_factory):
+    # The exchange's clock is ahead by just enough that its minute E began 3 s ago while this
+    # host's minute is the one before: the budget's first minute is not the exchange's, and the
+    # sync moves it into E, where the first releases already count.
+    phase_ms = int(time.time() * 1000) % 60_000
+    ahead_ms = 63_000 - phase_ms
+    # Answers take 300 ms: a budget that forgot its releases would fill every free slot before the
+    # first header after the sync could correct it.
+    sim = sim_factory(symbols=4, weight_limit=WEIGHT_LIMIT, clock_offset_ms=ahead_ms, latency_ms=300)
+    symbols = trading_symbols(sim)
+    config = make_config(
+        workdir,
+        exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 5.0},
+        klines={"intervals": ["1m"], "depth": {"1m": 12_000}},  # ~2.2 minutes of weight at 100
+        downloader={"processes": 2, "concurrency": 8, "lease_s": 10.0},
+    )
+    service = service_factory(config, ["--once", "--actors", "broker,writer,scheduler,downloader-1,downloader-2"])
+    started = sim.info()["server_time_ms"]
+    minute = str(started - started % 60_000)
+
+    def weight_now() -> int:
+        return sim.stats()["weight_by_ip_minute"].get("127.0.0.1", {}).get(minute, 0)
+
+    timesync = None
+    try:
+        wait_for(lambda: weight_now() >= 0.8 * WEIGHT_LIMIT, 30, what="the first minute's releases")
+        timesync = ActorProcess("timesync", config, workdir)
+        wait_for(lambda: "event=clock_measured" in timesync.stderr(), 30, what="the first clock sync")
+        synced_at = sim.info()["server_time_ms"]
+        assert synced_at < int(minute) + 55_000, "the sync came after the minute under test: nothing shown"
+        # The rest of the minute: time for a budget that forgot its releases to spend again.
+        wait_for(lambda: sim.info()["server_time_ms"] >= int(minute) + 61_000, 70, what="the minute's end")
+    finally:
+        if timesync is not None:
+            timesync.stop()
+    code, err = service.stop()
+    stats = sim.stats()
+    assert stats["responses_by_status"]["429"] == 0 and stats["responses_by_status"]["418"] == 0, \
+        (stats["responses_by_status"], stats["weight_by_ip_minute"])
+    per_minute = stats["weight_by_ip_minute"]["127.0.0.1"]
+    assert per_minute[minute] <= WEIGHT_LIMIT, per_minute
+    store = Store.open_readonly(path=config.database.path)
+    try:
+        stored = 0
+        for symbol in symbols:
+            rows = stored_rows(store, symbol, "1m")
+            stored += len(rows)
+            if rows:
+                assert rows == truth_rows(sim, symbol, "1m", rows[0][0], rows[-1][0]), symbol
+        assert stored >= 20_000, stored  # the first minute's pages (88 weight, 2 a page of 499)
     finally:
         store.close()
