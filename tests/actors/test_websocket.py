@@ -35,7 +35,8 @@ def row(candle: messages.Candle) -> list:
 
 @pytest.mark.slow(90)
 def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir):
-    sim = sim_factory(symbols=30, seed=3, weight_limit=1_000_000, ws_push_ms=100, ws_lifetime_s=20)
+    sim = sim_factory(symbols=30, seed=3, weight_limit=1_000_000, ws_push_ms=100, ws_lifetime_s=20,
+                      ws_close_delay_ms=1000)
     config = make_config(
         workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
         klines={"intervals": ["1m", "5m"]},
@@ -61,11 +62,12 @@ def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir
         for symbol, candle in peers.closed("1m", boundary_1 - MINUTE).items():
             assert [row(candle)] == sim.truth(symbol, "1m", candle.open_time_ms, candle.open_time_ms)
 
-        # Phase 3: drop every connection mid-minute; the actor reconnects. The drop is timed so
-        # that the reconnected links are renewed (every 15 s) just after boundary 2, before the
-        # simulator sends that boundary's closes (200-400 ms after it): the new links do not
-        # carry them, so the old links must stay open for them (handover wait > 0).
-        peers.pump(max(0.0, (boundary_1 + 15_000 - time.time() * 1000) / 1000))
+        # Phase 3: drop every connection 15 s before boundary 2; the actor reconnects. The
+        # reconnected links are renewed 15 s after they opened: just after boundary 2, before the
+        # simulator sends that boundary's closes (1.0-1.2 s after it): the new links do not carry
+        # them, so the old links must stay open for them (handover wait > 0). One renewal cycle
+        # between the drop and the boundary, so a loaded machine's connect delays add up once.
+        peers.pump(max(0.0, (boundary_1 + MINUTE - 15_000 - time.time() * 1000) / 1000))
         opened_before = sim.stats()["ws"]["opened"]
         gaps_before = len(peers.gaps)
         assert sim.drop_ws()
