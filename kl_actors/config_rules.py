@@ -17,16 +17,20 @@ from .config import (CONTRACT_TYPES, ENDPOINT_KEYS, REMOTE_PORTS, Config, Config
 from .core import intervals
 from .core.symbols import SymbolError, validate_symbol
 
-def _endpoint_is_loopback(endpoint: str) -> bool:
-    if not endpoint.startswith("tcp://"):
-        return endpoint.startswith(("ipc://", "inproc://"))
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+def _is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP address (an unparsable host is not)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _endpoint_is_loopback(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return endpoint.startswith(("ipc://", "inproc://"))
+    return _is_loopback(endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]"))
 
 
 # A depth beyond this is a typo, not a plan: 10 M one-minute candles is 19 years.
@@ -206,7 +210,7 @@ def _check_api(config: Config, fail) -> None:
         host, _ = api_address(config)
     except ConfigError as exc:
         fail("api.listen", str(exc).split(": ", 2)[-1])
-    if not api.allow_public_api and host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+    if not api.allow_public_api and not _is_loopback(host):
         fail("api.listen", f"{api.listen!r} is not loopback; set api.allow_public_api = true to expose it")
 
 
@@ -229,7 +233,7 @@ def _check_metrics(m: MetricsConfig, fail) -> None:
     except ValueError as exc:
         fail("metrics.listen", str(exc))
     # Metrics show what the service holds and does: only this host reads them unless asked.
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback and not m.allow_public_metrics:
+    if not m.allow_public_metrics and not _is_loopback(host):
         fail("metrics.listen", f"{m.listen!r} is not loopback; set metrics.allow_public_metrics = true to expose it")
 
 
