@@ -74,12 +74,15 @@ def service_factory(workdir):
         service.cleanup()
 
 
+WORKERS = 8  # scripts/test.sh's -n
+
+
 def pytest_collection_modifyitems(items):
     """Longest first: `@pytest.mark.slow(seconds)` says how long a test waits (measured here; 30 s
-    when not given). scripts/test.sh runs six workers with `--dist loadgroup --maxschedchunk 1`: each
+    when not given). scripts/test.sh runs eight workers with `--dist loadgroup --maxschedchunk 1`: each
     worker starts with two tests, then takes one whenever it has fewer than two (a module marked
     `xdist_group` goes to one worker whole, so its module-scoped fixture is built once). So the first
-    twelve places alternate a long test and a quick one, and every worker starts on a long wait."""
+    sixteen places alternate a long test and a quick one, and every worker starts on a long wait."""
     def expected_s(item):
         mark = item.get_closest_marker("slow")
         return (mark.args[0] if mark.args else 30) if mark else 0
@@ -87,8 +90,8 @@ def pytest_collection_modifyitems(items):
     slow = [i for i in items if expected_s(i)]
     quick = [i for i in items if not expected_s(i)]
     head = []
-    for i in range(min(6, len(slow))):
+    for i in range(min(WORKERS, len(slow))):
         head.append(slow[i])
         if quick:
             head.append(quick.pop(0))
-    items[:] = head + slow[6:] + quick
+    items[:] = head + slow[WORKERS:] + quick
