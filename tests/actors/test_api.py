@@ -109,7 +109,7 @@ def test_a_taken_port_is_one_line_and_no_crash_loop(workdir):
     around = Around(workdir, port=holder.getsockname()[1])
     try:
         wait_for(lambda: "event=api_listen_failed" in around.actor.stderr(), 15, what="the bind failure logged")
-        beats = around.control.poll(5000)
+        beats = around.control.poll(20_000)
         assert beats and around.actor.proc.poll() is None  # heartbeats go on: the supervisor keeps it
         holder.close()
         wait_for(around.answering, 15, what="serving once the port is free")

@@ -358,7 +358,7 @@ def test_writer_refuses_future_candles_and_future_holes(workdir):
         w.send(ExchangeHole("BTCUSDT", "1m", last_closed - 30 * MIN, last_closed - 20 * MIN))  # a real one
         assert "in the future" in w.wait_failed("t-future").error
         w.wait_committed("t-good")
-        wait_for(lambda: (w.pump(0.05) or True) and "event=invalid_hole" in w.stderr(), 5, interval=0,
+        wait_for(lambda: (w.pump(0.05) or True) and "event=invalid_hole" in w.stderr(), 20, interval=0,
                  what="holes handled")
         w.pump(0.5)
         assert [r[0] for r in w.rows("BTCUSDT", "1m")] == [last_closed - MIN, last_closed]

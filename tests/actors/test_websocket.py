@@ -189,7 +189,7 @@ def test_malformed_events_are_dropped_and_the_actor_lives_on(sim, workdir):
         _, batch = peers.batches[0]
         assert batch.symbol == "BTCUSDT" and batch.candles[0].open_time_ms == t and batch.candles[0].close == "1.5"
         assert actor.proc.poll() is None
-        log = wait_for(lambda: actor.stderr().count("event=malformed_event") >= 2 and actor.stderr(), 5,
+        log = wait_for(lambda: actor.stderr().count("event=malformed_event") >= 2 and actor.stderr(), 20,
                        what="malformed_event log lines")
         assert "dropped_total=2" in log and "action=dropped" in log
     finally:

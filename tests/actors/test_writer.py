@@ -104,7 +104,7 @@ def test_ws_candle_never_overwrites_rest_and_is_not_published_as_stored(writer):
                                 what="Committed for the ws batch")
     assert committed.tables == [messages.TableCommit("BTCUSDT", "1m", 1, ws[1].open_time_ms, ws[1].open_time_ms)]
     assert writer.rows("BTCUSDT", "1m") == [row(rest[0], "rest"), row(rest[1], "rest"), row(ws[1], "ws")]
-    wait_for(lambda: writer.pump(0.05) or len(writer.feed_messages) >= 3, 5, interval=0, what="feed")
+    wait_for(lambda: writer.pump(0.05) or len(writer.feed_messages) >= 3, 20, interval=0, what="feed")
     writer.pump(0.3)
     published = [(t, f.source, f.candle) for t, f in writer.feed_messages]
     assert published == [(b"kline.BTCUSDT.1m", "rest", rest[0]), (b"kline.BTCUSDT.1m", "rest", rest[1]),
@@ -217,7 +217,7 @@ def test_announce_after_commit_and_feed_after_announce(writer):
                     task = f"live-{(m.candle.open_time_ms - T0) // 120_000}"
                     # The Committed of its batch was published first (on the other socket, so
                     # allow it a moment in flight).
-                    writer.wait_committed(task, timeout=1.0)
+                    writer.wait_committed(task, timeout=10.0)
             checked = len(writer.events)
         assert seen_feed == 10
     finally:
