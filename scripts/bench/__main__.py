@@ -73,7 +73,8 @@ def bench_universe(a: argparse.Namespace) -> int:
 def bench_archive(a: argparse.Namespace) -> int:
     from . import archive
 
-    archive.run(symbols=a.symbols, months_max=a.months_max, cache_dir=a.cache)
+    archive.run(symbols=a.symbols, months_max=a.months_max, cache_dir=a.cache,
+                concurrency=a.archive_concurrency, downloaders=a.downloaders)
     return 0
 
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p_archive.add_argument("--symbols", type=int, default=12)
     p_archive.add_argument("--months-max", type=int, default=14, help="oldest listing, months back (newest: 3)")
     p_archive.add_argument("--cache", default="", help="keep the simulator's rendered files here across runs")
+    p_archive.add_argument("--archive-concurrency", type=int, default=4, help="[archive] concurrency (files in flight)")
+    p_archive.add_argument("--downloaders", type=int, default=2, help="[downloader] processes")
     p_archive.set_defaults(func=bench_archive)
     p_export = sub.add_parser("export", help="Parquet export: first run, unchanged run, one month changed")
     p_export.add_argument("--tables", type=int, default=5)

@@ -40,12 +40,12 @@ PAGE = 499
 CEILING_PER_MIN = 2400 / weight_for_limit(PAGE) * PAGE  # 598,800
 
 
-def _config(workdir: Path, sim: SimProcess, symbols: list[str]) -> Path:
+def _config(workdir: Path, sim: SimProcess, symbols: list[str], concurrency: int, downloaders: int) -> Path:
     config = service_config(workdir, exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url},
                             symbols={"include": symbols},
                             klines={"intervals": INTERVALS, "since_listing": True},
-                            downloader={"processes": 2, "concurrency": 4},
-                            archive={"base_url": sim.archive_url, "concurrency": 4})
+                            downloader={"processes": downloaders, "concurrency": 4},
+                            archive={"base_url": sim.archive_url, "concurrency": concurrency})
     return write_toml(config, workdir / "bench.toml")
 
 
@@ -108,10 +108,10 @@ def _watch_cpu(proc: subprocess.Popen, done: threading.Event, out: dict[int, tup
         done.wait(0.25)
 
 
-def _one_run(sim: SimProcess, symbols: list[str], label: str) -> None:
+def _one_run(sim: SimProcess, symbols: list[str], label: str, concurrency: int, downloaders: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kla-"))
     try:
-        config = _config(workdir, sim, symbols)
+        config = _config(workdir, sim, symbols, concurrency, downloaders)
         sim.reset_stats()
         # The limiter's minute windows outlive a stats reset: count what this run adds.
         weight_before = sum(sim.stats()["weight_by_ip_minute"].get("127.0.0.1", {}).values())
@@ -156,7 +156,8 @@ def _one_run(sim: SimProcess, symbols: list[str], label: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(symbols: int = 12, months_max: int = 14, cache_dir: str = "") -> None:
+def run(symbols: int = 12, months_max: int = 14, cache_dir: str = "", concurrency: int = 4,
+        downloaders: int = 2) -> None:
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="kla-cache-"))
     kept = cache.is_dir() and any(cache.iterdir())
     try:
@@ -170,8 +171,9 @@ def run(symbols: int = 12, months_max: int = 14, cache_dir: str = "") -> None:
                 onboard = now - int(months * 30.4 * intervals.DAY_MS) + (i * 7919 % 86_400) * 1000
                 sim.admin("list", {"symbol": name, "onboard_ms": onboard})
             _one_run(sim, names, "first run, files kept in --cache" if kept
-                     else "cold archive (files rendered on first ask)")
-            _one_run(sim, names, "warm archive")
+                     else "cold archive (files rendered on first ask)", concurrency, downloaders)
+            _one_run(sim, names, f"warm archive (archive.concurrency {concurrency}, {downloaders} downloaders)",
+                     concurrency, downloaders)
     finally:
         if not cache_dir:
             shutil.rmtree(cache, ignore_errors=True)
