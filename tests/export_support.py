@@ -44,13 +44,15 @@ def duck_totals(out: Path, cast: bool = False) -> dict[tuple[str, str], tuple[in
             "GROUP BY symbol, interval").fetchall()}
 
 
-def sqlite_totals(db: Path) -> dict[tuple[str, str], tuple[int, Decimal]]:
-    """(symbol, interval) -> (rows, exact sum of close) of every kline table."""
+def sqlite_totals(db: Path, only: tuple[str, str] | None = None) -> dict[tuple[str, str], tuple[int, Decimal]]:
+    """(symbol, interval) -> (rows, exact sum of close) of every kline table (or of `only`)."""
     store = Store.open_readonly(path=str(db))
     try:
         found = {}
         for symbol, by_interval in store.kline_tables().items():
             for interval in by_interval:
+                if only is not None and (symbol, interval) != only:
+                    continue
                 rows = store.candles(symbol, interval)
                 found[(symbol, interval)] = (len(rows), sum((Decimal(r[4]) for r in rows), Decimal(0)))
         return found
