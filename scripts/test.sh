@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
+# Bytecode caches on: the suite starts about a thousand Python processes (actors, simulators),
+# each of which would otherwise compile the project's modules again, and each worker would
+# rewrite every test module's asserts again (an environment may turn the caches off).
+unset PYTHONDONTWRITEBYTECODE
 workers=(-n 8 --dist loadgroup --maxschedchunk 1)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*) workers=() ;; esac
