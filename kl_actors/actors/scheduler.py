@@ -52,8 +52,7 @@ from ..core.tasks import TaskBook, TaskState
 
 CLOCK_WAIT_S = 3.0
 RESULT_WAIT_S = 10.0
-# More missed boundaries than this (suspend/resume, a bad serverTime) is a clock jump.
-MAX_NAMED_DOWNLOADERS = 256
+MAX_NAMED_DOWNLOADERS = 256  # downloader names counted per result (they come over the wire)
 
 
 class Scheduler(Dispatch, Discovery, BackfillPlanning, LiveEdge, Reporting, SchedulerMetrics, Actor):

@@ -169,7 +169,7 @@ class EgressBudgets:
         a.left_in_minute(now_ms)
         b.left_in_minute(now_ms)  # both rolled to the same minute
         a.in_flight.update(b.in_flight)
-        a.released = sorted(a.released + b.released)
+        a.released += b.released  # order does not matter: it is filtered and summed
         a.spent = min(a.usable, a.spent + b.spent)
         a.prev_spent += b.prev_spent
         a.blocked_until_ms = max(a.blocked_until_ms, b.blocked_until_ms)
