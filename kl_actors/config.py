@@ -170,6 +170,11 @@ class WriterConfig(_Section):
 class SupervisorConfig(_Section):
     heartbeat_s: float = 1.0
     heartbeat_timeout_s: float = 15.0
+    # From an actor's start to its first heartbeat. Longer than heartbeat_timeout_s: on a busy host
+    # a fresh interpreter importing its modules (and compiling them once after an upgrade) beside
+    # every other actor doing the same can take several times that, and killing it then only
+    # starts the same slow import again.
+    start_timeout_s: float = 60.0
     restart_backoff_initial_s: float = 0.1
     restart_backoff_max_s: float = 5.0
     # Restart intensity: more than max_restarts within window_s stops the service.

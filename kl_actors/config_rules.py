@@ -165,6 +165,7 @@ def check(config: Config, source: str) -> Config:
     at_least("writer.max_delay_ms", config.writer.max_delay_ms, 0)
     s = config.supervisor
     positive("supervisor.heartbeat_s", s.heartbeat_s)
+    positive("supervisor.start_timeout_s", s.start_timeout_s)
     if s.heartbeat_timeout_s <= s.heartbeat_s:
         fail("supervisor.heartbeat_timeout_s", "must be longer than supervisor.heartbeat_s")
     positive("supervisor.restart_backoff_initial_s", s.restart_backoff_initial_s)

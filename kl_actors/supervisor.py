@@ -2,8 +2,8 @@
 
 It owns the runtime directory (mode 0700: the ipc endpoints in it are reachable by this user
 only), writes the effective config there for the actors, and keeps each actor's state (pid,
-restarts, last heartbeat) in `status.json` beside it. An actor that exits or goes silent for
-`supervisor.heartbeat_timeout_s` is restarted after an exponential backoff; an actor restarted more
+restarts, last heartbeat) in `status.json` beside it. An actor that exits, goes silent for
+`supervisor.heartbeat_timeout_s`, or sends no first heartbeat within `start_timeout_s` is restarted after an exponential backoff; an actor restarted more
 than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
 and one line naming the actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a
 restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
@@ -107,6 +107,7 @@ class Watched:
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.last_heartbeat = 0.0
+        self.beaten = False  # this process has sent a heartbeat (until then, start_timeout_s holds)
         self.restart_at: float | None = None
         self.last_exit = ""
 
@@ -150,6 +151,7 @@ class Supervisor:
                 "--parent-pid", str(os.getpid()), "--restarts", str(w.policy.total_restarts)]
         w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=self.log_stream)
         w.started_at = w.last_heartbeat = time.monotonic()
+        w.beaten = False
         w.restart_at = None
         group = ({"egress": cfg.downloader_group(self.config, w.name)[1].name}
                  if self.config.egress and w.name.startswith("downloader-") else {})
@@ -178,6 +180,7 @@ class Supervisor:
 
     def check(self, now: float) -> None:
         timeout = self.config.supervisor.heartbeat_timeout_s
+        start_timeout = self.config.supervisor.start_timeout_s
         for w in self.watched.values():
             if w.proc is not None:
                 code = w.proc.poll()
@@ -198,12 +201,14 @@ class Supervisor:
                     return
                 if code is not None:
                     self._on_exit(w, now, describe_exit(code))
-                elif now - w.last_heartbeat > timeout:
-                    self.log.warning("actor_silent", name=w.name, silent_s=round(now - w.last_heartbeat, 1),
-                                     action="killing")
+                elif now - w.last_heartbeat > (timeout if w.beaten else start_timeout):
+                    silent = now - w.last_heartbeat
+                    self.log.warning("actor_silent", name=w.name, silent_s=round(silent, 1),
+                                     since="last heartbeat" if w.beaten else "start", action="killing")
                     w.proc.kill()
                     w.proc.wait()
-                    self._on_exit(w, now, f"silent for {now - w.last_heartbeat:.1f}s")
+                    self._on_exit(w, now, f"silent for {silent:.1f}s" if w.beaten
+                                  else f"no heartbeat {silent:.1f}s after its start")
             elif w.restart_at is not None and now >= w.restart_at and not self._stopping:
                 self.spawn(w)
             if self._stopping:
@@ -217,6 +222,7 @@ class Supervisor:
             if w.proc.pid != beat.pid:
                 return  # an earlier process's
             w.last_heartbeat = time.monotonic()
+            w.beaten = True
             if self.metrics is not None and beat.metrics:
                 refused = self.metrics.take(beat.actor, beat.pid, beat.metrics)
                 if refused:
@@ -243,7 +249,8 @@ class Supervisor:
     def write_status(self, now: float) -> None:
         status = {
             name: {"pid": w.proc.pid if w.proc else None, "restarts": w.policy.total_restarts,
-                   "heartbeat_age_s": round(now - w.last_heartbeat, 2) if w.proc else None,
+                   # None until this process's first heartbeat: started is not yet running
+                   "heartbeat_age_s": round(now - w.last_heartbeat, 2) if w.proc and w.beaten else None,
                    "last_exit": w.last_exit}
             for name, w in self.watched.items()
         }

@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 # each of which would otherwise compile the project's modules again, and each worker would
 # rewrite every test module's asserts again (an environment may turn the caches off).
 unset PYTHONDONTWRITEBYTECODE
+# Compiled once here, not by the dozens of actors the first tests start at the same moment.
+"$VENV/bin/python" -m compileall -q kl_actors supervisor.py scripts tests >/dev/null
 workers=(-n 8 --dist loadgroup --maxschedchunk 1)
 for arg in "$@"; do
   case "$arg" in -n|-n*|--numprocesses*) workers=() ;; esac

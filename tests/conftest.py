@@ -64,8 +64,8 @@ def workdir():
 def service_factory(workdir):
     started: list[RunningService] = []
 
-    def start(config, extra_args=None) -> RunningService:
-        service = RunningService(config, workdir, extra_args)
+    def start(config, extra_args=None, env=None) -> RunningService:
+        service = RunningService(config, workdir, extra_args, env)
         started.append(service)
         return service
 

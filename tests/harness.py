@@ -102,13 +102,15 @@ def _pump(pipe, lines: list[str]) -> None:
 class RunningService:
     """A real `supervisor.py` process with the given config, stopped (and its actors) on exit."""
 
-    def __init__(self, config: cfg.Config, workdir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, config: cfg.Config, workdir: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.status_file = Path(config.endpoints.runtime_dir) / "status.json"
         toml = write_toml(config, workdir / "service.toml")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "supervisor.py"), "--config", str(toml), *(extra_args or [])],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env} if env else None)
         self.seen_pids: set[int] = set()
         # Drain both pipes as the service runs: every actor shares the supervisor's stderr, and a
         # full pipe would block their log writes (and so the actors) in a long or chatty run.
@@ -137,7 +139,7 @@ class RunningService:
     def pid(self, name: str) -> int | None:
         return self.status().get(name, {}).get("pid")
 
-    def wait_running(self, names, timeout: float = 15.0) -> dict:
+    def wait_running(self, names, timeout: float = 30.0) -> dict:
         def ready():
             st = self.status()
             ok = all(st.get(n, {}).get("pid") and st[n]["heartbeat_age_s"] is not None

@@ -49,6 +49,8 @@ BAD = [
     ("supervisor.heartbeat_s", "supervisor", {"heartbeat_s": 0.0}),
     ("supervisor.heartbeat_timeout_s", "supervisor", {"heartbeat_timeout_s": NAN}),
     ("supervisor.heartbeat_timeout_s", "supervisor", {"heartbeat_timeout_s": 0.5}),
+    ("supervisor.start_timeout_s", "supervisor", {"start_timeout_s": NAN}),
+    ("supervisor.start_timeout_s", "supervisor", {"start_timeout_s": 0.0}),
     ("supervisor.restart_backoff_initial_s", "supervisor", {"restart_backoff_initial_s": -0.1}),
     ("supervisor.restart_backoff_initial_s", "supervisor", {"restart_backoff_initial_s": 0.0}),
     ("supervisor.restart_backoff_max_s", "supervisor", {"restart_backoff_max_s": -1.0}),

@@ -8,9 +8,22 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import make_config, pid_alive, wait_for
 
 ACTORS = ["broker", "writer"]
+
+# Loaded by every Python process on PYTHONPATH before its main module: the actors named in
+# KL_SLOW_START ("name=seconds,...") sleep that long before importing anything, on their first
+# start only, as a fresh interpreter on a loaded host does while it imports and compiles.
+SLOW_START = """
+import os, sys, time
+_spec = dict(item.split("=") for item in os.environ.get("KL_SLOW_START", "").split(",") if item)
+if len(sys.argv) > 2 and sys.argv[1] in _spec and "--restarts" in sys.argv \\
+        and sys.argv[sys.argv.index("--restarts") + 1] == "0":
+    time.sleep(float(_spec[sys.argv[1]]))
+"""
 
 
 def test_actors_start_are_named_and_runtime_dir_private(workdir, service_factory):
@@ -101,3 +114,39 @@ def test_bad_config_one_line_exit_2(workdir):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"kl-actors: config error: {bad}: key downloader.processes: Expected int, got str"]
+
+
+@pytest.mark.slow(25)
+def test_a_slow_start_is_waited_for_and_silence_before_or_after_the_first_heartbeat_kills(
+        workdir, service_factory):
+    """`start_timeout_s` runs from an actor's start to its first heartbeat, `heartbeat_timeout_s`
+    after it: a start three times the heartbeat timeout is no failure, a start that never
+    beats is killed at the start timeout, and a stopped actor at the heartbeat timeout."""
+    site = workdir / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_START)
+    config = make_config(workdir, supervisor={"heartbeat_timeout_s": 2.0, "start_timeout_s": 15.0})
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "KL_SLOW_START": "writer=6,broker=600"}
+    service = service_factory(config, ["--actors", "broker,writer"], env=env)
+    status = service.wait_running(ACTORS, timeout=60)
+    # The broker that never beat was killed once, at the start timeout; the writer waited for.
+    assert status["broker"]["restarts"] == 1 and status["writer"]["restarts"] == 0, status
+    log = service.log_text()
+    exits = [line for line in log.splitlines() if "event=actor_exited" in line]
+    assert len(exits) == 1 and "name=broker" in exits[0], exits
+    waited = float(exits[0].split('why="no heartbeat ')[1].split("s after its start")[0])
+    assert 15.0 <= waited < 25.0, exits
+    # After its first heartbeat the writer is held to the heartbeat timeout.
+    writer = status["writer"]["pid"]
+    os.kill(writer, signal.SIGSTOP)
+    line = wait_for(lambda: next((ln for ln in service.log_text().splitlines()
+                                  if "event=actor_exited name=writer" in ln), None), 30, what="writer killed")
+    silent = float(line.split('why="silent for ')[1].split("s")[0])
+    assert 2.0 <= silent < 10.0, line
+    status = service.wait_running(ACTORS)
+    assert status["writer"]["pid"] != writer and status["writer"]["restarts"] == 1
+    assert status["writer"]["last_exit"] == f"silent for {silent:.1f}s"
+    code, log = service.stop()
+    assert code == 0, log[-3000:]
+    assert not pid_alive(writer)
