@@ -33,6 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def offset_before_boundary(interval: str, lead_ms: int, at_least_ms: int = 0) -> int:
+    """A simulator clock offset (at least `at_least_ms`) that starts its clock `lead_ms` before
+    an `interval` boundary: a live test sees its boundaries without waiting up to a whole one."""
+    local = int(time.time() * 1000)
+    return intervals.next_boundary(interval, local + lead_ms + at_least_ms) - lead_ms - local
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

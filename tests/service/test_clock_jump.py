@@ -11,15 +11,19 @@ import pytest
 from exactness import stored_rows, trading_symbols, truth_rows
 from kl_actors.core import intervals
 from kl_actors.store import Store
-from harness import make_config, wait_for
+from harness import make_config, offset_before_boundary, wait_for
 
 pytestmark = pytest.mark.slow(60)
 JUMP_MS = 30 * 60_000
+# The simulator starts at :15 of a minute: the service is up and has planned before time-sync's
+# next sample (at :30 of each server minute), which sees the jump; a boundary follows at :00.
+LEAD_MS = 45_000
 
 
 def test_thirty_minute_jump_plans_newest_boundaries_only_and_backfills_the_rest(workdir, sim_factory,
                                                                                  service_factory):
-    sim = sim_factory(symbols=4, weight_limit=1_000_000, ws_push_ms=500)
+    sim = sim_factory(symbols=4, weight_limit=1_000_000, ws_push_ms=500,
+                      clock_offset_ms=offset_before_boundary("1m", LEAD_MS))
     symbols = trading_symbols(sim)
     config = make_config(
         workdir,

@@ -68,8 +68,8 @@ def _rss_kib(pid: int) -> int:
         return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
-@pytest.mark.slow(75)
-def test_writer_stopped_for_a_minute_release_held_memory_bounded_nothing_lost(
+@pytest.mark.slow(50)
+def test_writer_stopped_for_half_a_minute_release_held_memory_bounded_nothing_lost(
         workdir, sim_factory, service_factory):
     """SIGSTOP the writer mid-backfill: the scheduler stops releasing at `max_uncommitted`, pages
     it already fetched are waited for, not fetched again every lease; after SIGCONT everything
@@ -77,8 +77,8 @@ def test_writer_stopped_for_a_minute_release_held_memory_bounded_nothing_lost(
     sim = sim_factory(symbols=20, weight_limit=1_000_000, latency_ms=50)
     symbols = trading_symbols(sim)
     depth = {"1m": 5000, "5m": 3000, "1h": 1000}
-    stall_s = 60
-    config = service_config(workdir, sim, depth, downloader={"max_uncommitted": 16, "lease_s": 10.0},
+    stall_s = 30
+    config = service_config(workdir, sim, depth, downloader={"max_uncommitted": 16, "lease_s": 5.0},
                             supervisor={"heartbeat_timeout_s": stall_s + 120})
     started = sim.info()["server_time_ms"]
     service = service_factory(config, ["--once"])

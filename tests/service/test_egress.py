@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from exactness import assert_exact, stored_rows, trading_symbols, truth_rows
-from harness import backfill_config, server_ms, wait_for
+from harness import backfill_config, offset_before_boundary, server_ms, wait_for
 from kl_actors import config as cfg
 from kl_actors.core import intervals
 from kl_actors.exchange import SourceAddressAdapter
@@ -150,7 +150,9 @@ def test_two_groups_on_one_ip_are_found_and_share_one_budget(workdir, sim_factor
 
 @pytest.mark.slow(90)
 def test_live_boundary_fetches_go_out_through_the_groups(workdir, sim_factory, service_factory):
-    sim = sim_factory(symbols=6, weight_limit=1_000_000, ws_push_ms=200)
+    # Started 25 s before a minute boundary: backfilled by then, no minute-long wait for it.
+    sim = sim_factory(symbols=6, weight_limit=1_000_000, ws_push_ms=200,
+                      clock_offset_ms=offset_before_boundary("1m", 25_000))
     symbols = trading_symbols(sim)
     config = egress_config(workdir, sim, {"1m": 30}, TWO_IPS,
                            live={"final_recheck_ms": 3000, "boundary_margin_ms": 200})

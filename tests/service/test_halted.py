@@ -8,7 +8,7 @@ import pytest
 
 from kl_actors.core import intervals
 from kl_actors.store import Store, StoreError
-from harness import make_config, wait_for
+from harness import make_config, offset_before_boundary, wait_for
 
 
 def stored(db_path, symbol, interval):
@@ -24,7 +24,10 @@ def stored(db_path, symbol, interval):
 
 @pytest.mark.slow(55)
 def test_halted_symbol_kept_not_refetched_resumed_not_listed(workdir, sim_factory, service_factory):
-    sim = sim_factory(symbols=3, halted_symbols=1, weight_limit=1_000_000)
+    # Started 25 s before a minute boundary: the resume comes a little before it, so the first
+    # candle after the halt closes seconds later, not up to a minute.
+    sim = sim_factory(symbols=3, halted_symbols=1, weight_limit=1_000_000,
+                      clock_offset_ms=offset_before_boundary("1m", 25_000))
     halted = "HALTAUSDT"
     assert sim.market().specs[halted].status == "TRADING_HALT"
     config = make_config(

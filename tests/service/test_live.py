@@ -12,13 +12,17 @@ from exactness import stored_rows, trading_symbols, truth_rows
 from kl_actors.core import intervals
 from kl_actors import messages
 from kl_actors.store import Store
-from harness import FeedCollector, make_config, wait_for
+from harness import FeedCollector, make_config, offset_before_boundary, wait_for
 
 
-@pytest.mark.slow(180)
+LEAD_MS = 30_000  # server time from the simulator's start to the first boundary
+
+
+@pytest.mark.slow(100)
 def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim_factory, service_factory):
-    sim = sim_factory(symbols=6, weight_limit=1_000_000, clock_offset_ms=4000, final_delay_ms=1500,
-                      ws_push_ms=200)
+    sim = sim_factory(symbols=6, weight_limit=1_000_000, # The service must follow the exchange's clock (4 to 64 s ahead), not this host's.
+                      clock_offset_ms=offset_before_boundary("1m", LEAD_MS, at_least_ms=4000),
+                      final_delay_ms=1500, ws_push_ms=200)
     symbols = trading_symbols(sim)
     config = make_config(
         workdir,
@@ -33,14 +37,15 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
     service = service_factory(config)
     try:
         service.wait_running(["broker", "writer", "timesync", "scheduler", "downloader-1", "websocket"], timeout=20)
-        # The listing change must come after the scheduler's first discovery, or ETHUSDT is never
+        # The listing changes must come after the scheduler's first discovery, or ETHUSDT is never
         # seen trading by this run (on a busy machine the first discovery can come seconds late).
         wait_for(lambda: "actor=scheduler event=discovered" in service.log_text(), 30, what="first discovery")
+        # A symbol listed before the first boundary (its first candle closes there), one delisted
+        # after it.
+        listed_ms = sim.list_symbol("NEWCOINUSDT")["onboardDate"]
         start_server = sim.info()["server_time_ms"]
-        # Wait for the first boundary after start, then list one symbol and delist another.
         wait_for(lambda: sim.info()["server_time_ms"] >= intervals.next_boundary("1m", start_server) + 1000,
                  timeout=70, what="first boundary")
-        listed_ms = sim.list_symbol("NEWCOINUSDT")["onboardDate"]
         sim.delist("ETHUSDT")
         delisted_at = time.monotonic()
         try:
@@ -51,10 +56,11 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
                      and "event=boundary " not in ln and "event=progress" not in ln]
             raise AssertionError("no rediscovery in 30 s; the scheduler said:\n" + "\n".join(lines[-40:])) from None
         eth_requests = sim.stats()["requests_by_symbol_interval"].get("ETHUSDT 1m", 0)
-        # Two more boundaries, plus the finality re-check of the last one.
-        target = intervals.next_boundary("1m", sim.info()["server_time_ms"])
-        target = intervals.next_open("1m", target)
-        wait_for(lambda: sim.info()["server_time_ms"] >= target + 5000, timeout=140, what="two more boundaries")
+        # One more boundary, plus its finality re-check; at least one after the boundary that
+        # closed the new symbol's first 1m candle (later only when the start was slow).
+        target = max(intervals.next_boundary("1m", sim.info()["server_time_ms"]),
+                     intervals.next_boundary("1m", listed_ms) + intervals.MINUTE_MS)
+        wait_for(lambda: sim.info()["server_time_ms"] >= target + 5000, timeout=75, what="the next boundary")
         end_server = sim.info()["server_time_ms"]
         assert sim.stats()["requests_by_symbol_interval"].get("ETHUSDT 1m", 0) == eth_requests, \
             "a delisted symbol was requested again"
@@ -64,6 +70,8 @@ def test_live_edge_with_clock_offset_finality_listing_and_delisting(workdir, sim
         consumer.stop()
     assert code == 0, err[-3000:]
 
+    # The new symbol's first 1m candle is among those checked in full below.
+    assert intervals.last_closed_open("1m", end_server - 6000) >= intervals.align("1m", listed_ms)
     store = Store.open_readonly(path=config.database.path)
     try:
         followed = dict(symbols)

@@ -11,14 +11,13 @@ candles close at midnight, so the backlog runs into 00:02, past the 1m closes of
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from exactness import stored_rows, trading_symbols, truth_rows
 from kl_actors.core import intervals
 from kl_actors.store import Store
-from harness import make_config, wait_for
+from harness import make_config, offset_before_boundary, wait_for
 
 SYMBOLS = 3
 WEIGHT_LIMIT = 36
@@ -30,12 +29,6 @@ _DONE_RE = re.compile(r"event=boundary_done boundary_ms=(\d+) interval=(\w+) tas
                       r"lag_p50_ms=(-?\d+) lag_max_ms=(-?\d+)")
 
 
-def _offset_before_midnight() -> int:
-    local = int(time.time() * 1000)
-    midnight = intervals.next_boundary("1d", local + LEAD_MS)
-    return midnight - LEAD_MS - local
-
-
 def _done(service) -> list[tuple[int, str, int, int]]:
     """(boundary, interval, failed, lag_max_ms) of each boundary_done line, in log order."""
     return [(int(m[1]), m[2], int(m[4]), int(m[6])) for m in _DONE_RE.finditer(service.log_text())]
@@ -44,7 +37,7 @@ def _done(service) -> list[tuple[int, str, int, int]]:
 @pytest.mark.slow(145)
 def test_fresh_one_minute_closes_overtake_the_top_of_day_backlog(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=SYMBOLS, weight_limit=WEIGHT_LIMIT, ws_push_ms=500,
-                      clock_offset_ms=_offset_before_midnight())
+                      clock_offset_ms=offset_before_boundary("1d", LEAD_MS))
     symbols = trading_symbols(sim)
     assert len(symbols) == 4
     midnight = intervals.next_boundary("1d", sim.info()["server_time_ms"])

@@ -10,14 +10,16 @@ from exactness import stored_rows
 from kl_actors.core import intervals
 from kl_actors import messages
 from kl_actors.store import Store
-from harness import FeedCollector, make_config, wait_for
+from harness import FeedCollector, make_config, offset_before_boundary, wait_for
 
 ODD = ("币安人生USDT", "BtcUSDT", "BTC-USDT")
 
 
 @pytest.mark.slow(50)
 def test_odd_and_tradfi_symbols_live_over_websocket_rest_and_feed(workdir, sim_factory, service_factory):
-    sim = sim_factory(symbols=4, odd_symbols=3, tradfi_symbols=2, weight_limit=1_000_000, ws_push_ms=200)
+    # Started 20 s before a minute boundary: the closes it waits for are that near.
+    sim = sim_factory(symbols=4, odd_symbols=3, tradfi_symbols=2, weight_limit=1_000_000, ws_push_ms=200,
+                      clock_offset_ms=offset_before_boundary("1m", 20_000))
     config = make_config(
         workdir,
         exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 3.0},

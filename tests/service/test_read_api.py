@@ -10,7 +10,6 @@ parameters).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -333,7 +332,7 @@ def test_a_killed_api_actor_is_restarted_and_answers_again(served):
     old = service.wait_running(["api"])["api"]["pid"]
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: (service.pid("api") or old) != old, 20, what="a new api process")
-    wait_for(lambda: f"event=actor_exited name=api why=\"killed by SIGKILL\"" in service.log_text()
+    wait_for(lambda: "event=actor_exited name=api why=\"killed by SIGKILL\"" in service.log_text()
              or "name=api why=" in service.log_text(), 10, what="the exit logged")
 
     def answers():

@@ -13,12 +13,16 @@ from exactness import stored_rows, trading_symbols, truth_rows
 from kl_actors.core import intervals
 from kl_actors import messages
 from kl_actors.store import Store
-from harness import FeedCollector, make_config, wait_for
+from harness import FeedCollector, make_config, offset_before_boundary, wait_for
 
 
-@pytest.mark.slow(80)
+LEAD_MS = 20_000  # server time from the simulator's start to the first boundary
+
+
+@pytest.mark.slow(90)
 def test_stream_only_keeps_tables_current_without_backfill(workdir, sim_factory, service_factory):
-    sim = sim_factory(symbols=4, weight_limit=1_000_000, final_delay_ms=1000, ws_push_ms=200)
+    sim = sim_factory(symbols=4, weight_limit=1_000_000, final_delay_ms=1000, ws_push_ms=200,
+                      clock_offset_ms=offset_before_boundary("1m", LEAD_MS))
     symbols = trading_symbols(sim)
     config = make_config(
         workdir,
