@@ -9,6 +9,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import apsw
+
 from kl_actors.config import DatabaseConfig
 from kl_actors.core import intervals
 from kl_actors.store import Store
@@ -82,14 +84,20 @@ def files(out: Path) -> dict[str, int]:
     return {str(p.parent.relative_to(out)): p.stat().st_ino for p in out.rglob("*.parquet")}
 
 
-def fill(db: Path, symbol: str, first_ms: int, count: int) -> None:
-    """`count` 1m candles from `first_ms`, made inside SQLite (a Python loop would take minutes)."""
+def fill(db: Path, symbols: tuple[str, ...], first_ms: int, count: int) -> None:
+    """`count` 1m candles from `first_ms` in each symbol's table, made inside SQLite (a Python loop
+    would take minutes) for the first and copied as they are into the others (~4x faster)."""
     store = Store.open_writer(DatabaseConfig(), str(db))
     try:
-        table = store.ensure_table(symbol, "1m")
-        with store.transaction():
-            store.conn.execute(
-                f"INSERT INTO {table} (open_time, open, high, low, close, volume, close_time, quote_volume, "
+        tables = [store.ensure_table(symbol, "1m") for symbol in symbols]
+    finally:
+        store.close()
+    conn = apsw.Connection(str(db))
+    try:
+        conn.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")  # a fixture: no WAL of gigabytes
+        with conn:
+            conn.execute(
+                f"INSERT INTO {tables[0]} (open_time, open, high, low, close, volume, close_time, quote_volume, "
                 "trades, taker_buy_volume, taker_buy_quote_volume, source) "
                 "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) "
                 "SELECT ?2 + i * 60000, printf('%.2f', 20000 + (i % 5000) * 0.01), printf('%.2f', 20010 + (i % 5000) * 0.01), "
@@ -97,5 +105,8 @@ def fill(db: Path, symbol: str, first_ms: int, count: int) -> None:
                 "printf('%.3f', (i % 997) * 1.001), ?2 + i * 60000 + 59999, printf('%.5f', (i % 997) * 20000.123), "
                 "i % 3001, printf('%.3f', (i % 97) * 1.001), printf('%.5f', (i % 97) * 20000.123), 'rest' FROM n",
                 (count, first_ms))
+            for table in tables[1:]:
+                conn.execute(f"INSERT INTO {table} SELECT * FROM {tables[0]}")
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()  # as the service's files are
     finally:
-        store.close()
+        conn.close()

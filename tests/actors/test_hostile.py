@@ -47,7 +47,7 @@ def rows(candles) -> list[list]:
 
 # -- Retry-After: inf during a backfill ------------------------------------------------------------
 
-@pytest.mark.slow(100)
+@pytest.mark.slow(85)
 def test_retry_after_inf_during_backfill_pauses_to_next_window_and_ends_exact(workdir, sim_factory):
     sim = sim_factory(symbols=3, weight_limit=1_000_000)
     symbols = trading_symbols(sim)

@@ -33,7 +33,7 @@ def row(candle: messages.Candle) -> list:
     return list(msgspec.structs.astuple(candle))
 
 
-@pytest.mark.slow(120)
+@pytest.mark.slow(85)
 def test_live_candles_across_connections_renewals_and_drops(sim_factory, workdir):
     sim = sim_factory(symbols=30, seed=3, weight_limit=1_000_000, ws_push_ms=100, ws_lifetime_s=20,
                       ws_close_delay_ms=1000)

@@ -13,7 +13,7 @@ from kl_actors.core import intervals
 from kl_actors.store import Store
 from harness import make_config, offset_before_boundary, wait_for
 
-pytestmark = pytest.mark.slow(60)
+pytestmark = pytest.mark.slow(45)
 JUMP_MS = 30 * 60_000
 # The simulator starts at :15 of a minute: the service is up and has planned before time-sync's
 # next sample (at :30 of each server minute), which sees the jump; a boundary follows at :00.

@@ -148,7 +148,7 @@ def test_two_groups_on_one_ip_are_found_and_share_one_budget(workdir, sim_factor
     assert_exact(workdir / "db.sqlite", sim, symbols, depth, started, server_ms(sim))
 
 
-@pytest.mark.slow(90)
+@pytest.mark.slow(35)
 def test_live_boundary_fetches_go_out_through_the_groups(workdir, sim_factory, service_factory):
     # Started 25 s before a minute boundary: backfilled by then, no minute-long wait for it.
     sim = sim_factory(symbols=6, weight_limit=1_000_000, ws_push_ms=200,

@@ -57,7 +57,7 @@ def assert_readme_query(db, out) -> None:
     assert got == want and got
 
 
-@pytest.mark.slow(100)
+@pytest.mark.slow(50)
 def test_export_of_a_simulator_backfill_equals_truth_and_rewrites_only_what_grew(workdir, sim_factory):
     sim = sim_factory(symbols=3, odd_symbols=1, weight_limit=1_000_000)
     symbols = trading_symbols(sim)

@@ -22,7 +22,7 @@ def stored(db_path, symbol, interval):
         store.close()
 
 
-@pytest.mark.slow(55)
+@pytest.mark.slow(30)
 def test_halted_symbol_kept_not_refetched_resumed_not_listed(workdir, sim_factory, service_factory):
     # Started 25 s before a minute boundary: the resume comes a little before it, so the first
     # candle after the halt closes seconds later, not up to a minute.

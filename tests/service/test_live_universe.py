@@ -15,7 +15,7 @@ from harness import FeedCollector, make_config, offset_before_boundary, wait_for
 ODD = ("币安人生USDT", "BtcUSDT", "BTC-USDT")
 
 
-@pytest.mark.slow(50)
+@pytest.mark.slow(25)
 def test_odd_and_tradfi_symbols_live_over_websocket_rest_and_feed(workdir, sim_factory, service_factory):
     # Started 20 s before a minute boundary: the closes it waits for are that near.
     sim = sim_factory(symbols=4, odd_symbols=3, tradfi_symbols=2, weight_limit=1_000_000, ws_push_ms=200,

@@ -38,9 +38,10 @@ def build_database(path, symbols: list[str], last_open_ms: int) -> int:
     """20 tables of 1m candles ending TAIL minutes ago, holes punched into five of them."""
     first = last_open_ms - (ROWS_PER_TABLE - 1) * 60_000
     conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF")
+    # A fixture: no WAL of gigabytes (WAL once it is built).
+    conn.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
     with conn:
-        for symbol in symbols:
+        for n, symbol in enumerate(symbols):
             table = table_name(symbol, "1m")
             conn.execute(
                 f"CREATE TABLE {table} (open_time INTEGER PRIMARY KEY, open TEXT NOT NULL, high TEXT NOT NULL, "
@@ -48,6 +49,9 @@ def build_database(path, symbols: list[str], last_open_ms: int) -> int:
                 "quote_volume TEXT NOT NULL, trades INTEGER NOT NULL, taker_buy_volume TEXT NOT NULL, "
                 "taker_buy_quote_volume TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'rest', "
                 "updated_ms INTEGER NOT NULL DEFAULT 0)")
+            if n:  # the same rows as the first table: SQLite copies its records as they are (~4x faster)
+                conn.execute(f"INSERT INTO {table} SELECT * FROM {table_name(symbols[0], '1m')}")
+                continue
             conn.execute(
                 f"WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < {ROWS_PER_TABLE - 1}) "
                 f"INSERT INTO {table} SELECT {first} + i * 60000, '1.0', '1.1', '0.9', '1.05', '10', "
@@ -57,6 +61,7 @@ def build_database(path, symbols: list[str], last_open_ms: int) -> int:
                 start = first + offset * 60_000
                 conn.execute(f"DELETE FROM {table_name(symbol, '1m')} WHERE open_time BETWEEN ? AND ?",
                              (start, start + (missing - 1) * 60_000))
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()  # as the service's files are
     conn.close()
     return first
 
@@ -83,6 +88,7 @@ def assert_never_restarted(service, scheduler_pid):
     assert service.status()["scheduler"]["restarts"] == 0
 
 
+@pytest.mark.slow(45)
 def test_twenty_million_rows_planned_incrementally_without_missing_a_heartbeat(workdir, sim_factory, service_factory):
     sim = sim_factory(symbols=60, weight_limit=1_000_000)
     symbols = old_symbols(sim, 2.0)[:TABLES]
