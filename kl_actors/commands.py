@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import cli, curve, display
+from . import cli, curve, display, logfile
 from . import config as cfg
 from .locks import StartError
 from .log import Logger
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             terminal, log_stream = display.for_service(config, sys.stderr, stack)
         except OSError as exc:
-            print(f"kl-actors: the log file {display.log_path(config)}: cannot open: {exc.strerror}",
+            print(f"kl-actors: the log file {logfile.log_path(config)}: cannot open: {exc.strerror}",
                   file=sys.stderr)
             return 2
         if args.sim:

@@ -327,6 +327,9 @@ class DisplayConfig(_Section):
     progress: Literal["auto", "on", "off"] = "auto"
     # Where every log line goes while the display is on; empty: <runtime_dir>/service.log.
     log_file: str = ""
+    # Past this size the log is copied to <log>.1 and cut (logfile.py); this many copies are kept.
+    log_max_mib: float = 64.0
+    log_keep: int = 3
 
 
 class Config(_Section):

@@ -174,6 +174,8 @@ def check(config: Config, source: str) -> Config:
     at_least("supervisor.max_restarts", s.max_restarts, 0)
     positive("supervisor.restart_window_s", s.restart_window_s)
     positive("supervisor.stop_timeout_s", s.stop_timeout_s)
+    positive("display.log_max_mib", config.display.log_max_mib)
+    at_least("display.log_keep", config.display.log_keep, 1)
     lv = config.live
     at_least("live.boundary_margin_ms", lv.boundary_margin_ms, 0)
     positive("live.not_final_retry_ms", lv.not_final_retry_ms)

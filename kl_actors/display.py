@@ -5,7 +5,8 @@ on` to force it), the supervisor draws here, with `rich`, what the scheduler's h
 (`messages.Progress`): an overall bar of tasks done / total, candles/s, the weight used / limit
 this minute, the ETA and the failed tasks; archive files done / total and MB/s when there is
 archive work. Meanwhile every log line (the actors' and the supervisor's) goes to the service log
-(`display.log_file`, default `<runtime_dir>/service.log`, appended to), and `LogTail` shows its
+(logfile.py: `display.log_file`, default `<runtime_dir>/service.log`, appended to and rotated by
+size), and `LogTail` shows its
 warnings and errors (and anything that is not a log line: a traceback) above the bar.
 
 It owns the terminal while the service runs and leaves it clean when it stops (the last frame
@@ -27,7 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from . import config as cfg
+from . import config as cfg, logfile
 from .messages import Progress
 
 REDRAW_S = 0.25  # at most four frames a second: enough to see it move, little work
@@ -45,18 +46,6 @@ def wanted(setting: str, stream: IO) -> bool:
         return False
 
 
-def log_path(config: cfg.Config) -> Path:
-    """Where the log lines go while the display is on."""
-    return Path(config.display.log_file or Path(config.endpoints.runtime_dir) / "service.log")
-
-
-def open_log(path: Path) -> IO[str]:
-    """The service log, appended to (mode 0600: it names hosts and paths); line-buffered, so
-    each line is in the file when the tail reads it. Raises OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(fd, "a", buffering=1)
-
-
 # Control characters (ESC, CSI, BEL, ...) in a log line are written as \xNN: a value that came
 # from outside (an exchange's error text) must not move the cursor or retitle the terminal.
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
@@ -71,8 +60,8 @@ def for_service(config: cfg.Config, stream: IO, stack: contextlib.ExitStack) -> 
     `stream`, else (None, None): log lines stay on stderr. Raises OSError (the log file)."""
     if not wanted(config.display.progress, stream):
         return None, None
-    path = log_path(config)
-    log_stream = stack.enter_context(open_log(path))
+    path = logfile.log_path(config)
+    log_stream = stack.enter_context(logfile.open_log(path))
     return Display(stream, path, force=config.display.progress == "on"), log_stream
 
 

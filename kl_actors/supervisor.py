@@ -21,7 +21,7 @@ exchange; with `--sim` it only starts the bundled simulator and points the excha
 
 It keeps the scheduler's latest `Progress` (from its heartbeat) in `status.json`, and when its
 stderr is a terminal it feeds the progress display (display.py), with every log line, its own and
-the actors' stderr, going to the service log meanwhile.
+the actors' stderr, going to the service log meanwhile, which it rotates by size (logfile.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from . import display, messages
+from . import display, logfile, messages
 from .locks import PidLock, StartError, check_database_writable
 from . import config as cfg
 from .log import Logger
@@ -119,6 +119,8 @@ class Supervisor:
         # With the progress display on, every log line (ours, and the actors' stderr) goes to
         # the service log; the display shows its warnings and errors (display.py).
         self.log_stream = log_stream
+        self.log_file = logfile.log_path(config) if log_stream is not None else None
+        self.log_rotate_failed = False  # one line per failure spell, not one a second
         self.terminal = terminal
         self.log = Logger("supervisor", config.log.level, stream=log_stream)
         s = config.supervisor
@@ -234,6 +236,24 @@ class Supervisor:
         if beat.actor == "scheduler" and beat.progress is not None:
             self.progress = beat.progress
 
+    def rotate_log(self) -> None:
+        """The service log cut back past `display.log_max_mib` (logfile.py); a failure (a full
+        disk) is one line and the log goes on growing until a later try succeeds."""
+        if self.log_file is None:
+            return
+        d = self.config.display
+        try:
+            moved = logfile.rotate(self.log_file, int(d.log_max_mib * (1 << 20)), d.log_keep)
+        except OSError as exc:
+            if not self.log_rotate_failed:
+                self.log.error("log_rotate_failed", file=str(self.log_file), error=exc.strerror or str(exc),
+                               action="the log grows until a later try succeeds")
+            self.log_rotate_failed = True
+            return
+        if moved:
+            self.log_rotate_failed = False
+            self.log.info("log_rotated", file=str(self.log_file), moved_bytes=moved, keep=d.log_keep)
+
     def own_metrics(self) -> None:
         """The supervisor's own figures: each actor's restarts, the database's size on disk."""
         own = self.metrics.own
@@ -346,6 +366,7 @@ class Supervisor:
                     self.check(now)
                 self.draw(now)
                 if now >= next_status:
+                    self.rotate_log()
                     self.write_status(now)
                     if self.metrics is not None:
                         self.own_metrics()

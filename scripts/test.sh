@@ -3,7 +3,7 @@
 # runs pytest. Extra arguments go to pytest (e.g. scripts/test.sh tests/core -q).
 # The suite waits on real time (minute boundaries, leases, a stalled writer) far more than it
 # computes, so eight worker processes overlap the waits, longest tests first (tests/conftest.py):
-# with six, 35 min of test time / 6 = 5 min 48 s, while its 8 min of CPU need 4 on two cores;
+# 33 min of test time / 8 = about 4 min, while its 7 min of CPU need 3.5 on two cores;
 # pass `-n 0` to run in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."

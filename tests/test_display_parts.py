@@ -13,7 +13,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from kl_actors import cli, display
+from kl_actors import cli, display, logfile
 from kl_actors import config as cfg
 from kl_actors.messages import Progress
 
@@ -44,9 +44,9 @@ def test_the_switch_on_the_command_line_and_in_the_config(tmp_path):
 
 def test_log_file_defaults_to_the_runtime_dir():
     config = cfg.resolve_endpoints(cfg.check(cfg.Config(endpoints=cfg.EndpointsConfig(runtime_dir="/run/k")), "t"))
-    assert str(display.log_path(config)) == "/run/k/service.log"
+    assert str(logfile.log_path(config)) == "/run/k/service.log"
     config = cfg.Config(display=cfg.DisplayConfig(log_file="/var/log/kl.log"))
-    assert str(display.log_path(config)) == "/var/log/kl.log"
+    assert str(logfile.log_path(config)) == "/var/log/kl.log"
 
 
 def test_only_warnings_errors_and_stray_output_are_shown():

@@ -191,3 +191,30 @@ def test_a_log_file_that_cannot_be_opened_is_one_line_and_exit_2(workdir):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"kl-actors: the log file {workdir}/missing/service.log: cannot open: No such file or directory"]
+
+
+@pytest.mark.slow(20)
+def test_the_service_log_is_rotated_by_size_and_no_line_is_lost(workdir, sim_factory, service_factory):
+    """A backfill logging every page (DEBUG) into a log rotated past 5 KiB: many copies, each
+    line whole, and every task's `fetched` line in one of them."""
+    sim = sim_factory(symbols=4, seed=3, weight_limit=1_000_000)
+    config = backfill_config(workdir, sim, {"1m": 20_000}, archive={"enabled": False}, log={"level": "DEBUG"},
+                             display={"progress": "on", "log_max_mib": 5 / 1024, "log_keep": 1000})
+    service = service_factory(config, ["--once"])
+    service.proc.wait(timeout=180)
+    code, err = service.stop()
+    assert code == 0, err[-3000:]
+    path = Path(config.endpoints.runtime_dir) / "service.log"
+    copies = sorted(path.parent.glob("service.log.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
+    assert len(copies) >= 5, copies
+    texts = [p.read_text() for p in [*copies, path]]
+    log = "".join(texts)
+    assert all(t.endswith("\n") for t in texts)
+    assert all(line.startswith("ts=") and " event=" in line for line in log.splitlines()), \
+        [line for line in log.splitlines() if not line.startswith("ts=")][:5]
+    # Each rotation is said once, in the fresh log (after what an actor wrote in between).
+    said = [sum(" event=log_rotated " in line for line in t.splitlines()) for t in texts]
+    assert said == [0] + [1] * len(copies), said
+    progress = json.loads((Path(config.endpoints.runtime_dir) / "status.json").read_text())["progress"]
+    fetched = set(re.findall(r" event=fetched task_id=(\S+)", log))
+    assert len(fetched) == progress["tasks_done"] == progress["tasks_total"] > 100
