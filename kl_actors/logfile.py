@@ -54,15 +54,21 @@ def rotate(path: Path, max_bytes: int, keep: int) -> int:
     for n in range(keep - 1, 0, -1):
         with contextlib.suppress(FileNotFoundError):
             os.replace(copy_name(path, n), copy_name(path, n + 1))
-    fd = os.open(copy_name(path, 1), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
-        shutil.copyfileobj(src, dst, COPY_CHUNK)
-        # The lines appended while it copied, then the cut at once: only a line written between
-        # this last read and the truncate is lost.
-        while chunk := src.read(COPY_CHUNK):
-            dst.write(chunk)
-        dst.flush()
-        copied = dst.tell()
-        os.truncate(path, 0)
+    first = copy_name(path, 1)
+    fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, COPY_CHUNK)
+            # The lines appended while it copied, then the cut at once: only a line written
+            # between this last read and the truncate is lost.
+            while chunk := src.read(COPY_CHUNK):
+                dst.write(chunk)
+            dst.flush()
+            copied = dst.tell()
+            os.truncate(path, 0)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(first)  # a partial copy on a full disk would only take more of it
+        raise
     return copied
 

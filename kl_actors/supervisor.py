@@ -3,11 +3,12 @@
 It owns the runtime directory (mode 0700: the ipc endpoints in it are reachable by this user
 only), writes the effective config there for the actors, and keeps each actor's state (pid,
 restarts, last heartbeat) in `status.json` beside it. An actor that exits, goes silent for
-`supervisor.heartbeat_timeout_s`, or sends no first heartbeat within `start_timeout_s` is restarted after an exponential backoff; an actor restarted more
-than `max_restarts` times within `restart_window_s` stops the whole service with exit status 1
-and one line naming the actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a
-restart cannot help) stops it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then
-SIGKILL after `stop_timeout_s`) and exit 0. Actors die with the supervisor (see actors/base.py).
+`supervisor.heartbeat_timeout_s`, or sends no first heartbeat within `start_timeout_s` is
+restarted after an exponential backoff; an actor restarted more than `max_restarts` times
+within `restart_window_s` stops the whole service with exit status 1 and one line naming the
+actor and its last exit; an actor exiting with `config.EXIT_FATAL` (a restart cannot help) stops
+it at once with exit status 2. SIGTERM/SIGINT stop every actor (SIGTERM, then SIGKILL after
+`stop_timeout_s`) and exit 0. Actors die with the supervisor (see actors/base.py).
 
 With `[metrics] listen` it also serves Prometheus metrics (metrics_http.py): every accepted
 heartbeat's metrics go into one aggregate, next to its own figures (restarts of each actor, the
@@ -120,7 +121,8 @@ class Supervisor:
         # the service log; the display shows its warnings and errors (display.py).
         self.log_stream = log_stream
         self.log_file = logfile.log_path(config) if log_stream is not None else None
-        self.log_rotate_failed = False  # one line per failure spell, not one a second
+        self.log_rotate_failed = False  # one line per failure spell, not one a try
+        self.log_rotate_at = 0.0  # after a failure, the next try a minute later (not a copy a second)
         self.terminal = terminal
         self.log = Logger("supervisor", config.log.level, stream=log_stream)
         s = config.supervisor
@@ -236,10 +238,10 @@ class Supervisor:
         if beat.actor == "scheduler" and beat.progress is not None:
             self.progress = beat.progress
 
-    def rotate_log(self) -> None:
+    def rotate_log(self, now: float) -> None:
         """The service log cut back past `display.log_max_mib` (logfile.py); a failure (a full
         disk) is one line and the log goes on growing until a later try succeeds."""
-        if self.log_file is None:
+        if self.log_file is None or now < self.log_rotate_at:
             return
         d = self.config.display
         try:
@@ -247,8 +249,9 @@ class Supervisor:
         except OSError as exc:
             if not self.log_rotate_failed:
                 self.log.error("log_rotate_failed", file=str(self.log_file), error=exc.strerror or str(exc),
-                               action="the log grows until a later try succeeds")
+                               action="the log grows until a later try succeeds (one a minute)")
             self.log_rotate_failed = True
+            self.log_rotate_at = now + 60.0
             return
         if moved:
             self.log_rotate_failed = False
@@ -366,7 +369,7 @@ class Supervisor:
                     self.check(now)
                 self.draw(now)
                 if now >= next_status:
-                    self.rotate_log()
+                    self.rotate_log(now)
                     self.write_status(now)
                     if self.metrics is not None:
                         self.own_metrics()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 import zmq
 
 from kl_actors import config as cfg
@@ -38,6 +39,15 @@ def offset_before_boundary(interval: str, lead_ms: int, at_least_ms: int = 0) ->
     an `interval` boundary: a live test sees its boundaries without waiting up to a whole one."""
     local = int(time.time() * 1000)
     return intervals.next_boundary(interval, local + lead_ms + at_least_ms) - lead_ms - local
+
+
+def in_mount_namespace(script: str) -> list[str]:
+    """A command prefix running a process in its own mount namespace after `script` (sh) has
+    mounted what the test needs there; skips the test where user namespaces are not allowed."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user/mount namespaces here: {probe.stderr.decode(errors='replace')[:200]}")
+    return ["unshare", "-rm", "sh", "-ec", script + '\nexec "$@"', "sh"]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

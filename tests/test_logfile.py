@@ -3,11 +3,15 @@ the writers that keep appending to it, nothing lost or changed, a failed copy le
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
+from harness import ROOT, in_mount_namespace
 from kl_actors import logfile
 
 
@@ -59,3 +63,31 @@ def test_a_failed_rotation_leaves_the_log_whole(tmp_path):
     with pytest.raises(OSError):
         logfile.rotate(path, 100, 1)
     assert path.read_text() == lines(0, 50)
+
+
+def test_a_full_disk_leaves_the_log_whole_and_no_partial_copy(tmp_path):
+    """On a 1 MiB file system holding a 600 KiB log there is no room for the copy: the rotation
+    fails, the log is as it was, and the partial copy is removed (it would only fill the disk)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    script = tmp_path / "rotate.py"
+    script.write_text(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from kl_actors import logfile\n"
+        "log, text = Path(sys.argv[1]), sys.argv[2] * int(sys.argv[3])\n"
+        "log.write_text(text)\n"
+        "try:\n"
+        "    logfile.rotate(log, 1000, 3)\n"
+        "    error = None\n"
+        "except OSError as exc:\n"
+        "    error = exc.strerror\n"
+        "print(json.dumps({'size': len(text), 'whole': log.read_text() == text,\n"
+        "                  'error': error, 'files': sorted(p.name for p in log.parent.iterdir())}))\n")
+    wrap = in_mount_namespace(f"mount -t tmpfs -o size=1m tmpfs {data}")
+    done = subprocess.run([*wrap, sys.executable, str(script), str(data / "service.log"), lines(0, 1), "16000"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"size": 16_000 * len(lines(0, 1)), "whole": True,
+                                       "error": "No space left on device", "files": ["service.log"]}
+    assert 16_000 * len(lines(0, 1)) > 600_000

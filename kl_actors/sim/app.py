@@ -62,15 +62,17 @@ async def serve(options: Options, faults: dict | None = None) -> None:
     await archive_runner.setup()
     archive_sock = _listen(options.host, options.archive_port)
     await web.SockSite(archive_runner, archive_sock, shutdown_timeout=1.0).start()
+    # The stop signals are handled before the URLs say it is ready: a SIGINT sent as soon as
+    # they are read must not fall into the gap (where an inherited "ignore" would lose it).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     port = sock.getsockname()[1]
     rest_url, ws_url = urls(options.host, port)
     archive_url, _ = urls(options.host, archive_sock.getsockname()[1])
     sys.stdout.write(f"{rest_url}\n{ws_url}\n{archive_url}\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await app["hub"].drop_all("server shutdown")
     await archive_runner.cleanup()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import calendar
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from kl_actors import messages
 from kl_actors.config import EXIT_FATAL
 from kl_actors.messages import Candle, KlineBatch
 from kl_actors.store import Store
-from harness import WriterProcess, candle, wait_for
+from harness import WriterProcess, candle, in_mount_namespace, wait_for
 
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
 
@@ -424,15 +423,6 @@ def test_wal_grown_by_a_long_reader_shrinks_back_after_it(writer):
     finally:
         store.close()
     assert "event=wal_truncated" in writer.stderr()
-
-
-def in_mount_namespace(script: str) -> list[str]:
-    """A command prefix running the writer in its own mount namespace after `script` (sh) has
-    mounted what the test needs there; skips the test where user namespaces are not allowed."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no user/mount namespaces here: {probe.stderr.decode(errors='replace')[:200]}")
-    return ["unshare", "-rm", "sh", "-ec", script + '\nexec "$@"', "sh"]
 
 
 def test_read_only_database_is_one_line_and_exit_status_2(workdir, writer_factory):

@@ -195,7 +195,7 @@ def test_a_log_file_that_cannot_be_opened_is_one_line_and_exit_2(workdir):
 
 @pytest.mark.slow(20)
 def test_the_service_log_is_rotated_by_size_and_no_line_is_lost(workdir, sim_factory, service_factory):
-    """A backfill logging every page (DEBUG) into a log rotated past 5 KiB: many copies, each
+    """A backfill logging every page (DEBUG) into a log rotated past 5 KiB: several copies, each
     line whole, and every task's `fetched` line in one of them."""
     sim = sim_factory(symbols=4, seed=3, weight_limit=1_000_000)
     config = backfill_config(workdir, sim, {"1m": 20_000}, archive={"enabled": False}, log={"level": "DEBUG"},
@@ -206,7 +206,8 @@ def test_the_service_log_is_rotated_by_size_and_no_line_is_lost(workdir, sim_fac
     assert code == 0, err[-3000:]
     path = Path(config.endpoints.runtime_dir) / "service.log"
     copies = sorted(path.parent.glob("service.log.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
-    assert len(copies) >= 5, copies
+    # At most one rotation a status tick (0.2 s here): how many depends on the backfill's pace.
+    assert len(copies) >= 2, copies
     texts = [p.read_text() for p in [*copies, path]]
     log = "".join(texts)
     assert all(t.endswith("\n") for t in texts)
