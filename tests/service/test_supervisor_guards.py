@@ -226,7 +226,18 @@ def test_database_turning_read_only_stops_the_service_without_crash_loop(workdir
         try:
             os.kill(writer, signal.SIGKILL)
             wait_for(lambda: not pid_alive(writer), timeout=10, what="writer to die")
-            subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True, capture_output=True)
+            # Its main thread is a zombie before its last thread (ZeroMQ's) has closed the
+            # database's files, which keep the remount busy (EBUSY) until then.
+            tries: list[str] = []
+
+            def remounted() -> bool:
+                done = subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], capture_output=True, text=True)
+                tries.append(done.stderr.strip())
+                return done.returncode == 0
+            try:
+                wait_for(remounted, timeout=15, interval=0.1, what="the file system remounted read-only")
+            except AssertionError:
+                raise AssertionError(f"remount failed {len(tries)} times; last: {tries[-1]!r}") from None
         finally:
             os.kill(service.proc.pid, signal.SIGCONT)
         service.proc.wait(timeout=30)
