@@ -57,7 +57,7 @@ def rotate(path: Path, max_bytes: int, keep: int) -> int:
     first = copy_name(path, 1)
     fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with os.fdopen(fd, "wb") as dst, open(path, "rb") as src:
             shutil.copyfileobj(src, dst, COPY_CHUNK)
             # The lines appended while it copied, then the cut at once: only a line written
             # between this last read and the truncate is lost.
