@@ -147,7 +147,11 @@ class Scheduler(Dispatch, Discovery, BackfillPlanning, LiveEdge, Reporting, Sche
             if self.planning is not None:
                 self._advance_planning()
             self._refill()
-        if self.known_symbols and self.mode != "once":
+        # Boundaries only on the exchange's clock: one planned on a guessed clock fetches candles
+        # of some other minute and reports them as a boundary (CI saw its lag in the metrics).
+        # Meanwhile the WebSocket's closes are stored; the first sync starts boundaries a
+        # re-check window before this process did (scheduler_live.py).
+        if self.known_symbols and self.mode != "once" and self.clock.synced:
             self._plan_boundaries()
         self._expire_leases()
         self._dispatch()
@@ -279,11 +283,9 @@ class Scheduler(Dispatch, Discovery, BackfillPlanning, LiveEdge, Reporting, Sche
                 self.clock.update(msg)
                 # Weight released on the old clock counts in the exchange's minutes, not ours.
                 self.budgets.shift(int(self.clock.offset_ms - offset_before), self.clock.now_ms())
-                if first and (self.next_boundary_ms is not None or self.planned_once or self.planning):
-                    # Boundaries and backfill were planned on local time while the clock was
-                    # unknown: start boundaries again from the exchange's time (not a clock jump:
-                    # nothing was missed) and plan the tails again at once with it.
-                    self.next_boundary_ms = None
+                if first and (self.planned_once or self.planning):
+                    # Backfill was planned on local time while the clock was unknown: plan the
+                    # tails again at once with the exchange's.
                     self.next_plan = 0.0
                     self.plan_again = self.planning is not None
                     if self.planned_once or self.planning is not None:

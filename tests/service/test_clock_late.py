@@ -130,3 +130,45 @@ def test_weight_released_before_a_late_clock_sync_counts_in_the_exchanges_minute
         assert stored >= 20_000, stored  # the first minute's pages (88 weight, 2 a page of 499)
     finally:
         store.close()
+
+
+@pytest.mark.slow(75)
+def test_no_boundary_is_planned_before_the_first_clock_sync(workdir, sim_factory, service_factory):
+    """A live service whose time-sync is late plans no boundary on this host's clock (the exchange
+    is hours ahead: a boundary of this host's minutes fetches some other minute's candles and
+    reports them as that boundary); the first sync starts boundaries on the exchange's clock."""
+    # Started 13-15 s before this host's minute ends, and the exchange's minute ends 15 s after it:
+    # this host's boundary passes while the clock is unknown, the exchange's right after the sync.
+    wait_for(lambda: 45_000 <= int(time.time() * 1000) % 60_000 < 47_000, 65, interval=0.1,
+             what="this host's second 45")
+    host_boundary = intervals.next_boundary("1m", int(time.time() * 1000))
+    sim = sim_factory(symbols=4, weight_limit=1_000_000, ws_push_ms=500, clock_offset_ms=3 * 3_600_000 - 15_000)
+    exchange_boundary = intervals.next_boundary("1m", sim.info()["server_time_ms"])
+    config = make_config(
+        workdir,
+        exchange={"rest_url": sim.rest_url, "ws_url": sim.ws_url, "request_timeout_s": 5.0},
+        klines={"intervals": ["1m"], "depth": {"1m": 10}},
+        downloader={"processes": 1, "lease_s": 10.0},
+        live={"final_recheck_ms": 2000, "boundary_margin_ms": 200},
+    )
+    service = service_factory(config, ["--actors", "broker,writer,scheduler,downloader-1,websocket"])
+    timesync = None
+    try:
+        service.wait_running(["scheduler", "downloader-1", "websocket"])
+        # This host's boundary, its margin and then some: the old scheduler planned it by now.
+        wait_for(lambda: time.time() * 1000 >= host_boundary + 3000, 30, interval=0.1,
+                 what="this host's boundary passed")
+        assert int(time.time() * 1000) < exchange_boundary - 3 * 3_600_000 + 15_000 - 5000, \
+            "too late to see the exchange's boundary after the sync"
+        assert "event=boundary " not in service.log_text(), service.log_text()[-3000:]
+        timesync = ActorProcess("timesync", config, workdir)
+        done = f"event=boundary_done boundary_ms={exchange_boundary} interval=1m tasks=4 failed=0"
+        wait_for(lambda: done in service.log_text(), 45, interval=0.2, what="the exchange's boundary confirmed")
+    finally:
+        if timesync is not None:
+            timesync.stop()
+        code, log = service.stop()
+    assert code == 0, log[-3000:]
+    planned = [int(line.split("boundary_ms=")[1].split()[0]) for line in log.splitlines()
+               if " event=boundary " in line]
+    assert planned and all(b >= exchange_boundary and b % 60_000 == 0 for b in planned), planned
