@@ -121,8 +121,8 @@ class Supervisor:
         # the service log; the display shows its warnings and errors (display.py).
         self.log_stream = log_stream
         self.log_file = logfile.log_path(config) if log_stream is not None else None
-        self.log_rotate_failed = False  # one line per failure spell, not one a try
-        self.log_rotate_at = 0.0  # after a failure, the next try a minute later (not a copy a second)
+        # After a failed rotation, the next try (a minute later, not a copy a second); 0: none failed.
+        self.log_rotate_retry_at = 0.0
         self.terminal = terminal
         self.log = Logger("supervisor", config.log.level, stream=log_stream)
         s = config.supervisor
@@ -241,20 +241,19 @@ class Supervisor:
     def rotate_log(self, now: float) -> None:
         """The service log cut back past `display.log_max_mib` (logfile.py); a failure (a full
         disk) is one line and the log goes on growing until a later try succeeds."""
-        if self.log_file is None or now < self.log_rotate_at:
+        if self.log_file is None or now < self.log_rotate_retry_at:
             return
         d = self.config.display
         try:
             moved = logfile.rotate(self.log_file, int(d.log_max_mib * (1 << 20)), d.log_keep)
         except OSError as exc:
-            if not self.log_rotate_failed:
+            if not self.log_rotate_retry_at:  # one line per failure spell, not one a try
                 self.log.error("log_rotate_failed", file=str(self.log_file), error=exc.strerror or str(exc),
                                action="the log grows until a later try succeeds (one a minute)")
-            self.log_rotate_failed = True
-            self.log_rotate_at = now + 60.0
+            self.log_rotate_retry_at = now + 60.0
             return
+        self.log_rotate_retry_at = 0.0
         if moved:
-            self.log_rotate_failed = False
             self.log.info("log_rotated", file=str(self.log_file), moved_bytes=moved, keep=d.log_keep)
 
     def own_metrics(self) -> None:

@@ -9,12 +9,10 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-import apsw
-
 from kl_actors.config import DatabaseConfig
 from kl_actors.core import intervals
 from kl_actors.store import Store
-from harness import ROOT
+from harness import ROOT, bulk_connection
 
 # The README's query: hive_types so that a symbol of digits stays a string, union_by_name so that
 # files of different decimal scales are widened, not cast to the first file's type.
@@ -92,21 +90,15 @@ def fill(db: Path, symbols: tuple[str, ...], first_ms: int, count: int) -> None:
         tables = [store.ensure_table(symbol, "1m") for symbol in symbols]
     finally:
         store.close()
-    conn = apsw.Connection(str(db))
-    try:
-        conn.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")  # a fixture: no WAL of gigabytes
-        with conn:
-            conn.execute(
-                f"INSERT INTO {tables[0]} (open_time, open, high, low, close, volume, close_time, quote_volume, "
-                "trades, taker_buy_volume, taker_buy_quote_volume, source) "
-                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) "
-                "SELECT ?2 + i * 60000, printf('%.2f', 20000 + (i % 5000) * 0.01), printf('%.2f', 20010 + (i % 5000) * 0.01), "
-                "printf('%.2f', 19990 + (i % 5000) * 0.01), printf('%.2f', 20001 + (i % 4999) * 0.01), "
-                "printf('%.3f', (i % 997) * 1.001), ?2 + i * 60000 + 59999, printf('%.5f', (i % 997) * 20000.123), "
-                "i % 3001, printf('%.3f', (i % 97) * 1.001), printf('%.5f', (i % 97) * 20000.123), 'rest' FROM n",
-                (count, first_ms))
-            for table in tables[1:]:
-                conn.execute(f"INSERT INTO {table} SELECT * FROM {tables[0]}")
-        conn.execute("PRAGMA journal_mode=WAL").fetchall()  # as the service's files are
-    finally:
-        conn.close()
+    with bulk_connection(db) as conn, conn:
+        conn.execute(
+            f"INSERT INTO {tables[0]} (open_time, open, high, low, close, volume, close_time, quote_volume, "
+            "trades, taker_buy_volume, taker_buy_quote_volume, source) "
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) "
+            "SELECT ?2 + i * 60000, printf('%.2f', 20000 + (i % 5000) * 0.01), printf('%.2f', 20010 + (i % 5000) * 0.01), "
+            "printf('%.2f', 19990 + (i % 5000) * 0.01), printf('%.2f', 20001 + (i % 4999) * 0.01), "
+            "printf('%.3f', (i % 997) * 1.001), ?2 + i * 60000 + 59999, printf('%.5f', (i % 997) * 20000.123), "
+            "i % 3001, printf('%.3f', (i % 97) * 1.001), printf('%.5f', (i % 97) * 20000.123), 'rest' FROM n",
+            (count, first_ms))
+        for table in tables[1:]:
+            conn.execute(f"INSERT INTO {table} SELECT * FROM {tables[0]}")

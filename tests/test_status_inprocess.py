@@ -18,7 +18,7 @@ from kl_actors.core import intervals
 from kl_actors.core.symbols import table_name
 from kl_actors.status_render import render_text
 from kl_actors.store import Store
-from harness import make_config
+from harness import bulk_connection, make_config
 
 MIN = 60_000
 TABLES = 300                # 300 tables of 1m, 80,000 rows each: 24 M rows
@@ -62,16 +62,14 @@ def build(path, last_open_ms: int) -> tuple[int, dict[str, list[tuple[int, int]]
     first = last_open_ms - (ROWS_PER_TABLE - 1) * MIN
     store = Store.open_writer(DatabaseConfig(path=str(path)))
     store.close()
-    conn = apsw.Connection(str(path))
-    # A fixture: no WAL of gigabytes (WAL once it is built).
-    conn.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; DROP TABLE meta_tables")
     from kl_actors.store import _KLINE_TABLE_SQL
     holes = {}
-    with conn:
+    with bulk_connection(path) as conn, conn:
+        conn.execute("DROP TABLE meta_tables")
         for i in range(TABLES):
             table = table_name(symbol(i), "1m")
             conn.execute(_KLINE_TABLE_SQL.format(table=table))
-            if i:  # the same rows as the first table: SQLite copies its records as they are (~4x faster)
+            if i:  # the same rows as the first table
                 conn.execute(f"INSERT INTO {table} SELECT * FROM {table_name(symbol(0), '1m')}")
                 continue
             conn.execute(
@@ -85,8 +83,6 @@ def build(path, last_open_ms: int) -> tuple[int, dict[str, list[tuple[int, int]]
             for a, b in ranges:
                 conn.execute(f"DELETE FROM {table} WHERE open_time BETWEEN ? AND ?", (a, b))
             holes[symbol(i)] = ranges
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()  # as the service's files are
-    conn.close()
     return first, holes
 
 

@@ -283,13 +283,12 @@ class Scheduler(Dispatch, Discovery, BackfillPlanning, LiveEdge, Reporting, Sche
                 self.clock.update(msg)
                 # Weight released on the old clock counts in the exchange's minutes, not ours.
                 self.budgets.shift(int(self.clock.offset_ms - offset_before), self.clock.now_ms())
-                if first and (self.planned_once or self.planning):
+                if first and (self.planned_once or self.planning is not None):
                     # Backfill was planned on local time while the clock was unknown: plan the
                     # tails again at once with the exchange's.
                     self.next_plan = 0.0
                     self.plan_again = self.planning is not None
-                    if self.planned_once or self.planning is not None:
-                        self.tail_from_ms = self.pass_now_ms
+                    self.tail_from_ms = self.pass_now_ms
 
     def _writer_heard(self, started_ms: int) -> None:
         self.writer_heard = time.monotonic()

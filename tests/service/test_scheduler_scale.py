@@ -19,7 +19,7 @@ import pytest
 from exactness import trading_symbols, truth_rows
 from kl_actors.core import intervals
 from kl_actors.core.symbols import table_name
-from harness import make_config, wait_for
+from harness import bulk_connection, make_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,7 @@ def _rss_kib(pid: int) -> int:
 def build_database(path, symbols: list[str], last_open_ms: int) -> int:
     """20 tables of 1m candles ending TAIL minutes ago, holes punched into five of them."""
     first = last_open_ms - (ROWS_PER_TABLE - 1) * 60_000
-    conn = apsw.Connection(str(path))
-    # A fixture: no WAL of gigabytes (WAL once it is built).
-    conn.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
-    with conn:
+    with bulk_connection(path) as conn, conn:
         for n, symbol in enumerate(symbols):
             table = table_name(symbol, "1m")
             conn.execute(
@@ -49,7 +46,7 @@ def build_database(path, symbols: list[str], last_open_ms: int) -> int:
                 "quote_volume TEXT NOT NULL, trades INTEGER NOT NULL, taker_buy_volume TEXT NOT NULL, "
                 "taker_buy_quote_volume TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'rest', "
                 "updated_ms INTEGER NOT NULL DEFAULT 0)")
-            if n:  # the same rows as the first table: SQLite copies its records as they are (~4x faster)
+            if n:  # the same rows as the first table
                 conn.execute(f"INSERT INTO {table} SELECT * FROM {table_name(symbols[0], '1m')}")
                 continue
             conn.execute(
@@ -61,8 +58,6 @@ def build_database(path, symbols: list[str], last_open_ms: int) -> int:
                 start = first + offset * 60_000
                 conn.execute(f"DELETE FROM {table_name(symbol, '1m')} WHERE open_time BETWEEN ? AND ?",
                              (start, start + (missing - 1) * 60_000))
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()  # as the service's files are
-    conn.close()
     return first
 
 
